@@ -1,0 +1,164 @@
+"""Selection policies by name, one call for one selection, and a reusable Selector.
+
+| policy          | batch score s(S)          | weights (learner, reference) |
+| uniform         | none: b of B at random    | -                            |
+| hard_learner    | loss(S | learner)         | (+1, 0)                      |
+| easy_reference  | -loss(S | reference)      | (0, -1)                      |
+| learnability    | loss(S | learner) - loss(S | reference) | (+1, -1)         |
+
+method 'joint' chooses the sub-batch chunk by chunk from exact marginal gains;
+'independent' scores each example on its own (its loss against the whole super-batch for the
+contrastive losses) and samples b without replacement (temperature 0: the top b).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from jestkit.core.gains import Weighted, gain_state
+from jestkit.core.naive import naive_gain_state
+from jestkit.core.outputs import Outputs
+from jestkit.core.sampler import joint_sample, sample_without_replacement
+from jestkit.core.validate import (
+    LOSSES,
+    check_counts,
+    check_pair,
+    check_temperature,
+    device_of,
+    selected_size,
+)
+
+POLICIES = ("uniform", "hard_learner", "easy_reference", "learnability")
+METHODS = ("joint", "independent")
+_WEIGHTS = {"hard_learner": (1.0, 0.0), "easy_reference": (0.0, -1.0), "learnability": (1.0, -1.0)}
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """How to choose b = round((1 - filter_ratio) * B) of a super-batch. Paper defaults."""
+
+    filter_ratio: float = 0.8
+    policy: str = "learnability"
+    method: str = "joint"
+    loss: str = "sigmoid"
+    n_chunks: int = 16
+    temperature: float = 1.0
+    normalize_gains: bool = False
+    block_size: int = 512  # rows of pair terms computed at once: memory O(block_size * B)
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        selected_size(1_000_000, self.filter_ratio)  # range check only
+        check_temperature(self.temperature)
+        if not isinstance(self.n_chunks, int) or self.n_chunks < 1:
+            raise ValueError(f"n_chunks must be a positive int, got {self.n_chunks!r}")
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"block_size must be a positive int, got {self.block_size!r}")
+
+
+def _weighted(config: SelectionConfig, learner, reference) -> list[Weighted]:
+    w_learner, w_reference = _WEIGHTS[config.policy]
+    models = []
+    for name, out, w in (("learner", learner, w_learner), ("reference", reference, w_reference)):
+        if w == 0:
+            continue
+        if out is None:
+            raise ValueError(f"policy {config.policy!r} needs the {name}'s outputs; got None")
+        models.append(Weighted(out, w))
+    return models
+
+
+def select(
+    learner: Outputs | None = None,
+    reference: Outputs | None = None,
+    config: SelectionConfig | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    naive: bool = False,
+    **overrides,
+) -> torch.Tensor:
+    """Indices (in selection order) of the b examples of the super-batch to train on.
+
+    learner, reference: (B,) per-example losses for loss='per_example', else jestkit.Embeddings.
+    config: a SelectionConfig; keyword overrides (filter_ratio=..., policy=...) replace its fields.
+    batch_size: B, needed only for the uniform policy when no outputs are given.
+    naive: use the full B x B oracle (tests and benchmarks only).
+    """
+    config = replace(config or SelectionConfig(), **overrides)
+    if config.policy == "uniform" and learner is None and reference is None:
+        if batch_size is None:
+            raise ValueError("uniform selection needs batch_size (or any model's outputs)")
+        size, device = batch_size, None
+    else:
+        size = check_pair(learner, reference, config.loss)
+        device = device_of(learner if learner is not None else reference)
+    b = selected_size(size, config.filter_ratio)
+    check_counts(b, size, config.n_chunks if config.method == "joint" else 1)
+    if batch_size is not None and batch_size != size:
+        raise ValueError(f"batch_size={batch_size} but the outputs hold B = {size} candidates")
+
+    if config.policy == "uniform":
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        idx = torch.randperm(size, generator=generator, device=gen_device)[:b]
+        return idx if device is None else idx.to(device)
+
+    models = _weighted(config, learner, reference)
+    state = (naive_gain_state if naive else gain_state)(
+        config.loss, models, *(() if naive else (config.block_size,))
+    )
+    if config.method == "independent":
+        scores = state.independent_scores()
+        return sample_without_replacement(scores, b, config.temperature, generator)
+    return joint_sample(
+        state, b, config.n_chunks, config.temperature, generator, config.normalize_gains
+    )
+
+
+class Selector:
+    """A selection configuration and its random generator, reused step after step.
+
+    >>> selector = Selector(SelectionConfig(filter_ratio=0.8, loss="sigmoid"), seed=0)
+    >>> idx = selector(learner_embeddings, reference_embeddings)   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        config: SelectionConfig | None = None,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        **overrides,
+    ):
+        if seed is not None and generator is not None:
+            raise ValueError("give seed or generator, not both")
+        self.config = replace(config or SelectionConfig(), **overrides)
+        if generator is None:
+            generator = torch.Generator()
+            if seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(seed)
+        self.generator = generator
+
+    def n_selected(self, batch_size: int) -> int:
+        """b for a super-batch of batch_size candidates."""
+        return selected_size(batch_size, self.config.filter_ratio)
+
+    def __call__(
+        self, learner: Outputs | None = None, reference: Outputs | None = None, **kwargs
+    ) -> torch.Tensor:
+        return select(learner, reference, self.config, generator=self.generator, **kwargs)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
