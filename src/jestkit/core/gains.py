@@ -105,7 +105,7 @@ def _sigmoid_block(t: _Tower, rows: torch.Tensor, cols_emb: torch.Tensor, positi
 
 
 class SigmoidGains:
-    """Sigmoid-contrastive gains: a running length-B vector, updated by 2 GEMMs per model per chunk."""
+    """Sigmoid-contrastive gains: a running length-B vector, 2 GEMMs per model per chunk."""
 
     def __init__(self, models: Sequence[Weighted], block_size: int = 512):
         self.towers = [_Tower.of(m) for m in models]

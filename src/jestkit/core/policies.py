@@ -93,6 +93,7 @@ def select(
     naive: use the full B x B oracle (tests and benchmarks only).
     """
     config = replace(config or SelectionConfig(), **overrides)
+    models = [] if config.policy == "uniform" else _weighted(config, learner, reference)
     if config.policy == "uniform" and learner is None and reference is None:
         if batch_size is None:
             raise ValueError("uniform selection needs batch_size (or any model's outputs)")
@@ -101,7 +102,8 @@ def select(
         size = check_pair(learner, reference, config.loss)
         device = device_of(learner if learner is not None else reference)
     b = selected_size(size, config.filter_ratio)
-    check_counts(b, size, config.n_chunks if config.method == "joint" else 1)
+    joint = config.method == "joint" and config.policy != "uniform"
+    check_counts(b, size, config.n_chunks if joint else 1)
     if batch_size is not None and batch_size != size:
         raise ValueError(f"batch_size={batch_size} but the outputs hold B = {size} candidates")
 
@@ -110,7 +112,6 @@ def select(
         idx = torch.randperm(size, generator=generator, device=gen_device)[:b]
         return idx if device is None else idx.to(device)
 
-    models = _weighted(config, learner, reference)
     state = (naive_gain_state if naive else gain_state)(
         config.loss, models, *(() if naive else (config.block_size,))
     )

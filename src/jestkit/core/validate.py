@@ -60,6 +60,14 @@ def check_outputs(name: str, outputs: object, loss: str) -> int:
             f"loss={loss!r}, got {type(outputs).__name__}"
         )
     img, txt = outputs.image, outputs.text
+    for part, t in (("image", img), ("text", txt)):
+        if not torch.is_tensor(t):
+            raise TypeError(f"{name}.{part} must be a torch.Tensor, got {type(t).__name__}")
+    if img.device != txt.device:
+        raise ValueError(
+            f"{name}.image and {name}.text must be on the same device, got {img.device} "
+            f"and {txt.device}"
+        )
     check_finite(f"{name}.image", img)
     check_finite(f"{name}.text", txt)
     if img.dim() != 2 or txt.dim() != 2:
@@ -77,22 +85,25 @@ def check_outputs(name: str, outputs: object, loss: str) -> int:
             f"{name}.image and {name}.text must have the same embedding dimension, got "
             f"{img.shape[1]} and {txt.shape[1]}"
         )
-    if img.device != txt.device:
-        raise ValueError(
-            f"{name}.image and {name}.text must be on the same device, got {img.device} "
-            f"and {txt.device}"
-        )
     as_scalar(f"{name}.logit_scale", outputs.logit_scale)
     as_scalar(f"{name}.logit_bias", outputs.logit_bias)
     return img.shape[0]
 
 
-def device_of(outputs: object) -> torch.device:
-    return outputs.image.device if isinstance(outputs, Embeddings) else outputs.device
+def device_of(outputs: object) -> torch.device | None:
+    if isinstance(outputs, Embeddings):
+        return getattr(outputs.image, "device", None)
+    return getattr(outputs, "device", None)
 
 
 def check_pair(learner: object | None, reference: object | None, loss: str) -> int:
     """Check learner and reference outputs (either may be None); return B."""
+    if learner is not None and reference is not None:
+        dl, dr = device_of(learner), device_of(reference)
+        if dl != dr:
+            raise ValueError(
+                f"learner and reference outputs must be on the same device, got {dl} and {dr}"
+            )
     sizes = {}
     for name, out in (("learner", learner), ("reference", reference)):
         if out is not None:
@@ -104,12 +115,6 @@ def check_pair(learner: object | None, reference: object | None, loss: str) -> i
             f"learner and reference must score the same super-batch, got batch sizes "
             f"{sizes['learner']} (learner) and {sizes['reference']} (reference)"
         )
-    if learner is not None and reference is not None:
-        dl, dr = device_of(learner), device_of(reference)
-        if dl != dr:
-            raise ValueError(
-                f"learner and reference outputs must be on the same device, got {dl} and {dr}"
-            )
     size = next(iter(sizes.values()))
     if size == 0:
         raise ValueError("the super-batch is empty (B = 0); expected at least one candidate")

@@ -1,0 +1,43 @@
+"""Brute-force batch losses, written from the definitions, for checking the core."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from jestkit import Embeddings
+
+
+def sigmoid_batch_loss(e: Embeddings, subset: list[int]) -> float:
+    total = 0.0
+    for i in subset:
+        for j in subset:
+            z = 1.0 if i == j else -1.0
+            logit = float(e.logit_scale) * float(e.image[i] @ e.text[j]) + float(e.logit_bias)
+            total += math.log1p(math.exp(-z * logit))
+    return total
+
+
+def softmax_batch_loss(e: Embeddings, subset: list[int]) -> float:
+    if not subset:
+        return 0.0
+    idx = torch.tensor(subset)
+    s = float(e.logit_scale) * (e.image[idx].double() @ e.text[idx].double().T)
+    rows = -torch.diagonal(s) + torch.logsumexp(s, 1)
+    cols = -torch.diagonal(s) + torch.logsumexp(s, 0)
+    return float((rows + cols).sum())
+
+
+def batch_score(loss: str, models: list[tuple[Embeddings, float]], subset: list[int]) -> float:
+    fn = sigmoid_batch_loss if loss == "sigmoid" else softmax_batch_loss
+    return sum(w * fn(e, subset) for e, w in models)
+
+
+def random_embeddings(n: int, d: int, seed: int, scale=5.0, bias=-3.0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=1)
+    txt = torch.nn.functional.normalize(
+        img + 0.8 * torch.randn(n, d, generator=g, dtype=dtype), dim=1
+    )
+    return Embeddings(img, txt, scale, bias)
