@@ -1,0 +1,7 @@
+"""Models in plain torch, imported by module path.
+
+* jestkit.models.vit: ViTConfig, ImageTower (FlexiViT views: PI-resized larger patches,
+  token dropping) and the transformer Block shared by both towers.
+* jestkit.models.text: TextConfig, TextTower.
+* jestkit.models.dual: DualEncoder (SigLIP sigmoid or CLIP softmax), multires_split.
+"""

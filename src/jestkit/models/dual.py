@@ -1,0 +1,124 @@
+"""A dual encoder (image tower + text tower) trained with SigLIP's sigmoid or CLIP's softmax loss.
+
+The temperature is learned in log space, t = exp(log_scale), as both papers do, and clamped at
+100 as CLIP does. Initialisation follows the papers:
+
+* sigmoid (SigLIP): t = 10, bias b = -10 (learned, unconstrained);
+* softmax (CLIP): t = 1 / 0.07, no bias (a constant 0, not trained; it would cancel anyway).
+
+`embeddings(...)` gives the selection core what it needs from the learner on a super-batch
+(jestkit.Embeddings), computed without gradients. Any view of the image tower (a coarser
+patch size, token dropping; see jestkit.models.vit) can be passed through as keywords, for
+cheap Flexi-JEST scoring.
+
+Multi-resolution training (the paper trains half of each sub-batch at the coarse patch size):
+
+    h = multires_split(len(images), fraction_coarse=0.5)
+    img = torch.cat([model.encode_image(images[:h], patch_size=14), model.encode_image(images[h:])])
+    loss = model.loss(img, model.encode_text(tokens))
+
+or `model.encode_image_multires(images, patch_size=14, fraction_coarse=0.5)`, which does this.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jestkit.core.outputs import Embeddings
+from jestkit.losses import CONTRASTIVE_LOSSES, contrastive_loss
+from jestkit.models.text import TextTower
+from jestkit.models.vit import ImageTower
+
+MAX_LOGIT_SCALE = 100.0
+INIT = {  # loss -> (initial temperature t, initial bias b)
+    "sigmoid": (10.0, -10.0),
+    "softmax": (1 / 0.07, 0.0),
+}
+
+
+def multires_split(n: int, fraction_coarse: float) -> int:
+    """How many leading examples of a batch of n to train at the coarse patch size."""
+    if not 0.0 <= fraction_coarse <= 1.0:
+        raise ValueError(f"fraction_coarse must be in [0, 1], got {fraction_coarse}")
+    return math.floor(n * fraction_coarse + 0.5)
+
+
+class DualEncoder(nn.Module):
+    def __init__(self, image_tower: ImageTower, text_tower: TextTower, loss: str = "sigmoid"):
+        super().__init__()
+        if loss not in CONTRASTIVE_LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {CONTRASTIVE_LOSSES}")
+        self.loss_name = loss
+        self.image_tower = image_tower
+        self.text_tower = text_tower
+        t, b = INIT[loss]
+        self.log_scale = nn.Parameter(torch.tensor(math.log(t)))
+        if loss == "sigmoid":
+            self.bias = nn.Parameter(torch.tensor(b))
+        else:
+            self.register_buffer("bias", torch.tensor(0.0))
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """The temperature t = exp(log_scale), at most 100."""
+        return self.log_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+
+    @property
+    def logit_bias(self) -> torch.Tensor:
+        return self.bias
+
+    def encode_image(
+        self,
+        images: torch.Tensor,
+        patch_size: int | None = None,
+        token_drop: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """(N, C, H, W) pixels in [0, 1] -> (N, embed_dim), unit norm. View keywords: ImageTower."""
+        x = self.image_tower(
+            images, patch_size=patch_size, token_drop=token_drop, generator=generator
+        )
+        return F.normalize(x, dim=-1)
+
+    def encode_image_multires(
+        self, images: torch.Tensor, patch_size: int, fraction_coarse: float = 0.5
+    ) -> torch.Tensor:
+        """Encode the first multires_split(N, fraction_coarse) images at `patch_size`, the rest
+        at the base patch size; rows stay in input order."""
+        h = multires_split(len(images), fraction_coarse)
+        parts = []
+        if h > 0:
+            parts.append(self.encode_image(images[:h], patch_size=patch_size))
+        if h < len(images):
+            parts.append(self.encode_image(images[h:]))
+        return torch.cat(parts)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(N, L) word ids, pad 0 -> (N, embed_dim), unit norm."""
+        return F.normalize(self.text_tower(tokens), dim=-1)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, **view):
+        """(image embeddings, text embeddings), both unit norm."""
+        return self.encode_image(images, **view), self.encode_text(tokens)
+
+    def loss(self, img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
+        """The training loss of matched pairs (row i of each is a pair)."""
+        return contrastive_loss(self.loss_name, img_emb, txt_emb, self.logit_scale, self.logit_bias)
+
+    @torch.no_grad()
+    def embeddings(self, images: torch.Tensor, tokens: torch.Tensor, **view) -> Embeddings:
+        """The model's outputs on a super-batch for the selection core (no gradients).
+
+        view: patch_size / token_drop / generator for a cheaper image view (Flexi-JEST).
+        """
+        img, txt = self(images, tokens, **view)
+        return Embeddings(
+            image=img,
+            text=txt,
+            logit_scale=float(self.logit_scale),
+            logit_bias=float(self.logit_bias),
+        )
