@@ -49,9 +49,14 @@ def _inputs(size: int, seed: int = 0):
 
 def _select(learner, reference, loss: str, naive: bool, seed: int = 0):
     return jestkit.select(
-        learner, reference, loss=loss, naive=naive, filter_ratio=FILTER_RATIO,
-        n_chunks=N_CHUNKS, generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
+        learner,
+        reference,
+        loss=loss,
+        naive=naive,
+        filter_ratio=FILTER_RATIO,
+        n_chunks=N_CHUNKS,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def _gemm_time(flops: int, size: int, repeats: int) -> list[float]:
@@ -92,8 +97,18 @@ def worker(size: int, loss: str, impl: str, repeats: int) -> dict:
 
 
 def _run_case(size: int, loss: str, impl: str, repeats: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", impl, "--sizes", str(size), "--loss", loss,
-           "--repeats", str(repeats)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        impl,
+        "--sizes",
+        str(size),
+        "--loss",
+        loss,
+        "--repeats",
+        str(repeats),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
     if proc.returncode != 0:
         return {"size": size, "loss": loss, "impl": impl, "error": proc.stderr.strip()[-500:]}
@@ -141,16 +156,23 @@ def main() -> None:
             rows.append(row)
 
     result = {
-        "config": {"dim": DIM, "filter_ratio": FILTER_RATIO, "n_chunks": N_CHUNKS,
-                   "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "config": {
+            "dim": DIM,
+            "filter_ratio": FILTER_RATIO,
+            "n_chunks": N_CHUNKS,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
         "rows": rows,
-    }  # fmt: skip
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 
-    head = (f"{'B':>6} {'loss':>7} | {'bounded s':>9} {'naive s':>8} {'speedup':>7} | "
-            f"{'bounded GiB':>11} {'naive GiB':>9} {'mem ratio':>9} | {'GFLOP':>7} "
-            f"{'gemm s':>7} {'vs gemm':>7}")  # fmt: skip
+    head = (
+        f"{'B':>6} {'loss':>7} | {'bounded s':>9} {'naive s':>8} {'speedup':>7} | "
+        f"{'bounded GiB':>11} {'naive GiB':>9} {'mem ratio':>9} | {'GFLOP':>7} "
+        f"{'gemm s':>7} {'vs gemm':>7}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:

@@ -83,9 +83,14 @@ def test_joint_sampler_matches_enumerated_distribution(loss):
     counts = Counter()
     for _ in range(n_draws):
         idx = jestkit.select(
-            learner, reference, generator=gen, loss=loss, filter_ratio=1 - b / B,
-            n_chunks=n_chunks, temperature=temperature,
-        ).tolist()  # fmt: skip
+            learner,
+            reference,
+            generator=gen,
+            loss=loss,
+            filter_ratio=1 - b / B,
+            n_chunks=n_chunks,
+            temperature=temperature,
+        ).tolist()
         key, start = (), 0
         for c in sizes:
             key += (frozenset(idx[start : start + c]),)
@@ -189,9 +194,13 @@ def test_normalized_gains_divide_by_batch_size():
     greedy = jestkit.select(learner, reference, temperature=0.0, n_chunks=3, filter_ratio=0.5)
     assert idx.tolist() == greedy.tolist()  # greedy is scale-free
     sampled = jestkit.select(
-        learner, reference, normalize_gains=True, n_chunks=3, filter_ratio=0.5,
+        learner,
+        reference,
+        normalize_gains=True,
+        n_chunks=3,
+        filter_ratio=0.5,
         generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+    )
     assert len(set(sampled.tolist())) == 30
 
 

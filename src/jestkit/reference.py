@@ -1,0 +1,138 @@
+"""The reference model: trained on the small curated set only, then frozen and cached.
+
+A reference folder holds:
+    model.pt         the reference's weights and model config
+    reference.json   its fingerprint, logit scale and bias, training FLOPs and test metrics
+    cache/           its image and text embeddings of every pool example, keyed by id
+                     (jestkit.cache: Parquet, fingerprinted, resumable, atomic)
+Training reads reference.json and the cache, never the model: a stale cache (other weights or
+other data) is refused by ReferenceCache.open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from jestkit.cache import CacheError, CacheMeta, ReferenceCache, build_cache, fingerprint_state_dict
+from jestkit.data.prepare import CaptionData, pixels
+from jestkit.flops import count_no_grad_flops
+from jestkit.models.factory import ModelConfig, build_model
+from jestkit.train import ReferenceOutputs, TrainConfig, Trainer, save_atomic
+
+
+@dataclass
+class ReferenceConfig:
+    """How the reference trains on the curated set (uniform batches, no selection)."""
+
+    steps: int = 300
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+
+
+def _cache_meta(model_fingerprint: str, data: CaptionData, embed_dim: int) -> CacheMeta:
+    return CacheMeta(
+        model_fingerprint, data.fingerprint, {"image": [embed_dim], "text": [embed_dim]}
+    )
+
+
+def train_reference(
+    data: CaptionData,
+    model_config: ModelConfig,
+    config: ReferenceConfig,
+    loss: str,
+    out_dir: str | os.PathLike,
+    evaluate=None,
+    progress: bool = True,
+) -> dict:
+    """Train the reference on data.curated, save it and build its cache of the pool.
+    Returns the contents of reference.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    model = build_model(model_config, len(data.vocab), loss)
+    train_config = TrainConfig(
+        policy="uniform",
+        loss=loss,
+        batch_size=min(config.batch_size, len(data.curated)),
+        steps=config.steps,
+        lr=config.lr,
+        seed=config.seed,
+        eval_every=config.steps,
+        checkpoint_every=config.steps,
+    )
+    trainer = Trainer(
+        model,
+        train_config,
+        data.curated,
+        data.curated_tokens,
+        progress=progress,
+        desc="reference",
+        evaluate=evaluate,
+    )
+    trainer.run()
+    model.eval()
+    model_fingerprint = fingerprint_state_dict(model.state_dict())
+    save_atomic(
+        {"model": model.state_dict(), "model_config": asdict(model_config), "loss": loss},
+        out / "model.pt",
+    )
+
+    cache_flops = 0
+    tokens_by_id = dict(zip(data.pool.ids.tolist(), range(len(data.pool)), strict=True))
+
+    def compute(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        nonlocal cache_flops
+        rows = torch.tensor([tokens_by_id[i] for i in ids.tolist()])
+        images, tokens = pixels(data.pool.images[rows]), data.pool_tokens[rows]
+        (img, txt), flops = count_no_grad_flops(model, images, tokens)
+        cache_flops += flops
+        return {"image": img, "text": txt}
+
+    meta = _cache_meta(model_fingerprint, data, model_config.embed_dim)
+    build_cache(out / "cache", data.pool.ids, compute, meta, batch_size=1024, progress=progress)
+    info = {
+        "model_fingerprint": model_fingerprint,
+        "data_fingerprint": data.fingerprint,
+        "loss": loss,
+        "logit_scale": model.logit_scale.item(),
+        "logit_bias": model.logit_bias.item(),
+        "model_config": asdict(model_config),
+        "config": asdict(config),
+        "train_flops": trainer.flops["train"],
+        "cache_flops": cache_flops,
+        "curated_size": len(data.curated),
+        "final": trainer.summary()["final"],
+    }
+    tmp = out / "reference.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, out / "reference.json")
+    return info
+
+
+def load_reference(ref_dir: str | os.PathLike, data: CaptionData, loss: str) -> ReferenceOutputs:
+    """The cached reference for `data`; refuses a missing, stale or mismatched one."""
+    ref = Path(ref_dir)
+    info_path = ref / "reference.json"
+    if not info_path.exists():
+        raise CacheError(
+            f"no reference at {ref} (missing reference.json); build it with "
+            f"`jestkit reference --out {ref}`"
+        )
+    info = json.loads(info_path.read_text())
+    if info["loss"] != loss:
+        raise CacheError(
+            f"the reference at {ref} was trained with loss={info['loss']!r}, this run uses "
+            f"loss={loss!r}; build a reference with the same loss"
+        )
+    cache = ReferenceCache.open(ref / "cache", info["model_fingerprint"], data.fingerprint)
+    return ReferenceOutputs(cache, info["logit_scale"], info["logit_bias"])
+
+
+def reference_info(ref_dir: str | os.PathLike) -> dict:
+    return json.loads((Path(ref_dir) / "reference.json").read_text())

@@ -1,0 +1,225 @@
+"""The image-caption job end to end on a small slice of the real Fashion-MNIST files."""
+
+import json
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+from jestkit.cache import CacheError
+from jestkit.cli import main as cli_main
+from jestkit.data.captions import JUNK, MISMATCHED, PoolConfig
+from jestkit.data.prepare import prepare_caption_data
+from jestkit.demo import evaluator, run_demo, train_learner
+from jestkit.models.factory import ModelConfig, build_model
+from jestkit.reference import ReferenceConfig, load_reference, train_reference
+from jestkit.train import TrainConfig, Trainer
+
+LIMIT = 1500
+POOL = PoolConfig(curated_size=400)
+MODEL = ModelConfig(dim=32, depth=1, text_depth=1, heads=2, embed_dim=32)
+TINY = TrainConfig(batch_size=16, steps=6, eval_every=3, checkpoint_every=3, n_chunks=4)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return prepare_caption_data(POOL, limit=LIMIT)
+
+
+@pytest.fixture(scope="module")
+def reference_dir(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    train_reference(
+        data, MODEL, ReferenceConfig(steps=80, batch_size=64), "sigmoid", out, progress=False
+    )
+    return out
+
+
+def test_reference_folder_and_cache_round_trip(data, reference_dir):
+    info = json.loads((reference_dir / "reference.json").read_text())
+    assert info["train_flops"] > 0 and info["cache_flops"] > 0
+    assert info["data_fingerprint"] == data.fingerprint
+    ref = load_reference(reference_dir, data, "sigmoid")
+    # the cache holds what the saved reference computes, keyed by id
+    state = torch.load(reference_dir / "model.pt", weights_only=False)
+    model = build_model(MODEL, len(data.vocab), "sigmoid")
+    model.load_state_dict(state["model"])
+    model.eval()
+    rows = torch.tensor([5, 0, 17, len(data.pool) - 1])
+    out = ref(data.pool.ids[rows])
+    img, txt = model(data.pool.images[rows].unsqueeze(1).float() / 255, data.pool_tokens[rows])
+    assert torch.allclose(out.image, img, atol=1e-5) and torch.allclose(out.text, txt, atol=1e-5)
+    assert out.logit_scale == pytest.approx(model.logit_scale.item())
+
+
+def test_stale_cache_is_refused(data, reference_dir, tmp_path):
+    # other data: a different pool seed changes the pool's fingerprint
+    other = prepare_caption_data(replace(POOL, seed=1), limit=LIMIT)
+    with pytest.raises(CacheError, match="data"):
+        load_reference(reference_dir, other, "sigmoid")
+    # another reference: retrain with another seed, then put the old cache beside it
+    other_ref = tmp_path / "other"
+    train_reference(
+        data,
+        MODEL,
+        ReferenceConfig(steps=2, batch_size=16, seed=5),
+        "sigmoid",
+        other_ref,
+        progress=False,
+    )
+    shutil.rmtree(other_ref / "cache")
+    shutil.copytree(reference_dir / "cache", other_ref / "cache")
+    with pytest.raises(CacheError, match="model"):
+        load_reference(other_ref, data, "sigmoid")
+    with pytest.raises(CacheError, match="loss"):
+        load_reference(reference_dir, data, "softmax")
+    with pytest.raises(CacheError, match="jestkit reference"):
+        load_reference(tmp_path / "missing", data, "sigmoid")
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "learnability-joint",
+        "flexi-learnability-independent",
+        "hard_learner-joint",
+        "easy_reference-independent",
+    ],
+)
+def test_every_stage_runs(data, reference_dir, tmp_path, policy):
+    config = replace(TINY, policy=policy)
+    result = train_learner(data, MODEL, config, reference_dir, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["steps"] == 6 and saved["policy"] == config.name()
+    assert [h["step"] for h in saved["history"]] == [0, 3, 6]
+    assert set(result["final"]) == {"zero_shot", "i2t_r1", "t2i_r1"}
+    flops = result["flops"]
+    assert flops["train"] > 0 and flops["reference_score"] == 0
+    assert (flops["learner_score"] > 0) == (not policy.startswith("easy_reference"))
+
+
+def test_flexi_scoring_is_cheaper(data, reference_dir, tmp_path):
+    full = train_learner(data, MODEL, TINY, reference_dir, tmp_path / "a", progress=False)
+    flexi = replace(TINY, policy="flexi-learnability-joint")
+    cheap = train_learner(data, MODEL, flexi, reference_dir, tmp_path / "b", progress=False)
+    ratio = cheap["flops_per_step"]["learner_score"] / full["flops_per_step"]["learner_score"]
+    # the image tower at patch 14 sees 4 tokens instead of 16; the text tower costs the same
+    assert ratio < 0.75, ratio
+
+
+def test_resume_reproduces_the_uninterrupted_run(data, reference_dir, tmp_path):
+    def trainer(out):
+        torch.manual_seed(0)
+        model = build_model(MODEL, len(data.vocab), "sigmoid")
+        ref = load_reference(reference_dir, data, "sigmoid")
+        return Trainer(
+            model, TINY, data.pool, data.pool_tokens, ref, evaluator(data), out, progress=False
+        )
+
+    straight = trainer(tmp_path / "straight")
+    straight.run()
+    interrupted = trainer(tmp_path / "resumed")
+    interrupted.run(stop_at=3)
+    resumed = trainer(tmp_path / "resumed")
+    assert resumed.resume() and resumed.step == 3
+    resumed.run()
+    assert len(resumed.selected_ids) == 6
+    for a, b in zip(straight.selected_ids, resumed.selected_ids, strict=True):
+        assert torch.equal(a, b)
+    for (name, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert straight.history == resumed.history
+    # a different config is refused rather than mixed in
+    other = Trainer(
+        build_model(MODEL, len(data.vocab), "sigmoid"),
+        replace(TINY, lr=1.0),
+        data.pool,
+        data.pool_tokens,
+        load_reference(reference_dir, data, "sigmoid"),
+        None,
+        tmp_path / "resumed",
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="lr=1.0"):
+        other.resume()
+
+
+def test_learnability_selects_less_noise_than_the_pool(data, reference_dir):
+    config = replace(TINY, steps=12, eval_every=12, batch_size=32, temperature=0.0)
+    torch.manual_seed(0)
+    model = build_model(MODEL, len(data.vocab), "sigmoid")
+    trainer = Trainer(
+        model,
+        config,
+        data.pool,
+        data.pool_tokens,
+        load_reference(reference_dir, data, "sigmoid"),
+        progress=False,
+    )
+    trainer.run()
+    pool_noisy = ((data.pool.noise == MISMATCHED) | (data.pool.noise == JUNK)).float().mean()
+    sel = trainer.selected_noise_fraction()
+    selected_noisy = sel["mismatched"] + sel["junk"]
+    assert float(pool_noisy) == pytest.approx(0.40, abs=0.02)
+    assert selected_noisy < 0.6 * float(pool_noisy), (selected_noisy, float(pool_noisy))
+
+
+def test_demo_writes_results_and_curves(tmp_path):
+    results = run_demo(
+        tmp_path,
+        POOL,
+        MODEL,
+        ReferenceConfig(steps=10, batch_size=32),
+        TINY,
+        policies=("uniform", "learnability-joint"),
+        limit=LIMIT,
+        progress=False,
+    )
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert set(saved["policies"]) == {"uniform", "learnability-joint"}
+    keys = {
+        "final_zero_shot",
+        "final_i2t_r1",
+        "final_t2i_r1",
+        "steps_to_target",
+        "flops_to_target",
+        "speedup_steps",
+        "speedup_flops",
+        "selected_noise_fraction",
+    }
+    for row in saved["policies"].values():
+        assert keys <= set(row)
+    assert saved["policies"]["uniform"]["steps_to_target"] is not None
+    assert saved["config"]["train"]["steps"] == 6
+    assert results["target_zero_shot"] == saved["policies"]["uniform"]["final_zero_shot"]
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    code = cli_main(
+        [
+            "train",
+            "--reference",
+            str(tmp_path / "nope"),
+            "--limit",
+            "600",
+            "--curated-size",
+            "100",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ]
+    )
+    assert code == 2
+    assert "jestkit reference" in capsys.readouterr().err
+    code = cli_main(["train", "--data-dir", str(tmp_path), "--quiet"])
+    assert code == 2
+    assert "dataset-fashion-mnist" in capsys.readouterr().err
+    code = cli_main(["train", "--filter-ratio", "1.0", "--quiet"])
+    assert code == 2
+    assert "filter_ratio" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--policy", "hardest"])
