@@ -75,7 +75,7 @@ def plot_curves(runs: dict[str, dict], path: str | Path, title: str = "") -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), width_ratios=(1, 1, 0.8))
     target = runs["uniform"]["final"][METRIC] if "uniform" in runs else None
     for name, run in runs.items():
         steps = [h["step"] for h in run["history"]]
@@ -83,15 +83,36 @@ def plot_curves(runs: dict[str, dict], path: str | Path, title: str = "") -> Non
         acc = [h[METRIC] for h in run["history"]]
         axes[0].plot(steps, acc, marker="o", ms=3, label=name)
         axes[1].plot(flops, acc, marker="o", ms=3, label=name)
-    for ax, xlabel in zip(axes, ("training steps", "TFLOPs (training + scoring)"), strict=True):
+    for ax, xlabel in zip(axes[:2], ("training steps", "TFLOPs (training + scoring)"), strict=True):
         if target is not None:
             ax.axhline(target, color="grey", ls="--", lw=1, label="uniform final")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("zero-shot top-1 (test)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    _flops_bars(axes[2], runs)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _flops_bars(ax, runs: dict[str, dict]) -> None:
+    """Total FLOPs of each run, stacked by where they were spent."""
+    names = list(runs)
+    bottom = [0.0] * len(names)
+    for part, label in (
+        ("train", "training"),
+        ("learner_score", "learner scoring"),
+        ("reference_score", "reference scoring"),
+    ):
+        values = [runs[n]["flops"][part] / 1e12 for n in names]
+        if any(values):
+            ax.barh(names, values, left=bottom, label=label)
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_xlabel("TFLOPs over the whole run")
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="x")
