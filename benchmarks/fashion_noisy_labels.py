@@ -368,7 +368,7 @@ def plot(results, path):
         axes[row, 1].set(xlabel="FLOPs (training + scoring)", ylabel="test accuracy",
                          title=f"{kind} noise {rate:.0%}")  # fmt: skip
         for ax in axes[row]:
-            ax.set_ylim(bottom=0.5)
+            ax.set_ylim(bottom=0.1)  # chance level
             ax.grid(alpha=0.3)
         axes[row, 0].legend(fontsize=8)
     fig.tight_layout()

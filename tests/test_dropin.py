@@ -80,6 +80,8 @@ def test_dict_batch_nested_and_strings_keep_their_structure():
         "tokens": [torch.arange(n), torch.arange(n) * 10],
         "epoch": 3,
         "scale": torch.tensor(2.0),
+        "raw_id": list(range(100, 100 + n)),  # per-example ints from a custom collate_fn
+        "shape": [28, 28],
     }
     selected = SelectiveLoader(
         [batch],
@@ -96,6 +98,7 @@ def test_dict_batch_nested_and_strings_keep_their_structure():
     assert out["caption"] == [f"caption {i}" for i in ids.tolist()]
     assert torch.equal(out["tokens"][1], ids * 10)
     assert out["epoch"] == 3 and float(out["scale"]) == 2.0
+    assert out["raw_id"] == [100 + i for i in ids.tolist()] and out["shape"] == [28, 28]
 
 
 class Stream(IterableDataset):

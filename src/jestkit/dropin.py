@@ -81,8 +81,9 @@ def index_batch(batch: Batch, index: torch.Tensor, size: int, path: str = "batch
     """The examples `index` of a super-batch of `size` examples, keeping the batch's structure.
 
     Tensors and numpy arrays with a leading dimension of `size` are indexed; lists and tuples of
-    `size` strings are indexed; tuples, lists (namedtuples too) and mappings are walked; ints,
-    floats, bools and None pass through. Anything else raises TypeError naming its type and path.
+    `size` strings or numbers are indexed; tuples, lists (namedtuples too) and mappings are
+    walked; ints, floats, bools, None and other lists of numbers pass through. Anything else
+    raises TypeError naming its type and path.
     """
     if torch.is_tensor(batch):
         if batch.dim() == 0:
@@ -108,14 +109,17 @@ def index_batch(batch: Batch, index: torch.Tensor, size: int, path: str = "batch
         except TypeError:
             return items
     if isinstance(batch, list | tuple):
-        if batch and all(isinstance(v, str | bytes) for v in batch):
-            if len(batch) != size:
+        if batch and all(isinstance(v, (*_PASS_THROUGH, str, bytes)) for v in batch):
+            # a list of per-example values (captions, ids from a custom collate_fn)
+            if len(batch) == size:
+                picked = [batch[i] for i in index.tolist()]
+                return picked if isinstance(batch, list) else tuple(picked)
+            if all(isinstance(v, str | bytes) for v in batch):
                 raise ValueError(
                     f"{path} is a list of {len(batch)} strings but the super-batch has {size} "
                     f"examples"
                 )
-            picked = [batch[i] for i in index.tolist()]
-            return picked if isinstance(batch, list) else tuple(picked)
+            return batch  # a short list of numbers that is not per-example (e.g. a shape)
         picked = [index_batch(v, index, size, f"{path}[{i}]") for i, v in enumerate(batch)]
         if isinstance(batch, list):
             return picked
