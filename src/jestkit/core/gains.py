@@ -18,6 +18,15 @@ Losses (DESIGN.md section 1.1), each summed over the batch, no normalisation:
              + sum_{j in C} softplus(s_jk - R_j) + sum_{j in C} softplus(s_kj - K_j),
   R_j, K_j the running row and column log-partitions of the selected j over C. g(k | {}) = 0, so
   the first chunk is scored by each example's own loss against the whole super-batch.
+
+Sharding (jestkit.distributed): a state may hold only a shard of the super-batch, the candidates
+at global positions offset .. offset + size - 1. The same methods then serve many processes:
+`shared(idx)` packs what a chunk's members contribute to the others' gains into one (c, D)
+tensor, `absorb(shared, chunk)` adds a chunk given those rows (gathered from every shard) and the
+chunk's global positions, and the whole-super-batch pass of the independent scores is split into
+`super_batch_terms` (this shard's rows against every column), `merge_columns` (combine the
+shards' column partials) and `scores_from_terms`. One process is the shard with offset 0 that
+holds everything: `add(idx)` is `absorb(shared(idx), idx)`.
 """
 
 from __future__ import annotations
@@ -63,6 +72,21 @@ class _Tower:
         )
 
 
+def _pack(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate (n, d_i) tensors along dim 1 in their common dtype (casts up, so exact)."""
+    dtype = parts[0].dtype
+    for p in parts[1:]:
+        dtype = torch.promote_types(dtype, p.dtype)
+    return torch.cat([p.to(dtype) for p in parts], 1)
+
+
+def _unpack(packed: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Split a _pack-ed tensor back into contiguous parts with the widths and dtypes of `like`."""
+    widths = [t.shape[1] for t in like]
+    parts = torch.split(packed, widths, dim=1)
+    return [p.to(t.dtype).contiguous() for p, t in zip(parts, like, strict=True)]
+
+
 def _blocks(n: int, block: int):
     for start in range(0, n, block):
         yield slice(start, min(start + block, n))
@@ -73,13 +97,23 @@ def _positives(n_rows: int, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return torch.arange(n_rows, device=cols.device), cols
 
 
+def _local_positives(chunk: torch.Tensor, offset: int, size: int):
+    """(row, col) of the positive pairs between a chunk (global positions) and a shard's columns:
+    chunk member r at global position g is column g - offset when the shard holds g."""
+    mine = (chunk >= offset) & (chunk < offset + size)
+    return torch.nonzero(mine).flatten(), chunk[mine] - offset
+
+
 class PerExampleGains:
     """Per-example losses: the gain of k is its own weighted loss, whatever C is."""
 
-    def __init__(self, models: Sequence[Weighted]):
+    pairwise = False  # no pair terms: shards never exchange outputs
+
+    def __init__(self, models: Sequence[Weighted], offset: int = 0):
         vecs = [m.weight * m.outputs.to(compute_dtype(m.outputs)) for m in models]
         self.score = torch.stack(vecs).sum(0)
         self.size = self.score.shape[0]
+        self.offset = offset
 
     def independent_scores(self) -> torch.Tensor:
         return self.score
@@ -89,6 +123,12 @@ class PerExampleGains:
 
     def gains(self) -> torch.Tensor:
         return self.score
+
+    def shared(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.score.new_empty(len(idx), 0)
+
+    def absorb(self, shared: torch.Tensor, chunk: torch.Tensor) -> None:
+        pass
 
     def add(self, idx: torch.Tensor) -> None:
         pass
@@ -104,13 +144,46 @@ def _sigmoid_block(t: _Tower, rows: torch.Tensor, cols_emb: torch.Tensor, positi
     return loss
 
 
-class SigmoidGains:
-    """Sigmoid-contrastive gains: a running length-B vector, 2 GEMMs per model per chunk."""
+class _PairwiseGains:
+    """What the two contrastive states share: towers, a shard of the super-batch, packing."""
 
-    def __init__(self, models: Sequence[Weighted], block_size: int = 512):
+    pairwise = True  # pair terms: shards exchange the chunk's embeddings
+
+    def __init__(self, models: Sequence[Weighted], block_size: int, offset: int):
         self.towers = [_Tower.of(m) for m in models]
         self.size = self.towers[0].image.shape[0]
         self.block_size = block_size
+        self.offset = offset
+
+    def shared(self, idx: torch.Tensor) -> torch.Tensor:
+        """(len(idx), D): the image and text embeddings of candidates idx, every tower, packed."""
+        return _pack([e[idx] for t in self.towers for e in (t.image, t.text)])
+
+    def _unshare(self, shared: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        parts = _unpack(shared, [e for t in self.towers for e in (t.image, t.text)])
+        return list(zip(parts[0::2], parts[1::2], strict=True))
+
+    def column_outputs(self) -> torch.Tensor:
+        """(size, D'): what the whole-super-batch pass needs of this shard (the text embeddings)."""
+        return _pack([t.text for t in self.towers])
+
+    def _columns(self, columns: torch.Tensor) -> list[torch.Tensor]:
+        return _unpack(columns, [t.text for t in self.towers])
+
+    def independent_scores(self) -> torch.Tensor:
+        """Each example's weighted loss in the context of the whole super-batch (one shard:
+        everything; under jestkit.distributed the column partials are merged across shards)."""
+        return self.scores_from_terms(*self.super_batch_terms(self.column_outputs()))
+
+    def add(self, idx: torch.Tensor) -> None:
+        self.absorb(self.shared(idx), idx + self.offset)
+
+
+class SigmoidGains(_PairwiseGains):
+    """Sigmoid-contrastive gains: a running length-B vector, 2 GEMMs per model per chunk."""
+
+    def __init__(self, models: Sequence[Weighted], block_size: int = 512, offset: int = 0):
+        super().__init__(models, block_size, offset)
         diag = [
             t.weight * F.softplus(-(t.scale * (t.image * t.text).sum(1) + t.bias))
             for t in self.towers
@@ -118,18 +191,29 @@ class SigmoidGains:
         self.diag = torch.stack(diag).sum(0)
         self.gain = self.diag.clone()
 
-    def independent_scores(self) -> torch.Tensor:
-        """Each example's weighted loss in the context of the whole super-batch:
-        A_kk + sum_{j != k} (A_kj + A_jk) = g(k | all others)."""
+    def super_batch_terms(self, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This shard's rows against all B columns (the text embeddings of the whole super-batch):
+        rows (1, size) = sum_j A_kj for its candidates k, complete; cols (1, B) = sum over its
+        rows j of A_jk for every candidate k, a partial sum over shards."""
+        texts = self._columns(columns)
         rowsum = torch.zeros_like(self.diag)
-        colsum = torch.zeros_like(self.diag)
-        for t in self.towers:
+        colsum = self.diag.new_zeros(texts[0].shape[0])
+        for t, text in zip(self.towers, texts, strict=True):
             for blk in _blocks(self.size, self.block_size):
-                idx = torch.arange(blk.start, blk.stop, device=self.diag.device)
-                loss = _sigmoid_block(t, t.image[blk], t.text, _positives(len(idx), idx))
+                idx = torch.arange(blk.start, blk.stop, device=self.diag.device) + self.offset
+                loss = _sigmoid_block(t, t.image[blk], text, _positives(len(idx), idx))
                 rowsum[blk] += t.weight * loss.sum(1)
                 colsum += t.weight * loss.sum(0)
-        return rowsum + colsum - self.diag
+        return rowsum[None], colsum[None]
+
+    @staticmethod
+    def merge_columns(parts: torch.Tensor) -> torch.Tensor:
+        """(n_shards, 1, n) column partials -> (1, n): sums over every row of the super-batch."""
+        return parts.sum(0)
+
+    def scores_from_terms(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """A_kk + sum_{j != k} (A_kj + A_jk) = g(k | all others)."""
+        return rows[0] + cols[0] - self.diag
 
     def first_scores(self) -> torch.Tensor:
         return self.diag
@@ -137,45 +221,62 @@ class SigmoidGains:
     def gains(self) -> torch.Tensor:
         return self.gain
 
-    def add(self, idx: torch.Tensor) -> None:
-        pos = _positives(len(idx), idx)
-        for t in self.towers:
-            rows = _sigmoid_block(t, t.image[idx], t.text, pos)  # (c, B): pairs (j, k)
-            cols = _sigmoid_block(t, t.text[idx], t.image, pos)  # (c, B): pairs (k, j), transposed
+    def absorb(self, shared: torch.Tensor, chunk: torch.Tensor) -> None:
+        """Add a chunk: shared = its members' packed embeddings, chunk = their global positions."""
+        pos = _local_positives(chunk, self.offset, self.size)
+        for t, (img_j, txt_j) in zip(self.towers, self._unshare(shared), strict=True):
+            rows = _sigmoid_block(t, img_j, t.text, pos)  # (c, B): pairs (j, k)
+            cols = _sigmoid_block(t, txt_j, t.image, pos)  # (c, B): pairs (k, j), transposed
             self.gain += t.weight * (rows.sum(0) + cols.sum(0))
 
 
-class SoftmaxGains:
+class SoftmaxGains(_PairwiseGains):
     """Exact softmax-contrastive (CLIP) gains with running log-partitions.
 
     Per model it keeps, for every candidate k, cand_row[k] = LSE_{j in C+k} s_kj and
-    cand_col[k] = LSE_{j in C+k} s_jk, and for every selected j its partitions sel_row[j],
-    sel_col[j] over C. The terms sum_{j in C} softplus(s_jk - R_j) depend on R_j, which grows
-    with C, so they are recomputed from the selected embeddings, one block of rows at a time.
+    cand_col[k] = LSE_{j in C+k} s_jk, and for every selected j its embeddings and partitions
+    sel_row[j], sel_col[j] over C. The terms sum_{j in C} softplus(s_jk - R_j) depend on R_j,
+    which grows with C, so they are recomputed from the selected embeddings, one block of rows at
+    a time.
     """
 
-    def __init__(self, models: Sequence[Weighted], block_size: int = 512):
-        self.towers = [_Tower.of(m) for m in models]
-        self.size = self.towers[0].image.shape[0]
-        self.block_size = block_size
+    def __init__(self, models: Sequence[Weighted], block_size: int = 512, offset: int = 0):
+        super().__init__(models, block_size, offset)
         self.diag = [t.scale * (t.image * t.text).sum(1) for t in self.towers]
         self.cand_row = [d.clone() for d in self.diag]
         self.cand_col = [d.clone() for d in self.diag]
-        self.selected = torch.empty(0, dtype=torch.long, device=self.diag[0].device)
+        self.n_selected = 0
+        self.sel_image = [t.image[:0] for t in self.towers]
+        self.sel_text = [t.text[:0] for t in self.towers]
         self.sel_row = [d.new_empty(0) for d in self.diag]
         self.sel_col = [d.new_empty(0) for d in self.diag]
 
-    def independent_scores(self) -> torch.Tensor:
-        """Each example's weighted two-direction loss against the whole super-batch."""
-        total = torch.zeros_like(self.diag[0])
-        for t, diag in zip(self.towers, self.diag, strict=True):
-            row = torch.empty_like(diag)
-            col = torch.full_like(diag, float("-inf"))
+    def super_batch_terms(self, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This shard's rows against all B columns (the text embeddings of the whole super-batch),
+        per model: rows (n_models, size) = LSE_j s_kj for its candidates k, complete; cols
+        (n_models, B) = LSE over its rows j of s_jk for every candidate k, a partial over shards."""
+        rows, cols = [], []
+        for t, text in zip(self.towers, self._columns(columns), strict=True):
+            row = torch.empty_like(self.diag[0])
+            col = text.new_full((text.shape[0],), float("-inf"))
             for blk in _blocks(self.size, self.block_size):
-                logits = t.scale * (t.image[blk] @ t.text.T)
+                logits = t.scale * (t.image[blk] @ text.T)
                 row[blk] = torch.logsumexp(logits, 1)
                 col = torch.logaddexp(col, torch.logsumexp(logits, 0))
-            total += t.weight * (row + col - 2 * diag)
+            rows.append(row)
+            cols.append(col)
+        return torch.stack(rows), torch.stack(cols)
+
+    @staticmethod
+    def merge_columns(parts: torch.Tensor) -> torch.Tensor:
+        """(n_shards, n_models, n) column partials -> (n_models, n): LSE over every row."""
+        return torch.logsumexp(parts, 0)
+
+    def scores_from_terms(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Each example's weighted two-direction loss against the whole super-batch."""
+        total = torch.zeros_like(self.diag[0])
+        for m, t in enumerate(self.towers):
+            total += t.weight * (rows[m] + cols[m] - 2 * self.diag[m])
         return total
 
     def first_scores(self) -> torch.Tensor:
@@ -185,21 +286,22 @@ class SoftmaxGains:
         total = torch.zeros_like(self.diag[0])
         for m, t in enumerate(self.towers):
             g = self.cand_row[m] + self.cand_col[m] - 2 * self.diag[m]
-            for blk in _blocks(len(self.selected), self.block_size):
-                sel = self.selected[blk]
-                s_jk = t.scale * (t.image[sel] @ t.text.T)  # (blk, B)
+            for blk in _blocks(self.n_selected, self.block_size):
+                s_jk = t.scale * (self.sel_image[m][blk] @ t.text.T)  # (blk, B)
                 g += F.softplus(s_jk - self.sel_row[m][blk, None]).sum(0)
-                s_kj = t.scale * (t.text[sel] @ t.image.T)  # (blk, B), transposed
+                s_kj = t.scale * (self.sel_text[m][blk] @ t.image.T)  # (blk, B), transposed
                 g += F.softplus(s_kj - self.sel_col[m][blk, None]).sum(0)
             total += t.weight * g
         return total
 
-    def add(self, idx: torch.Tensor) -> None:
-        old = self.selected
-        for m, t in enumerate(self.towers):
-            img_j, txt_j = t.image[idx], t.text[idx]
-            s_cj = t.scale * (t.image[old] @ txt_j.T)  # (|C|, c)
-            s_jc = t.scale * (img_j @ t.text[old].T)  # (c, |C|)
+    def absorb(self, shared: torch.Tensor, chunk: torch.Tensor) -> None:
+        """Add a chunk: shared = its members' packed embeddings, chunk = their global positions
+        (unused: the softmax loss treats a candidate's own pair like any other in the LSEs)."""
+        chunk_embeddings = self._unshare(shared)
+        for m, (t, (img_j, txt_j)) in enumerate(zip(self.towers, chunk_embeddings, strict=True)):
+            img_c, txt_c = self.sel_image[m], self.sel_text[m]
+            s_cj = t.scale * (img_c @ txt_j.T)  # (|C|, c)
+            s_jc = t.scale * (img_j @ txt_c.T)  # (c, |C|)
             s_jj = t.scale * (img_j @ txt_j.T)  # (c, c)
             new_row = torch.logsumexp(torch.cat([s_jc, s_jj], 1), 1)
             new_col = torch.logsumexp(torch.cat([s_cj, s_jj], 0), 0)
@@ -207,20 +309,23 @@ class SoftmaxGains:
             old_col = torch.logaddexp(self.sel_col[m], torch.logsumexp(s_jc, 0))
             self.sel_row[m] = torch.cat([old_row, new_row])
             self.sel_col[m] = torch.cat([old_col, new_col])
-            # candidates: extend their partitions by the chunk, one block of columns at a time
+            self.sel_image[m] = torch.cat([img_c, img_j])
+            self.sel_text[m] = torch.cat([txt_c, txt_j])
+            # candidates: extend their partitions by the chunk
             s_kj = t.scale * (txt_j @ t.image.T)  # (c, B): s_kj for j in the chunk
             s_jk = t.scale * (img_j @ t.text.T)  # (c, B): s_jk for j in the chunk
             self.cand_row[m] = torch.logaddexp(self.cand_row[m], torch.logsumexp(s_kj, 0))
             self.cand_col[m] = torch.logaddexp(self.cand_col[m], torch.logsumexp(s_jk, 0))
-        self.selected = torch.cat([old, idx])
+        self.n_selected += len(chunk)
 
 
-def gain_state(loss: str, models: Sequence[Weighted], block_size: int = 512):
-    """The gain state for `loss` ('per_example', 'sigmoid' or 'softmax')."""
+def gain_state(loss: str, models: Sequence[Weighted], block_size: int = 512, offset: int = 0):
+    """The gain state for `loss` ('per_example', 'sigmoid' or 'softmax'); offset: the global
+    position of its first candidate when it holds one shard of the super-batch."""
     if loss == "per_example":
-        return PerExampleGains(models)
+        return PerExampleGains(models, offset)
     if loss == "sigmoid":
-        return SigmoidGains(models, block_size)
+        return SigmoidGains(models, block_size, offset)
     if loss == "softmax":
-        return SoftmaxGains(models, block_size)
+        return SoftmaxGains(models, block_size, offset)
     raise ValueError(f"loss must be 'per_example', 'sigmoid' or 'softmax', got {loss!r}")

@@ -29,6 +29,27 @@ def gumbel_noise(n: int, generator: torch.Generator | None, like: torch.Tensor) 
     return (-torch.log(-torch.log(u))).to(device=like.device, dtype=like.dtype)
 
 
+def perturbed_scores(
+    scores: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator | None,
+    size: int | None = None,
+    offset: int = 0,
+) -> torch.Tensor:
+    """scores / temperature + standard Gumbel noise: the top k of the result is a draw of k
+    without replacement (temperature 0: the scores themselves, no noise drawn).
+
+    size, offset: `scores` are candidates offset .. offset + len(scores) - 1 of a super-batch of
+    `size` (one shard of it): the noise of the whole super-batch is drawn and this slice used, so
+    every shard perturbs its candidates exactly as one process holding everything would.
+    """
+    if temperature == 0:
+        return scores
+    n = scores.shape[0]
+    noise = gumbel_noise(n if size is None else size, generator, scores)
+    return scores / temperature + noise[offset : offset + n]
+
+
 def sample_without_replacement(
     scores: torch.Tensor,
     k: int,
@@ -37,10 +58,7 @@ def sample_without_replacement(
 ) -> torch.Tensor:
     """k indices drawn without replacement with p proportional to exp(scores / temperature),
     in draw order; temperature 0 takes the top k. -inf scores are never drawn."""
-    if temperature == 0:
-        return torch.topk(scores, k).indices
-    noise = gumbel_noise(scores.shape[0], generator, scores)
-    return torch.topk(scores / temperature + noise, k).indices
+    return torch.topk(perturbed_scores(scores, temperature, generator), k).indices
 
 
 def joint_sample(

@@ -1,0 +1,38 @@
+"""JEST on many processes (torchrun): global selection, fixed per-rank batches, sharded cache.
+
+ctx = setup()                                   # from torchrun's environment
+model = wrap_model(model, ctx)                  # DistributedDataParallel
+selector = GlobalSelector(config, seed=0, group=ctx.group, device=ctx.device)
+positions = selector(learner_shard, reference_shard)    # same on every rank
+batch = redistribute(shard_data, positions, ctx.group)  # b / world_size rows on each rank
+"""
+
+from jestkit.distributed.batch import assign_ranks, per_rank_batch, rank_positions, redistribute
+from jestkit.distributed.cache import build_cache_sharded
+from jestkit.distributed.comm import Traffic
+from jestkit.distributed.group import (
+    Distributed,
+    all_gather_with_grad,
+    setup,
+    teardown,
+    unwrap,
+    wrap_model,
+)
+from jestkit.distributed.select import GlobalSelector, select_global
+
+__all__ = [
+    "Distributed",
+    "GlobalSelector",
+    "Traffic",
+    "all_gather_with_grad",
+    "assign_ranks",
+    "build_cache_sharded",
+    "per_rank_batch",
+    "rank_positions",
+    "redistribute",
+    "select_global",
+    "setup",
+    "teardown",
+    "unwrap",
+    "wrap_model",
+]
