@@ -266,11 +266,12 @@ class CaptionSet:
     labels: torch.Tensor  # int64 (N,), true class of the image
     captions: list[str]
     noise: torch.Tensor  # int64 (N,), index into NOISE_TYPES
+    levels: torch.Tensor | None = None  # int64 (N, 6): the image's attribute levels, 0..2
 
     def __post_init__(self):
         n = len(self.ids)
         for f in fields(self):
-            if len(getattr(self, f.name)) != n:
+            if getattr(self, f.name) is not None and len(getattr(self, f.name)) != n:
                 raise ValueError(
                     f"CaptionSet.{f.name} has {len(getattr(self, f.name))} rows, ids {n}"
                 )
@@ -290,6 +291,7 @@ class CaptionSet:
             labels=self.labels[index],
             captions=[self.captions[i] for i in index.tolist()],
             noise=self.noise[index],
+            levels=None if self.levels is None else self.levels[index],
         )
 
 
@@ -396,6 +398,7 @@ def build_caption_data(
         labels=train_labels[curated_idx].long(),
         captions=make_captions(train_labels[curated_idx], curated_levels, g),
         noise=torch.full((len(curated_idx),), CLEAN, dtype=torch.long),
+        levels=curated_levels,
     )
 
     images, labels = train_images[pool_idx], train_labels[pool_idx].long()
@@ -429,13 +432,16 @@ def build_caption_data(
         labels=torch.cat([labels, labels[src]]),
         captions=captions + dup_captions,
         noise=torch.cat([noise, torch.full((n_dup,), DUPLICATE, dtype=torch.long)]),
+        levels=torch.cat([pool_levels, pool_levels[src]]),
     ).subset(torch.randperm(n_total, generator=g))
 
+    test_levels = buckets.levels(test_images)
     test = CaptionSet(
         ids=TEST_ID_OFFSET + torch.arange(len(test_images)),
         images=test_images,
         labels=test_labels.long(),
-        captions=make_captions(test_labels, buckets.levels(test_images), _generator(0, 2)),
+        captions=make_captions(test_labels, test_levels, _generator(0, 2)),
         noise=torch.full((len(test_images),), CLEAN, dtype=torch.long),
+        levels=test_levels,
     )
     return pool, curated, test

@@ -14,7 +14,7 @@ from jestkit.models.vit import ImageTower, ViTConfig
 class ModelConfig:
     dim: int = 96
     depth: int = 3
-    text_depth: int = 2
+    text_depth: int = 1
     heads: int = 4
     embed_dim: int = 96
     patch_size: int = 7
