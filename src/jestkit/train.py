@@ -48,12 +48,12 @@ class TrainConfig:
     n_chunks: int = 16
     temperature: float = 1.0
     batch_size: int = 128  # b: examples trained on per step
-    steps: int = 300
+    steps: int = 200
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_steps: int = 20
     seed: int = 0
-    eval_every: int = 50
+    eval_every: int = 25
     checkpoint_every: int = 100
     score_patch_size: int | None = None  # Flexi-JEST: score at this patch size (e.g. 14)
     score_token_drop: float = 0.0  # Flexi-JEST: drop this share of tokens when scoring
