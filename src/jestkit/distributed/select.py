@@ -8,11 +8,14 @@ order, as `jestkit.select` on the whole super-batch. Per selection step they exc
 
 * a check: shard sizes and "inputs ok" (2 int64 per rank), so a bad input or a world size that
   does not divide B fails on every rank alike instead of leaving the others waiting;
-* per chunk, the Gumbel-top-k merge: each rank's best min(c, n) perturbed scores (plus their
-  int64 positions when c < n). Every rank draws the full length-B noise vector from its own copy
-  of the generator and uses its slice, so the perturbed scores are those of one process;
-* per chunk, for the contrastive losses: the chosen chunk's embeddings (c rows of the packed
-  image and text embeddings of learner and reference), sent by their owners to every rank;
+* per-example losses: the gains never change, so every rank gathers the B weighted scores (one
+  float each) once and runs the one-process sampler on them: bit-identical, ties included;
+* contrastive losses, per chunk, the Gumbel-top-k merge: each rank's best min(c, n) perturbed
+  scores (plus their int64 positions when c < n). Every rank draws the full length-B noise
+  vector from its own copy of the generator and uses its slice, so the perturbed scores are
+  those one process computes;
+* contrastive losses, per chunk: the chosen chunk's embeddings (c rows of the packed image and
+  text embeddings of learner and reference), sent by their owners to every rank;
 * softmax only, once per step: the first chunk is drawn from each candidate's loss against the
   whole super-batch, whose log-partitions need every cross-shard product s_kj = t <u_k, v_j>.
   Some rank must hold u_k and v_j together, so one side of the embeddings has to travel: every
@@ -23,11 +26,11 @@ order, as `jestkit.select` on the whole super-batch. Per selection step they exc
 
 No rank ever holds a B x B matrix or the super-batch's image embeddings.
 
-Exactness: per-example losses give bit-identical scores on every world size, so identical
-selections (ties aside: equal perturbed scores may come out in another order). The contrastive
+Exactness: per-example selections are bit-identical on every world size. The contrastive
 gains come from GEMMs and reductions over shards of different shapes, which BLAS libraries (MKL,
 cuBLAS) round differently in the last bit; the selection is then identical unless two perturbed
-scores lie within float rounding of each other (float64 outputs make that vanishingly rare).
+scores lie within float rounding of each other (float64 outputs make that vanishingly rare),
+or two are exactly equal (the merge may then order them differently).
 """
 
 from __future__ import annotations
@@ -37,10 +40,15 @@ from dataclasses import replace
 import torch
 import torch.distributed as dist
 
-from jestkit.core.gains import gain_state
+from jestkit.core.gains import PerExampleGains, Weighted, gain_state
 from jestkit.core.outputs import Outputs
 from jestkit.core.policies import SelectionConfig, _weighted
-from jestkit.core.sampler import chunk_sizes, perturbed_scores
+from jestkit.core.sampler import (
+    chunk_sizes,
+    joint_sample,
+    perturbed_scores,
+    sample_without_replacement,
+)
 from jestkit.core.validate import check_counts, check_pair, device_of, selected_size
 from jestkit.distributed.comm import Exchange, Traffic
 
@@ -87,8 +95,16 @@ def select_global(
 
     models = _weighted(config, learner, reference)
     state = gain_state(config.loss, models, config.block_size, offset=ex.rank * n)
+    if not state.pairwise:  # B floats in all: gather them and select as one process does
+        everything = PerExampleGains([Weighted(ex.all_gather(state.score).flatten(), 1.0)])
+        if config.method == "independent":
+            scores = everything.independent_scores()
+            return sample_without_replacement(scores, b, config.temperature, generator)
+        return joint_sample(
+            everything, b, config.n_chunks, config.temperature, generator, config.normalize_gains
+        )
     if config.method == "independent":
-        scores = _super_batch_scores(state, ex) if state.pairwise else state.independent_scores()
+        scores = _super_batch_scores(state, ex)
         return _global_top(scores, b, config.temperature, generator, state, ex)
     return _joint_sample(state, b, config, generator, ex)
 
@@ -217,7 +233,7 @@ def _joint_sample(state, b: int, config: SelectionConfig, generator, ex: Exchang
         taken[local] = True
         n_taken += c
         chosen.append(idx)
-        if m + 1 < config.n_chunks and state.pairwise:
+        if m + 1 < config.n_chunks:
             state.absorb(_share_chunk(state.shared(local), idx, n, ex), idx)
     return torch.cat(chosen)
 
