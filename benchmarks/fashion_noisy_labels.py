@@ -282,7 +282,7 @@ def summarize(runs, args):
     for kind, rate in groups:
         by = {(r["policy"], r["seed"]): r for r in runs if (r["noise"], r["rate"]) == (kind, rate)}
         for policy in args.policies:
-            finals, steps, flops, ratios, fratios, shares = [], [], [], [], [], []
+            finals, steps, flops, ratios, fratios, shares, at_flops = [], [], [], [], [], [], []
             for seed in args.seeds:
                 r, u = by.get((policy, seed)), by.get(("uniform", seed))
                 if r is None:
@@ -291,6 +291,10 @@ def summarize(runs, args):
                 shares.append(r["noisy_share"])
                 if u is None:
                     continue
+                # accuracy at uniform's whole budget in FLOPs: the last eval within it
+                within = [a for a, f in zip(r["curve"]["acc"], r["flops"], strict=True)
+                          if f <= u["flops"][-1]]  # fmt: skip
+                at_flops.append(within[-1])
                 target = u["curve"]["acc"][-1]
                 s_u = first_reach(u["curve"]["step"], u["curve"]["acc"], target)
                 f_u = u["flops"][u["curve"]["step"].index(s_u)]
@@ -311,6 +315,7 @@ def summarize(runs, args):
                 "steps_to_uniform": steps, "flops_to_uniform": flops,
                 "step_speedup": ratios, "flop_speedup": fratios,
                 "noisy_share_mean": float(np.mean(shares)),
+                "acc_at_uniform_flops_mean": float(np.mean(at_flops)) if at_flops else None,
             })  # fmt: skip
     return rows
 
@@ -328,7 +333,8 @@ def fmt_ratio(values):
 
 def print_table(summary):
     head = (f"{'noise':<16}{'rate':>5}  {'policy':<15}{'final acc':>16}  {'steps to unif.':>16}"
-            f"  {'step speedup':>16}  {'FLOP speedup':>16}  {'noisy share':>11}")  # fmt: skip
+            f"  {'step speedup':>16}  {'FLOP speedup':>16}  {'noisy share':>11}"
+            f"  {'acc @ unif. FLOPs':>17}")  # fmt: skip
     print(head)
     print("-" * len(head))
     for row in summary:
@@ -338,7 +344,8 @@ def print_table(summary):
         print(f"{row['noise']:<16}{row['rate']:>5.0%}  {row['policy']:<15}{acc:>16}  "
               f"{steps_s:>16}  {fmt_ratio(row['step_speedup']):>16}  "
               f"{fmt_ratio(row['flop_speedup']):>16}  "
-              f"{row['noisy_share_mean']:>11.3f}")  # fmt: skip
+              f"{row['noisy_share_mean']:>11.3f}  "
+              f"{row['acc_at_uniform_flops_mean']:>17.4f}")  # fmt: skip
 
 
 def plot(results, path):
@@ -396,13 +403,25 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads (shared CPUs: 1)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="benchmarks/results/fashion_noisy_labels")
+    p.add_argument("--from-json", default=None, help="re-summarise and re-plot a finished run")
     args = p.parse_args(argv)
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+        results["summary"] = summarize(results["runs"], argparse.Namespace(**results["args"]))
+        report(results, Path(results["args"]["out"]))
+        return results
     if "uniform" not in args.policies:
         args.policies = ["uniform", *args.policies]
 
     t0 = time.perf_counter()
     results = run(args)
     results["seconds"] = time.perf_counter() - t0
+    report(results, Path(args.out))
+    return results
+
+
+def report(results, out):
+    """Print the table, write the JSON and the plot."""
     print()
     print_table(results["summary"])
     ref = results["reference"]
@@ -410,13 +429,11 @@ def main(argv=None):
           f"{np.mean([r['train_flops'] for r in ref]):.3g} FLOPs, caching the pool "
           f"{np.mean([r['cache_flops'] for r in ref]):.3g} FLOPs "
           f"(reported separately)")  # fmt: skip
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     plot(results, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')} "
-          f"in {results['seconds']:.0f}s")  # fmt: skip
-    return results
+          f"(run took {results['seconds']:.0f}s)")  # fmt: skip
 
 
 if __name__ == "__main__":

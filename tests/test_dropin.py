@@ -150,6 +150,11 @@ def test_short_last_batch_smaller_than_b_fails_early():
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     with pytest.raises(ValueError, match="drop_last=True"):
         SelectiveLoader(loader, config=PER_EXAMPLE, policy="uniform")
+    x, y = toy(200)  # a sampler drawing 66 of 200: the epoch is what the sampler yields
+    sampler = torch.utils.data.SubsetRandomSampler(range(66))
+    with pytest.raises(ValueError, match="holds 2 examples"):
+        SelectiveLoader(DataLoader(TensorDataset(x, y), batch_size=16, sampler=sampler),
+                        config=PER_EXAMPLE, policy="uniform")  # fmt: skip
     SelectiveLoader(DataLoader(TensorDataset(x, y), batch_size=16, drop_last=True),
                     config=PER_EXAMPLE, policy="uniform")  # fmt: skip
 

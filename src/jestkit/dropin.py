@@ -20,7 +20,7 @@ train on the b = round((1 - filter_ratio) * B) examples it selects from each::
   tensor of per-example losses (loss='per_example') or jestkit.Embeddings (loss='sigmoid' /
   'softmax'); they run under torch.no_grad(). A ReferenceCache is wrapped by `CachedReference`.
 * The selected sub-batch has the structure of the super-batch (tensors, tuples, lists, dicts,
-  nested; lists of B strings are selected too; ints, floats and None pass through).
+  nested; lists of B strings or numbers are selected too; ints, floats and None pass through).
 * len(wrapper) == len(loader) and every step yields exactly b examples, so an LR schedule sized
   on the loader stays right. Nothing global is touched: the wrapper only iterates the loader.
 * Selection runs in this process on the super-batch it sees (one process, or per rank).
@@ -265,9 +265,9 @@ class SelectiveLoader:
         if getattr(self.loader, "drop_last", True):
             return
         try:
-            n = len(self.loader.dataset)
+            n = len(self.loader.sampler)  # the examples of one epoch (a sampler may subsample)
         except (TypeError, AttributeError):
-            return  # iterable dataset or no dataset: checked when the batch comes
+            return  # iterable dataset or no sampler: checked when the batch comes
         rest = n % size
         if 0 < rest < self.b:
             raise ValueError(
