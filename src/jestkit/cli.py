@@ -191,12 +191,20 @@ def _run(args: argparse.Namespace) -> int:
             f"cache of {len(data.pool)} pool pairs"
         )
     else:
+        from jestkit.distributed import setup, teardown
+
         config = config_from_args(TrainConfig, args)
         data = prepare_caption_data(pool, args.data_dir, args.limit)
         out = args.out or f"runs/train/{config.name()}"
-        result = train_learner(
-            data, model, config, args.reference, out, resume=args.resume, progress=progress
-        )
+        dist = setup(backend="gloo", device="cpu")  # under torchrun; else one process
+        try:
+            result = train_learner(
+                data, model, config, args.reference, out, args.resume, progress, dist
+            )
+        finally:
+            teardown(dist)
+        if not dist.is_main:
+            return 0
         final = result["final"]
         print(
             f"{config.name()}: {result['steps']} steps, zero-shot {final['zero_shot']:.4f}, "

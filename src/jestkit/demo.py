@@ -17,6 +17,7 @@ import torch
 
 from jestkit.data.captions import PoolConfig, noise_summary
 from jestkit.data.prepare import CaptionData, prepare_caption_data
+from jestkit.distributed import Distributed
 from jestkit.evaluate import evaluate
 from jestkit.models.factory import ModelConfig, build_model
 from jestkit.reference import ReferenceConfig, load_reference, reference_info, train_reference
@@ -43,8 +44,11 @@ def train_learner(
     out_dir: str | os.PathLike,
     resume: bool = False,
     progress: bool = True,
+    dist: Distributed | None = None,
 ) -> dict:
-    """One learner run, written to out_dir/result.json (and checkpoint.pt as it goes)."""
+    """One learner run, written to out_dir/result.json (and checkpoint.pt as it goes).
+    dist: this process's place under torchrun; rank 0 writes the files."""
+    dist = dist or Distributed()
     out = Path(out_dir)
     torch.manual_seed(config.seed)  # the same initial weights for every policy of a seed
     model = build_model(model_config, len(data.vocab), config.loss)
@@ -60,14 +64,16 @@ def train_learner(
         evaluator(data),
         out,
         progress=progress,
+        dist=dist,
     )
-    if resume and trainer.resume():
+    if resume and trainer.resume() and dist.is_main:
         print(f"resumed {config.name()} from {trainer.checkpoint_path} at step {trainer.step}")
     start = time.perf_counter()
     result = trainer.run()
     result["wall_seconds"] = time.perf_counter() - start
     result["model_config"] = asdict(model_config)
-    _write_json(result, out / "result.json")
+    if dist.is_main:
+        _write_json(result, out / "result.json")
     return result
 
 

@@ -6,6 +6,12 @@ cache; select b with the chosen policy (jestkit.core); take one optimizer step o
 Uniform draws b directly and scores nothing. FLOPs are measured with torch.utils.flop_counter on
 the first step of each kind (shapes never change, so every later step costs the same) and split
 into training, learner scoring and reference scoring (zero: the reference comes from its cache).
+
+Under torchrun (jestkit.distributed, gloo on CPU) every rank draws the same super-batch, scores
+its shard of B / world_size candidates, joins the global selection (the same b as one process),
+and trains on its b / world_size of them; the contrastive loss is taken over the whole b (every
+rank's embeddings gathered) and gradients are averaged, so a step is the one-process step.
+FLOPs are those of all ranks together.
 """
 
 from __future__ import annotations
@@ -22,6 +28,15 @@ from tqdm import tqdm
 from jestkit.core import Embeddings, SelectionConfig, Selector
 from jestkit.data.captions import NOISE_TYPES, CaptionSet
 from jestkit.data.prepare import pixels
+from jestkit.distributed import (
+    Distributed,
+    GlobalSelector,
+    all_gather_with_grad,
+    average_gradients,
+    broadcast_parameters,
+    per_rank_batch,
+    rank_positions,
+)
 from jestkit.flops import count_no_grad_flops, count_train_flops
 from jestkit.models.dual import DualEncoder
 
@@ -153,6 +168,7 @@ class Trainer:
     reference: the cached reference (None for uniform and hard_learner).
     evaluate: model -> dict of metrics, called every eval_every steps and at the end.
     out_dir: where checkpoint.pt is written; None keeps nothing on disk.
+    dist: this process's place under torchrun (jestkit.distributed.setup()); default one process.
     """
 
     def __init__(
@@ -166,6 +182,7 @@ class Trainer:
         out_dir: str | os.PathLike | None = None,
         progress: bool = True,
         desc: str | None = None,
+        dist: Distributed | None = None,
     ):
         needs_reference = config.policy.split("-")[0] in ("easy_reference", "learnability")
         if needs_reference and reference is None:
@@ -175,6 +192,11 @@ class Trainer:
                 f"the super-batch ({config.super_batch_size()}) is larger than the data "
                 f"({len(data)} examples); lower batch_size or filter_ratio"
             )
+        self.dist = dist or Distributed()
+        per_rank_batch(config.super_batch_size(), self.dist.world_size)  # B and b split evenly
+        per_rank_batch(config.batch_size, self.dist.world_size)
+        if self.dist.world_size > 1:
+            broadcast_parameters(model, self.dist.group)
         self.model, self.config, self.data, self.tokens = model, config, data, tokens
         self.reference, self.evaluate = reference, evaluate
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -185,7 +207,12 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_schedule(config.warmup_steps, config.steps)
         )
-        self.selector = Selector(config.selection(), seed=config.seed + 1)
+        if self.dist.world_size == 1:
+            self.selector = Selector(config.selection(), seed=config.seed + 1)
+        else:
+            self.selector = GlobalSelector(
+                config.selection(), seed=config.seed + 1, group=self.dist.group
+            )
         self.data_generator = torch.Generator().manual_seed(config.seed)
         self.view_generator = torch.Generator().manual_seed(config.seed + 2)
         self.step = 0
@@ -197,7 +224,9 @@ class Trainer:
 
     # -- one step -------------------------------------------------------------------------
     def _score(self, candidates: torch.Tensor) -> torch.Tensor:
-        """Indices into `candidates` of the selected sub-batch."""
+        """Indices into `candidates` of the selected sub-batch (this rank scores its shard)."""
+        n = len(candidates) // self.dist.world_size
+        candidates = candidates[self.dist.rank * n : (self.dist.rank + 1) * n]
         policy = self.config.policy.split("-")[0]
         learner = reference = None
         if policy != "easy_reference":
@@ -213,7 +242,7 @@ class Trainer:
                 self.step_flops["learner_score"] = f
             else:
                 learner = self.model.embeddings(images, tokens, **view)
-            self.flops["learner_score"] += self.step_flops["learner_score"]
+            self.flops["learner_score"] += self.step_flops["learner_score"] * self.dist.world_size
         if policy != "hard_learner":
             reference = self.reference(self.data.ids[candidates])
         return self.selector(learner, reference)
@@ -227,24 +256,35 @@ class Trainer:
             )
         else:
             img = self.model.encode_image(images)
-        return self.model.loss(img, self.model.encode_text(tokens))
+        txt = self.model.encode_text(tokens)
+        if self.dist.world_size > 1:  # the loss over the whole b: every rank's pairs as negatives
+            img = all_gather_with_grad(img, self.dist.group)
+            txt = all_gather_with_grad(txt, self.dist.group)
+        return self.model.loss(img, txt)
 
     def train_step(self) -> float:
         cfg = self.config
         candidates = torch.randperm(len(self.data), generator=self.data_generator)
         candidates = candidates[: cfg.super_batch_size()]
         if cfg.policy == "uniform":
-            chosen = candidates
+            positions = torch.arange(len(candidates))
         else:
-            chosen = candidates[self._score(candidates)]
+            positions = self._score(candidates)
+        chosen = candidates[positions]
+        mine = chosen
+        if self.dist.world_size > 1:  # this rank's b / world_size of the selected examples
+            n = len(candidates) // self.dist.world_size
+            mine = chosen[rank_positions(positions, n, self.dist.rank, self.dist.world_size)]
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         if self.step_flops["train"] is None:
-            loss, self.step_flops["train"] = count_train_flops(self._loss, chosen)
+            loss, self.step_flops["train"] = count_train_flops(self._loss, mine)
         else:
-            loss = self._loss(chosen)
+            loss = self._loss(mine)
             loss.backward()
-        self.flops["train"] += self.step_flops["train"]
+        if self.dist.world_size > 1:
+            average_gradients(self.model, self.dist.group)
+        self.flops["train"] += self.step_flops["train"] * self.dist.world_size
         self.optimizer.step()
         self.scheduler.step()
         self.noise_counts += torch.bincount(self.data.noise[chosen], minlength=len(NOISE_TYPES))
@@ -257,7 +297,7 @@ class Trainer:
         return sum(self.flops.values())
 
     def _record_eval(self) -> None:
-        if self.evaluate is None:
+        if self.evaluate is None or not self.dist.is_main:  # rank 0 evaluates and records
             return
         if self.history and self.history[-1]["step"] == self.step:
             return
@@ -279,7 +319,7 @@ class Trainer:
             total=last,
             initial=self.step,
             desc=self.desc,
-            disable=not self.progress,
+            disable=not self.progress or not self.dist.is_main,
             dynamic_ncols=True,
             leave=False,
         )
@@ -352,7 +392,7 @@ class Trainer:
         return None if self.out_dir is None else self.out_dir / "checkpoint.pt"
 
     def save(self) -> None:
-        if self.checkpoint_path is not None:
+        if self.checkpoint_path is not None and self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_atomic(self.state_dict(), self.checkpoint_path)
 

@@ -13,6 +13,8 @@ from jestkit.distributed.comm import Traffic
 from jestkit.distributed.group import (
     Distributed,
     all_gather_with_grad,
+    average_gradients,
+    broadcast_parameters,
     setup,
     teardown,
     unwrap,
@@ -26,6 +28,8 @@ __all__ = [
     "Traffic",
     "all_gather_with_grad",
     "assign_ranks",
+    "average_gradients",
+    "broadcast_parameters",
     "build_cache_sharded",
     "per_rank_batch",
     "rank_positions",

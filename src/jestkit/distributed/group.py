@@ -95,6 +95,31 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def broadcast_parameters(model: torch.nn.Module, group: dist.ProcessGroup | None = None) -> None:
+    """Copy rank 0's parameters and buffers to every rank (what DDP does when it wraps)."""
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return
+    src = dist.get_global_rank(group, 0) if group is not None else 0
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            dist.broadcast(t, src=src, group=group)
+
+
+def average_gradients(model: torch.nn.Module, group: dist.ProcessGroup | None = None) -> None:
+    """Average every parameter's gradient over the ranks, in one all_reduce: DDP's gradient
+    sync, for a loop whose loss does not go through model.forward (DDP only hooks forward).
+    A parameter without a gradient counts as zero, so every rank sends the same sizes."""
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=group)
+    flat /= dist.get_world_size(group)
+    for p, g in zip(params, torch.split(flat, [g.numel() for g in grads]), strict=True):
+        p.grad = g.view_as(p).clone()
+
+
 def all_gather_with_grad(t: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """Every rank's t concatenated along dim 0, differentiable: a contrastive loss over the
     global batch (every rank's embeddings as negatives) computed on each rank, with DDP's
