@@ -176,16 +176,25 @@ def _run(args: argparse.Namespace) -> int:
             progress=progress,
         )
     elif args.command == "reference":
+        from jestkit.distributed import setup, teardown
+
         data = prepare_caption_data(pool, args.data_dir, args.limit)
-        info = train_reference(
-            data,
-            model,
-            config_from_args(ReferenceConfig, args),
-            args.loss,
-            args.out,
-            evaluate=evaluator(data),
-            progress=progress,
-        )
+        dist = setup(backend="gloo", device="cpu")  # under torchrun; else one process
+        try:
+            info = train_reference(
+                data,
+                model,
+                config_from_args(ReferenceConfig, args),
+                args.loss,
+                args.out,
+                evaluate=evaluator(data),
+                progress=progress,
+                dist=dist,
+            )
+        finally:
+            teardown(dist)
+        if not dist.is_main:
+            return 0
         print(
             f"reference written to {args.out}: zero-shot {info['final']['zero_shot']:.4f}, "
             f"cache of {len(data.pool)} pool pairs"

@@ -20,6 +20,7 @@ import torch
 
 from jestkit.cache import CacheError, CacheMeta, ReferenceCache, build_cache, fingerprint_state_dict
 from jestkit.data.prepare import CaptionData, pixels
+from jestkit.distributed import Distributed, broadcast_parameters, build_cache_sharded
 from jestkit.flops import count_no_grad_flops
 from jestkit.models.factory import ModelConfig, build_model
 from jestkit.train import ReferenceOutputs, TrainConfig, Trainer, save_atomic
@@ -49,9 +50,12 @@ def train_reference(
     out_dir: str | os.PathLike,
     evaluate=None,
     progress: bool = True,
+    dist: Distributed | None = None,
 ) -> dict:
     """Train the reference on data.curated, save it and build its cache of the pool.
-    Returns the contents of reference.json."""
+    Returns the contents of reference.json. dist: under torchrun, the ranks train it data-
+    parallel and build the cache sharded (jestkit.distributed); rank 0 writes the files."""
+    dist = dist or Distributed()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -74,14 +78,18 @@ def train_reference(
         progress=progress,
         desc="reference",
         evaluate=evaluate,
+        dist=dist,
     )
     trainer.run()
     model.eval()
+    if dist.world_size > 1:  # every rank caches with rank 0's weights, bit for bit
+        broadcast_parameters(model, dist.group)
     model_fingerprint = fingerprint_state_dict(model.state_dict())
-    save_atomic(
-        {"model": model.state_dict(), "model_config": asdict(model_config), "loss": loss},
-        out / "model.pt",
-    )
+    if dist.is_main:
+        save_atomic(
+            {"model": model.state_dict(), "model_config": asdict(model_config), "loss": loss},
+            out / "model.pt",
+        )
 
     cache_flops = 0
     tokens_by_id = dict(zip(data.pool.ids.tolist(), range(len(data.pool)), strict=True))
@@ -95,7 +103,12 @@ def train_reference(
         return {"image": img, "text": txt}
 
     meta = _cache_meta(model_fingerprint, data, model_config.embed_dim)
-    build_cache(out / "cache", data.pool.ids, compute, meta, batch_size=1024, progress=progress)
+    if dist.world_size > 1:
+        build_cache_sharded(
+            out / "cache", data.pool.ids, compute, meta, group=dist.group, progress=progress
+        )
+    else:
+        build_cache(out / "cache", data.pool.ids, compute, meta, batch_size=1024, progress=progress)
     info = {
         "model_fingerprint": model_fingerprint,
         "data_fingerprint": data.fingerprint,
@@ -109,9 +122,10 @@ def train_reference(
         "curated_size": len(data.curated),
         "final": trainer.summary()["final"],
     }
-    tmp = out / "reference.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, out / "reference.json")
+    if dist.is_main:  # cache_flops: rank 0's share under torchrun
+        tmp = out / "reference.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, out / "reference.json")
     return info
 
 
