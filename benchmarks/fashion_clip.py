@@ -27,7 +27,7 @@ from pathlib import Path
 
 from jestkit.data.captions import PoolConfig
 from jestkit.data.prepare import prepare_caption_data
-from jestkit.demo import train_learner
+from jestkit.demo import evaluator, train_learner
 from jestkit.models.factory import ModelConfig
 from jestkit.reference import ReferenceConfig, reference_info, train_reference
 from jestkit.report import compare
@@ -92,7 +92,9 @@ def main() -> None:
     )
     data = prepare_caption_data(pool_config, limit=args.limit)
     work = Path(args.work)
-    train_reference(data, model_config, ref_config, args.loss, work / "reference")
+    train_reference(
+        data, model_config, ref_config, args.loss, work / "reference", evaluate=evaluator(data)
+    )
     ref = reference_info(work / "reference")
 
     runs: dict[str, dict] = {}  # key: "ratio/seed/policy"
