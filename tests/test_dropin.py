@@ -2,7 +2,6 @@
 
 import re
 from collections import namedtuple
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ PER_EXAMPLE = SelectionConfig(
     loss="per_example", policy="learnability", method="independent", temperature=0.0,
     filter_ratio=0.75,
 )  # fmt: skip
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "dropin.md"
 
 
 def toy(n=100, seed=0):
@@ -297,11 +295,3 @@ def test_cached_reference_by_id_and_missing_ids(tmp_path):
 
 
 # --- the README section runs as written ------------------------------------------------------
-
-
-def test_docs_code_blocks_run():
-    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
-    assert blocks, "docs/dropin.md has no python code blocks"
-    namespace = {"__name__": "docs_dropin"}
-    for block in blocks:
-        exec(compile(block, str(DOCS), "exec"), namespace)
