@@ -28,15 +28,6 @@ N_TRAIN, N_TEST = 2000, 300
 CONFIG = PoolConfig(curated_size=300)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many small tensor ops: one thread avoids thread-pool contention on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def raw():
     train_x, train_y = load_fashion_mnist("train")

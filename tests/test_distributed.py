@@ -352,17 +352,13 @@ def test_ddp_steps_match_one_process(two_ranks):
 
 
 def _trainer_steps(ctx):
-    """Two steps of jestkit's own training loop (hard_learner, sigmoid, joint) on real data;
-    None when the Fashion-MNIST files are not installed."""
+    """Two steps of jestkit's own training loop (hard_learner, sigmoid, joint) on real data."""
     from jestkit.data.captions import PoolConfig
     from jestkit.data.prepare import prepare_caption_data
     from jestkit.models.factory import ModelConfig, build_model
     from jestkit.train import TrainConfig, Trainer
 
-    try:
-        data = prepare_caption_data(PoolConfig(curated_size=100), limit=400)
-    except FileNotFoundError:
-        return None
+    data = prepare_caption_data(PoolConfig(curated_size=100), limit=400)
     torch.manual_seed(0)
     model = build_model(
         ModelConfig(dim=16, depth=1, heads=2, embed_dim=16), len(data.vocab), "sigmoid"
@@ -382,10 +378,7 @@ def _trainer_steps(ctx):
 
 
 def test_jestkit_training_loop_on_2_matches_one_process(two_ranks):
-    want = _trainer_steps(Distributed())
-    if want is None:
-        pytest.skip("Fashion-MNIST files not installed")
-    want_ids, want_state = want
+    want_ids, want_state = _trainer_steps(Distributed())
     for ids, state in (r["trainer"] for r in two_ranks):
         assert all(torch.equal(a, b) for a, b in zip(ids, want_ids, strict=True))
         diff = max((state[k] - v).abs().max().item() for k, v in want_state.items())

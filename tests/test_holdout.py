@@ -18,22 +18,9 @@ from jestkit.models.cnn import SmallCNN, n_parameters
 loss_fn = unpacked(lambda m, x, y: F.cross_entropy(m(x), y, reduction="none"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these tests share a few busy cores; oversubscribing slows them 10x."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
-def fashion_slice(one_thread):
-    fm = pytest.importorskip("jestkit.data.fashion_mnist")
-    try:
-        images, labels = fm.load_fashion_mnist("train")
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+def fashion_slice(fashion_train):
+    images, labels = fashion_train
     return images[:1200], labels[:1200]
 
 

@@ -19,22 +19,9 @@ from jestkit.models.cnn import SmallCNN
 RATE = 0.4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these tests share a few busy cores; oversubscribing slows them 10x."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
-def setup(one_thread):
-    fm = pytest.importorskip("jestkit.data.fashion_mnist")
-    try:
-        images, labels = fm.load_fashion_mnist("train")
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+def setup(fashion_train):
+    images, labels = fashion_train
     images, labels = images[:2600], labels[:2600]
     hold, pool = torch.arange(600), torch.arange(600, 2600)
     torch.manual_seed(0)

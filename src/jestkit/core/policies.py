@@ -75,6 +75,23 @@ def _weighted(config: SelectionConfig, learner, reference) -> list[Weighted]:
     return models
 
 
+def checked_selected_size(config: SelectionConfig, size: int, batch_size: int | None) -> int:
+    """b for a super-batch of `size`, with the counts checked against the config."""
+    b = selected_size(size, config.filter_ratio)
+    joint = config.method == "joint" and config.policy != "uniform"
+    check_counts(b, size, config.n_chunks if joint else 1)
+    if batch_size is not None and batch_size != size:
+        raise ValueError(f"batch_size={batch_size} but the outputs hold B = {size} candidates")
+    return b
+
+
+def uniform_indices(size: int, b: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """b of `size` uniformly at random, drawn on the generator's device, moved to `device`."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    idx = torch.randperm(size, generator=generator, device=gen_device)[:b]
+    return idx if device is None else idx.to(device)
+
+
 def select(
     learner: Outputs | None = None,
     reference: Outputs | None = None,
@@ -101,16 +118,9 @@ def select(
     else:
         size = check_pair(learner, reference, config.loss)
         device = device_of(learner if learner is not None else reference)
-    b = selected_size(size, config.filter_ratio)
-    joint = config.method == "joint" and config.policy != "uniform"
-    check_counts(b, size, config.n_chunks if joint else 1)
-    if batch_size is not None and batch_size != size:
-        raise ValueError(f"batch_size={batch_size} but the outputs hold B = {size} candidates")
-
+    b = checked_selected_size(config, size, batch_size)
     if config.policy == "uniform":
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        idx = torch.randperm(size, generator=generator, device=gen_device)[:b]
-        return idx if device is None else idx.to(device)
+        return uniform_indices(size, b, generator, device)
 
     state = (naive_gain_state if naive else gain_state)(
         config.loss, models, *(() if naive else (config.block_size,))

@@ -42,14 +42,19 @@ import torch.distributed as dist
 
 from jestkit.core.gains import PerExampleGains, Weighted, gain_state
 from jestkit.core.outputs import Outputs
-from jestkit.core.policies import SelectionConfig, _weighted
+from jestkit.core.policies import (
+    SelectionConfig,
+    _weighted,
+    checked_selected_size,
+    uniform_indices,
+)
 from jestkit.core.sampler import (
     chunk_sizes,
     joint_sample,
     perturbed_scores,
     sample_without_replacement,
 )
-from jestkit.core.validate import check_counts, check_pair, device_of, selected_size
+from jestkit.core.validate import check_pair, device_of, selected_size
 from jestkit.distributed.comm import Exchange, Traffic
 
 
@@ -82,16 +87,9 @@ def select_global(
     else:
         n, device = _agree_on_shards(learner, reference, config, ex)
         size = n * W
-    b = selected_size(size, config.filter_ratio)
-    joint = config.method == "joint" and config.policy != "uniform"
-    check_counts(b, size, config.n_chunks if joint else 1)
-    if batch_size is not None and batch_size != size:
-        raise ValueError(f"batch_size={batch_size} but the shards hold B = {size} candidates")
-
+    b = checked_selected_size(config, size, batch_size)
     if config.policy == "uniform":
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        idx = torch.randperm(size, generator=generator, device=gen_device)[:b]
-        return idx if device is None else idx.to(device)
+        return uniform_indices(size, b, generator, device)
 
     models = _weighted(config, learner, reference)
     state = gain_state(config.loss, models, config.block_size, offset=ex.rank * n)
