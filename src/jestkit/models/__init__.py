@@ -4,4 +4,6 @@
   token dropping) and the transformer Block shared by both towers.
 * jestkit.models.text: TextConfig, TextTower.
 * jestkit.models.dual: DualEncoder (SigLIP sigmoid or CLIP softmax), multires_split.
+* jestkit.models.factory: ModelConfig and build_model, the image-caption job's dual encoder.
+* jestkit.models.cnn: SmallCNN, the classifier of the noisy-label benchmark.
 """
