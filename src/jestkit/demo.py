@@ -53,7 +53,7 @@ def train_learner(
     torch.manual_seed(config.seed)  # the same initial weights for every policy of a seed
     model = build_model(model_config, len(data.vocab), config.loss)
     reference = None
-    if config.policy != "uniform" and reference_dir is not None:
+    if config.uses_reference and reference_dir is not None:
         reference = load_reference(reference_dir, data, config.loss)
     trainer = Trainer(
         model,

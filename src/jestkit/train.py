@@ -104,6 +104,16 @@ class TrainConfig:
     def flexi(self) -> bool:
         return self.score_patch_size is not None or self.score_token_drop > 0
 
+    @property
+    def uses_learner(self) -> bool:
+        """Whether a step scores the super-batch with the learner."""
+        return self.policy.split("-")[0] in ("hard_learner", "learnability")
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether a step reads the reference (its cache)."""
+        return self.policy.split("-")[0] in ("easy_reference", "learnability")
+
     def name(self) -> str:
         """The policy as the CLI spells it (with 'flexi-' for a cheaper scoring view)."""
         return (FLEXI_PREFIX if self.flexi else "") + self.policy
@@ -184,8 +194,7 @@ class Trainer:
         desc: str | None = None,
         dist: Distributed | None = None,
     ):
-        needs_reference = config.policy.split("-")[0] in ("easy_reference", "learnability")
-        if needs_reference and reference is None:
+        if config.uses_reference and reference is None:
             raise ValueError(f"policy {config.policy!r} needs the reference (its cache)")
         if len(data) < config.super_batch_size():
             raise ValueError(
@@ -227,9 +236,8 @@ class Trainer:
         """Indices into `candidates` of the selected sub-batch (this rank scores its shard)."""
         n = len(candidates) // self.dist.world_size
         candidates = candidates[self.dist.rank * n : (self.dist.rank + 1) * n]
-        policy = self.config.policy.split("-")[0]
         learner = reference = None
-        if policy != "easy_reference":
+        if self.config.uses_learner:
             cfg = self.config
             view = {
                 "patch_size": cfg.score_patch_size,
@@ -243,7 +251,7 @@ class Trainer:
             else:
                 learner = self.model.embeddings(images, tokens, **view)
             self.flops["learner_score"] += self.step_flops["learner_score"] * self.dist.world_size
-        if policy != "hard_learner":
+        if self.config.uses_reference:
             reference = self.reference(self.data.ids[candidates])
         return self.selector(learner, reference)
 
