@@ -7,7 +7,6 @@ out/results.json and out/curves.png and prints the comparison table.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, replace
@@ -22,7 +21,7 @@ from jestkit.evaluate import evaluate
 from jestkit.models.factory import ModelConfig, build_model
 from jestkit.reference import ReferenceConfig, load_reference, reference_info, train_reference
 from jestkit.report import compare, plot_curves, table
-from jestkit.train import TrainConfig, Trainer
+from jestkit.train import TrainConfig, Trainer, write_json_atomic
 
 DEMO_POLICIES = (
     "uniform",
@@ -73,15 +72,8 @@ def train_learner(
     result["wall_seconds"] = time.perf_counter() - start
     result["model_config"] = asdict(model_config)
     if dist.is_main:
-        _write_json(result, out / "result.json")
+        write_json_atomic(result, out / "result.json")
     return result
-
-
-def _write_json(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def run_demo(
@@ -154,7 +146,7 @@ def run_demo(
         },
         "wall_seconds": time.perf_counter() - t0,
     }
-    _write_json(results, out / "results.json")
+    write_json_atomic(results, out / "results.json")
     plot_curves(
         runs,
         out / "curves.png",

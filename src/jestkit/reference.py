@@ -23,7 +23,13 @@ from jestkit.data.prepare import CaptionData, pixels
 from jestkit.distributed import Distributed, broadcast_parameters, build_cache_sharded
 from jestkit.flops import count_no_grad_flops
 from jestkit.models.factory import ModelConfig, build_model
-from jestkit.train import ReferenceOutputs, TrainConfig, Trainer, save_atomic
+from jestkit.train import (
+    ReferenceOutputs,
+    TrainConfig,
+    Trainer,
+    save_atomic,
+    write_json_atomic,
+)
 
 
 @dataclass
@@ -123,9 +129,7 @@ def train_reference(
         "final": trainer.summary()["final"],
     }
     if dist.is_main:  # cache_flops: rank 0's share under torchrun
-        tmp = out / "reference.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, out / "reference.json")
+        write_json_atomic(info, out / "reference.json")
     return info
 
 

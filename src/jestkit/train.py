@@ -16,6 +16,7 @@ FLOPs are those of all ranks together.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable
@@ -167,8 +168,17 @@ def lr_schedule(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(obj, path: Path) -> None:
+    """JSON to a temporary file, then rename, creating the folder if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
 
 
