@@ -1,9 +1,9 @@
 """Distributed selection benchmark: bytes exchanged per selection step, and selection time.
 
-jestkit.distributed selects over the whole super-batch while each rank holds only its shard.
+jestkit.dropin.distributed selects over the whole super-batch while each rank holds only its shard.
 This measures, per rank and per selection step (one super-batch, learnability, joint, 16 chunks):
 
-  * the bytes jestkit's collectives move (counted by jestkit.distributed.Traffic: what a rank
+  * the bytes jestkit's collectives move (counted by jestkit.dropin.distributed.Traffic: what a rank
     receives from the others), at small scale on CPU with 2 gloo processes, next to the same
     count from the formula below and next to the alternative of gathering every embedding (then
     selecting as one process would, every rank doing all of the selection's compute);
@@ -33,13 +33,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 
 import jestkit
 from jestkit import Embeddings, SelectionConfig
+from jestkit.core.naive import random_embeddings
 from jestkit.core.sampler import chunk_sizes
-from jestkit.distributed import Traffic, select_global
-from jestkit.distributed.comm import Exchange
+from jestkit.dropin.distributed import Traffic, select_global
+from jestkit.dropin.distributed.comm import Exchange
 
 LOSSES = ("per_example", "sigmoid", "softmax")
 FILTER_RATIO, N_CHUNKS, MODELS, FLOAT = 0.8, 16, 2, 4
@@ -80,12 +80,7 @@ def super_batch(loss: str, size: int, dim: int, seed: int = 0):
     if loss == "per_example":
         return torch.rand(size, generator=g) * 3, torch.rand(size, generator=g) * 3
 
-    def emb(scale, bias):
-        img = F.normalize(torch.randn(size, dim, generator=g), dim=1)
-        txt = F.normalize(img + 0.7 * torch.randn(size, dim, generator=g), dim=1)
-        return Embeddings(img, txt, scale, bias)
-
-    return emb(10.0, -10.0), emb(10.0, -10.0)
+    return random_embeddings(size, dim, g), random_embeddings(size, dim, g)
 
 
 def shard(outputs, rank: int, world_size: int):

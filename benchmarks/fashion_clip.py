@@ -25,13 +25,15 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from jestkit.core import SelectionConfig
 from jestkit.data.captions import PoolConfig
 from jestkit.data.prepare import prepare_caption_data
-from jestkit.demo import evaluator, train_learner
 from jestkit.models.factory import ModelConfig
-from jestkit.reference import ReferenceConfig, reference_info, train_reference
-from jestkit.report import compare
-from jestkit.train import TrainConfig, policy_names
+from jestkit.training.config import TrainConfig, TrainingConfig, reference_training, run_names
+from jestkit.training.evaluate import evaluator
+from jestkit.training.learner import train_learner
+from jestkit.training.reference import reference_info, train_reference
+from jestkit.training.report import compare
 
 ALL_POLICIES = [
     "uniform",
@@ -67,12 +69,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.8, 0.9])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--policies", nargs="+", default=ALL_POLICIES, choices=policy_names())
+    p.add_argument("--policies", nargs="+", default=ALL_POLICIES, choices=run_names())
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--loss", default="sigmoid", choices=("sigmoid", "softmax"))
-    p.add_argument("--reference-steps", type=int, default=ReferenceConfig.steps)
+    p.add_argument("--reference-steps", type=int, default=reference_training().steps)
     p.add_argument("--limit", type=int, default=None, help="first LIMIT train/test images only")
     p.add_argument("--work", default="runs/fashion_clip", help="reference and run folders")
     p.add_argument("--out", default="benchmarks/results/fashion_clip.json")
@@ -82,15 +84,24 @@ def main() -> None:
 
     t0 = time.perf_counter()
     pool_config, model_config = PoolConfig(), ModelConfig()
-    ref_config = ReferenceConfig(steps=args.reference_steps)
+    ref_config = replace(reference_training(), steps=args.reference_steps)
     base = TrainConfig(
-        loss=args.loss,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        eval_every=args.eval_every,
-        checkpoint_every=args.steps,
+        selection=SelectionConfig(loss=args.loss),
+        training=TrainingConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            eval_every=args.eval_every,
+            checkpoint_every=args.steps,
+        ),
     )
-    data = prepare_caption_data(pool_config, limit=args.limit)
+
+    def learner(name: str, seed: int, ratio: float | None = None) -> TrainConfig:
+        config = replace(base, training=replace(base.training, seed=seed))
+        if ratio is not None:
+            config = replace(config, selection=replace(config.selection, filter_ratio=ratio))
+        return config.with_name(name)
+
+    data = prepare_caption_data(replace(pool_config, limit=args.limit))
     work = Path(args.work)
     train_reference(
         data, model_config, ref_config, args.loss, work / "reference", evaluate=evaluator(data)
@@ -102,7 +113,7 @@ def main() -> None:
         uniform = train_learner(
             data,
             model_config,
-            replace(base, policy="uniform", seed=seed),
+            learner("uniform", seed),
             work / "reference",
             work / f"seed{seed}" / "uniform",
         )
@@ -111,7 +122,7 @@ def main() -> None:
             for name in args.policies:
                 if name == "uniform":
                     continue
-                config = replace(base, policy=name, seed=seed, filter_ratio=ratio)
+                config = learner(name, seed, ratio)
                 out = work / f"seed{seed}" / f"{ratio}" / config.name()
                 runs[f"{ratio}/{seed}/{config.name()}"] = train_learner(
                     data, model_config, config, work / "reference", out

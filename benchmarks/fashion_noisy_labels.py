@@ -3,7 +3,7 @@
 RHO-LOSS's setting (Mindermann et al., ICML 2022), written the way a user would: a plain
 PyTorch loop over `jestkit.dropin.SelectiveLoader`. The training pool gets symmetric or
 class-dependent label noise; a small clean holdout trains the reference (a SmallCNN), whose
-per-example losses on the pool are cached by example id (jestkit.cache) and looked up by the
+per-example losses on the pool are cached by example id (jestkit.dropin.cache) and looked up by the
 drop-in. Every policy trains the same initial learner on the same super-batches:
 
 * uniform         b of each super-batch of B at random
@@ -48,17 +48,17 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.flop_counter import FlopCounterMode
 
 from jestkit import SelectionConfig
-from jestkit.cache import (
+from jestkit.data.fashion_mnist import load_fashion_mnist
+from jestkit.data.label_noise import add_label_noise
+from jestkit.dropin import CachedReference, SelectiveLoader
+from jestkit.dropin.cache import (
     CacheMeta,
     ReferenceCache,
     build_cache,
     fingerprint_ids,
     fingerprint_state_dict,
 )
-from jestkit.data.fashion_mnist import load_fashion_mnist
-from jestkit.data.label_noise import add_label_noise
-from jestkit.dropin import CachedReference, SelectiveLoader
-from jestkit.holdout import ReferenceTraining, per_example_losses, train_reference
+from jestkit.dropin.holdout import ReferenceTraining, fit_reference, per_example_losses
 from jestkit.models.cnn import SmallCNN
 
 POLICIES = ("uniform", "hard_learner", "easy_reference", "learnability", "infobatch")
@@ -206,7 +206,7 @@ def make_reference(args, images, labels, hold, generator):
     config = ReferenceTraining(epochs=args.ref_epochs, batch_size=128, lr=1e-3)
     xb, yb = images[hold[:128]], labels[hold[:128]]
     _, step_flops = count(lambda: F.cross_entropy(SmallCNN()(xb), yb).backward())
-    model = train_reference(SmallCNN(), Subset(clean, hold.tolist()), ce_loss, config, generator)
+    model = fit_reference(SmallCNN(), Subset(clean, hold.tolist()), ce_loss, config, generator)
     return model, step_flops / len(xb) * len(hold) * args.ref_epochs
 
 

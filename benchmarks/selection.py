@@ -27,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import jestkit
+from jestkit.core.naive import random_embeddings
 
 DIM, FILTER_RATIO, N_CHUNKS = 256, 0.8, 16
 NAIVE_MEMORY_LIMIT = 14 * 2**30  # skip naive runs whose matrices alone would exceed this
@@ -39,12 +40,10 @@ def _maxrss_bytes() -> int:
 def _inputs(size: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
 
-    def emb(scale, bias):
-        img = torch.nn.functional.normalize(torch.randn(size, DIM, generator=g), dim=1)
-        txt = torch.nn.functional.normalize(img + torch.randn(size, DIM, generator=g), dim=1)
-        return jestkit.Embeddings(img, txt, scale, bias)
-
-    return emb(10.0, -10.0), emb(12.0, -8.0)
+    return (
+        random_embeddings(size, DIM, g, 10.0, -10.0, noise=1.0),
+        random_embeddings(size, DIM, g, 12.0, -8.0, noise=1.0),
+    )
 
 
 def _select(learner, reference, loss: str, naive: bool, seed: int = 0):

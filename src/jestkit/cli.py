@@ -1,225 +1,204 @@
 """The `jestkit` command: demo, train and reference.
 
-Every field of the configs (jestkit.data.captions.PoolConfig, jestkit.models.factory.ModelConfig,
-jestkit.reference.ReferenceConfig, jestkit.train.TrainConfig) is a flag with its default shown
-by --help; reference fields carry the prefix --reference-, and the pool's seed is --data-seed.
+Every setting is a field of a dataclass section (jestkit.data.captions.PoolConfig as `data`,
+jestkit.models.factory.ModelConfig as `model`, jestkit.SelectionConfig as `selection`,
+jestkit.training.config.ScoringConfig and TrainingConfig as `scoring`, `training` and
+`reference`), turned into flags by jsonargparse: `--selection.filter_ratio 0.9`, each with the
+line of help its class documents. Every run writes its whole configuration to OUT/config.yaml;
+`--config OUT/config.yaml` replays it (later flags override the file).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-import types
-import typing
-from dataclasses import MISSING, fields
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
-from jestkit.cache import CacheError
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+
+from jestkit.core.losses import CONTRASTIVE_LOSSES
+from jestkit.core.policies import SelectionConfig
 from jestkit.data.captions import PoolConfig
+from jestkit.dropin.cache import CacheError
 from jestkit.models.factory import ModelConfig
-from jestkit.reference import ReferenceConfig
-from jestkit.train import TrainConfig, policy_names
-
-_GROUPS = (
-    # (dataclass, flag prefix, renamed fields)
-    (PoolConfig, "", {"seed": "data-seed"}),
-    (ModelConfig, "", {}),
-    (ReferenceConfig, "reference-", {}),
-    (TrainConfig, "", {}),
+from jestkit.training.config import (
+    DEMO_POLICIES,
+    ScoringConfig,
+    TrainConfig,
+    TrainingConfig,
+    reference_training,
 )
 
 
-def _parser_for(tp):
-    """A function parsing one command-line string into the field's type."""
-    optional = isinstance(tp, types.UnionType) and type(None) in tp.__args__
-    base = next(a for a in tp.__args__ if a is not type(None)) if optional else tp
+@dataclass
+class Demo:
+    """Trains the reference, builds its cache, trains one learner per policy for the same steps,
+    prints a table and writes results.json and curves.png.
 
-    def parse(text: str):
-        if optional and text.lower() == "none":
-            return None
-        if base is bool:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-            return text.lower() in ("true", "1")
-        return base(text)
+    Attributes:
+        out: output folder
+        policies: the policies to compare, as run names (uniform, <policy>-<method>, flexi-...)
+        data: the image-caption data
+        model: the dual encoder (reference and learners alike)
+        reference: how the reference trains on the curated set
+        selection: how the learners select (policy and method are set by each run name)
+        scoring: the learners' scoring view (the flexi- run names set Flexi-JEST's)
+        training: how the learners train
+    """
 
-    parse.__name__ = getattr(base, "__name__", str(base))
-    return parse
-
-
-def _dest(cls, name: str) -> str:
-    return f"{cls.__name__}.{name}"
-
-
-def add_config_flags(parser: argparse.ArgumentParser, classes: tuple[type, ...]) -> None:
-    for cls, prefix, renamed in _GROUPS:
-        if cls not in classes:
-            continue
-        group = parser.add_argument_group(cls.__name__)
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            flag = "--" + prefix + renamed.get(f.name, f.name).replace("_", "-")
-            default = f.default if f.default is not MISSING else None
-            is_policy = cls is TrainConfig and f.name == "policy"
-            kwargs = {"choices": policy_names()} if is_policy else {}
-            group.add_argument(
-                flag,
-                dest=_dest(cls, f.name),
-                type=_parser_for(hints[f.name]),
-                default=argparse.SUPPRESS,
-                help=f"default: {default}",
-                metavar=hints[f.name].__name__ if isinstance(hints[f.name], type) else "VALUE",
-                **kwargs,
-            )
+    out: str = "runs/demo"
+    policies: list[str] = field(default_factory=lambda: list(DEMO_POLICIES))
+    data: PoolConfig = field(default_factory=PoolConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    reference: TrainingConfig = field(default_factory=reference_training)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
-def config_from_args(cls, args: argparse.Namespace):
-    given = {
-        f.name: getattr(args, _dest(cls, f.name))
-        for f in fields(cls)
-        if hasattr(args, _dest(cls, f.name))
-    }
-    return cls(**given)
+@dataclass
+class Reference:
+    """Trains the reference on the curated set and caches its embeddings of the pool.
+
+    Attributes:
+        out: reference folder (model.pt, reference.json, cache/)
+        loss: the contrastive loss (learners using this reference must use the same)
+        data: the image-caption data
+        model: the reference's dual encoder
+        reference: how the reference trains on the curated set
+    """
+
+    out: str = "runs/reference"
+    loss: str = "sigmoid"
+    data: PoolConfig = field(default_factory=PoolConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    reference: TrainingConfig = field(default_factory=reference_training)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder with the Fashion-MNIST IDX files (default: $JESTKIT_FASHION_MNIST or the "
-        "Debian package's /usr/share/datasets/fashion-mnist)",
+@dataclass
+class Train:
+    """Trains one learner with one policy.
+
+    Attributes:
+        out: run folder (default: runs/train/NAME, NAME the policy's run name)
+        reference_dir: reference folder built by `jestkit reference`
+        resume: continue from OUT/checkpoint.pt
+        data: the image-caption data
+        model: the learner's dual encoder
+        selection: how the learner selects
+        scoring: the learner's scoring view (Flexi-JEST: patch_size 14, multires_fraction 0.5)
+        training: how the learner trains
+    """
+
+    out: str | None = None
+    reference_dir: str = "runs/reference"
+    resume: bool = False
+    data: PoolConfig = field(default_factory=PoolConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(self.selection, self.scoring, self.training)
+
+
+COMMANDS = {"demo": Demo, "reference": Reference, "train": Train}
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="jestkit", description="JEST: joint example selection for PyTorch", exit_on_error=True
     )
-    parser.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="use only the first LIMIT train and test images (quick runs)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jestkit", description="JEST: joint example selection for PyTorch"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    demo = sub.add_parser(
-        "demo",
-        help="reference + cache + uniform and JEST learners on Fashion-MNIST, compared",
-        description="Trains the reference, builds its cache, trains one learner per policy "
-        "for the same steps, prints a table and writes results.json and curves.png.",
-    )
-    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    demo.add_argument(
-        "--policies",
-        nargs="+",
-        choices=policy_names(),
-        default=None,
-        help="policies to compare (default: uniform learnability-independent "
-        "learnability-joint flexi-learnability-joint)",
-    )
-    _common(demo)
-    add_config_flags(demo, (PoolConfig, ModelConfig, ReferenceConfig, TrainConfig))
-
-    ref = sub.add_parser(
-        "reference",
-        help="train the reference on the curated set and cache its embeddings of the pool",
-    )
-    ref.add_argument("--out", default="runs/reference", help="reference folder")
-    ref.add_argument(
-        "--loss", choices=("sigmoid", "softmax"), default="sigmoid", help="contrastive loss"
-    )
-    _common(ref)
-    add_config_flags(ref, (PoolConfig, ModelConfig, ReferenceConfig))
-
-    train = sub.add_parser("train", help="train one learner with one policy")
-    train.add_argument("--out", default=None, help="run folder (default: runs/train/POLICY)")
-    train.add_argument(
-        "--reference",
-        default="runs/reference",
-        help="reference folder built by `jestkit reference` (default: runs/reference)",
-    )
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    _common(train)
-    add_config_flags(train, (PoolConfig, ModelConfig, TrainConfig))
+    commands = parser.add_subcommands(dest="command")
+    for name, cls in COMMANDS.items():
+        sub = ArgumentParser(description=cls.__doc__.split("\n\n")[0])
+        sub.add_argument("--config", action=ActionConfigFile, help="replay a run's config.yaml")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+        sub.add_class_arguments(cls, None, fail_untyped=True)
+        commands.add_subcommand(name, sub, help=cls.__doc__.split("\n")[0])
     return parser
 
 
+def _command(parser: ArgumentParser, args: Namespace):
+    """The chosen command's dataclass, built from the parsed flags, and its parser."""
+    name = args.command
+    sub = parser._subcommands_action._name_parser_map[name]
+    init = sub.instantiate(args[name])
+    cls = COMMANDS[name]
+    return cls(**{f.name: init[f.name] for f in fields(cls)}), sub, init.quiet
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
-        return _run(args)
+        command, sub, quiet = _command(parser, args)
+        return _run(command, lambda out: _save_config(sub, args[args.command], out), not quiet)
     except (ValueError, FileNotFoundError, CacheError) as e:
         print(f"jestkit {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def _save_config(sub: ArgumentParser, args: Namespace, out: Path) -> None:
+    """OUT/config.yaml: every setting of this run, replayable with --config."""
+    out.mkdir(parents=True, exist_ok=True)
+    args = args.clone()
+    args.pop("config", None)
+    args.pop("quiet", None)
+    (out / "config.yaml").write_text(sub.dump(args))
+
+
+def _run(cmd, save_config, progress: bool) -> int:
     # imported here so that `jestkit --help` stays fast
     from jestkit.data.prepare import prepare_caption_data
-    from jestkit.demo import DEMO_POLICIES, evaluator, run_demo, train_learner
-    from jestkit.reference import train_reference
+    from jestkit.dropin.distributed import setup, teardown
+    from jestkit.training.demo import run_demo
+    from jestkit.training.evaluate import evaluator
+    from jestkit.training.learner import train_learner
+    from jestkit.training.reference import train_reference
 
-    pool = config_from_args(PoolConfig, args)
-    model = config_from_args(ModelConfig, args)
-    progress = not args.quiet
-    if args.command == "demo":
-        run_demo(
-            args.out,
-            pool,
-            model,
-            config_from_args(ReferenceConfig, args),
-            config_from_args(TrainConfig, args),
-            policies=tuple(args.policies or DEMO_POLICIES),
-            data_dir=args.data_dir,
-            limit=args.limit,
-            progress=progress,
-        )
-    elif args.command == "reference":
-        from jestkit.distributed import setup, teardown
-
-        data = prepare_caption_data(pool, args.data_dir, args.limit)
-        dist = setup(backend="gloo", device="cpu")  # under torchrun; else one process
-        try:
-            info = train_reference(
-                data,
-                model,
-                config_from_args(ReferenceConfig, args),
-                args.loss,
-                args.out,
-                evaluate=evaluator(data),
-                progress=progress,
-                dist=dist,
-            )
-        finally:
-            teardown(dist)
-        if not dist.is_main:
-            return 0
+    if isinstance(cmd, Demo):
+        config = TrainConfig(cmd.selection, cmd.scoring, cmd.training)
+        for name in cmd.policies:
+            config.with_name(name)  # unknown names fail before any work
+        save_config(Path(cmd.out))
+        run_demo(cmd.out, cmd.data, cmd.model, cmd.reference, config, tuple(cmd.policies),
+                 progress)  # fmt: skip
+        return 0
+    if isinstance(cmd, Reference) and cmd.loss not in CONTRASTIVE_LOSSES:
+        raise ValueError(f"loss must be one of {CONTRASTIVE_LOSSES}, got {cmd.loss!r}")
+    config = cmd.train_config() if isinstance(cmd, Train) else None
+    data = prepare_caption_data(cmd.data)
+    dist = setup(backend="gloo", device="cpu")  # under torchrun; else one process
+    try:
+        if isinstance(cmd, Reference):
+            if dist.is_main:
+                save_config(Path(cmd.out))
+            info = train_reference(data, cmd.model, cmd.reference, cmd.loss, cmd.out,
+                                   evaluator(data), progress, dist)  # fmt: skip
+        else:
+            out = cmd.out or f"runs/train/{config.name()}"
+            if dist.is_main:
+                save_config(Path(out))
+            result = train_learner(data, cmd.model, config, cmd.reference_dir, out, cmd.resume,
+                                   progress, dist)  # fmt: skip
+    finally:
+        teardown(dist)
+    if not dist.is_main:
+        return 0
+    if isinstance(cmd, Reference):
         print(
-            f"reference written to {args.out}: zero-shot {info['final']['zero_shot']:.4f}, "
+            f"reference written to {cmd.out}: zero-shot {info['final']['zero_shot']:.4f}, "
             f"cache of {len(data.pool)} pool pairs"
         )
-    else:
-        from jestkit.distributed import setup, teardown
-
-        config = config_from_args(TrainConfig, args)
-        data = prepare_caption_data(pool, args.data_dir, args.limit)
-        out = args.out or f"runs/train/{config.name()}"
-        dist = setup(backend="gloo", device="cpu")  # under torchrun; else one process
-        try:
-            result = train_learner(
-                data, model, config, args.reference, out, args.resume, progress, dist
-            )
-        finally:
-            teardown(dist)
-        if not dist.is_main:
-            return 0
-        final = result["final"]
-        print(
-            f"{config.name()}: {result['steps']} steps, zero-shot {final['zero_shot']:.4f}, "
-            f"i2t R@1 {final['i2t_r1']:.4f}, t2i R@1 {final['t2i_r1']:.4f}, "
-            f"{sum(result['flops'].values()) / 1e12:.3f} TFLOPs; wrote {out}/result.json"
-        )
+        return 0
+    final = result["final"]
+    print(
+        f"{config.name()}: {result['steps']} steps, zero-shot {final['zero_shot']:.4f}, "
+        f"i2t R@1 {final['i2t_r1']:.4f}, t2i R@1 {final['t2i_r1']:.4f}, "
+        f"{sum(result['flops'].values()) / 1e12:.3f} TFLOPs; wrote {out}/result.json"
+    )
     return 0
 
 

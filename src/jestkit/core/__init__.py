@@ -1,6 +1,8 @@
-"""The pure core: gains, samplers and policies. Tensors in, indices out; no I/O, no globals."""
+"""The pure core: gains, samplers, policies and losses. Tensors in, indices out; no I/O, no
+globals."""
 
-from jestkit.core.gains import PerExampleGains, SigmoidGains, SoftmaxGains, Weighted, gain_state
+from jestkit.core.gains import PerExampleGains, SigmoidGains, SoftmaxGains, Weighted
+from jestkit.core.losses import LOSSES, gain_state
 from jestkit.core.outputs import Embeddings
 from jestkit.core.policies import METHODS, POLICIES, SelectionConfig, Selector, select
 from jestkit.core.sampler import chunk_sizes, joint_sample, sample_without_replacement
@@ -8,6 +10,7 @@ from jestkit.core.sampler import chunk_sizes, joint_sample, sample_without_repla
 __all__ = [
     "METHODS",
     "POLICIES",
+    "LOSSES",
     "Embeddings",
     "PerExampleGains",
     "SelectionConfig",

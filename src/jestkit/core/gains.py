@@ -8,7 +8,7 @@ selected set C. Each class here is a *gain state*: it holds the candidates' outp
 `add(idx)` (grow C by a chunk). No class ever allocates a B x B matrix: pair terms are computed
 for one block of rows at a time, from the embeddings.
 
-Losses (DESIGN.md section 1.1), each summed over the batch, no normalisation:
+Losses (docs/design.md, "The gains"), each summed over the batch, no normalisation:
 * per-example: loss(S) = sum_{i in S} l_i, so g(k | C) = l_k.
 * sigmoid (SigLIP): loss(S) = sum_{i, j in S} softplus(-z_ij * (t <u_i, v_j> + beta)),
   z_ii = +1, z_ij = -1; g(k | C) = A_kk + sum_{j in C} (A_kj + A_jk).
@@ -19,14 +19,14 @@ Losses (DESIGN.md section 1.1), each summed over the batch, no normalisation:
   R_j, K_j the running row and column log-partitions of the selected j over C. g(k | {}) = 0, so
   the first chunk is scored by each example's own loss against the whole super-batch.
 
-Sharding (jestkit.distributed): a state may hold only a shard of the super-batch, the candidates
-at global positions offset .. offset + size - 1. The same methods then serve many processes:
-`shared(idx)` packs what a chunk's members contribute to the others' gains into one (c, D)
-tensor, `absorb(shared, chunk)` adds a chunk given those rows (gathered from every shard) and the
-chunk's global positions, and the whole-super-batch pass of the independent scores is split into
-`super_batch_terms` (this shard's rows against every column), `merge_columns` (combine the
-shards' column partials) and `scores_from_terms`. One process is the shard with offset 0 that
-holds everything: `add(idx)` is `absorb(shared(idx), idx)`.
+Sharding (jestkit.dropin.distributed): a state may hold only a shard of the super-batch, the
+candidates at global positions offset .. offset + size - 1. The same methods then serve many
+processes: `shared(idx)` packs what a chunk's members contribute to the others' gains into one
+(c, D) tensor, `absorb(shared, chunk)` adds a chunk given those rows (gathered from every shard)
+and the chunk's global positions, and the whole-super-batch pass of the independent scores is
+split into `super_batch_terms` (this shard's rows against every column), `merge_columns`
+(combine the shards' column partials) and `scores_from_terms`. One process is the shard with
+offset 0 that holds everything: `add(idx)` is `absorb(shared(idx), idx)`.
 """
 
 from __future__ import annotations
@@ -108,6 +108,7 @@ class PerExampleGains:
     """Per-example losses: the gain of k is its own weighted loss, whatever C is."""
 
     pairwise = False  # no pair terms: shards never exchange outputs
+    first_is_independent = False  # first_scores() needs no other shard
 
     def __init__(self, models: Sequence[Weighted], offset: int = 0):
         vecs = [m.weight * m.outputs.to(compute_dtype(m.outputs)) for m in models]
@@ -172,7 +173,8 @@ class _PairwiseGains:
 
     def independent_scores(self) -> torch.Tensor:
         """Each example's weighted loss in the context of the whole super-batch (one shard:
-        everything; under jestkit.distributed the column partials are merged across shards)."""
+        everything; under jestkit.dropin.distributed the column partials are merged across
+        shards)."""
         return self.scores_from_terms(*self.super_batch_terms(self.column_outputs()))
 
     def add(self, idx: torch.Tensor) -> None:
@@ -181,6 +183,8 @@ class _PairwiseGains:
 
 class SigmoidGains(_PairwiseGains):
     """Sigmoid-contrastive gains: a running length-B vector, 2 GEMMs per model per chunk."""
+
+    first_is_independent = False  # first_scores() are the diagonal terms, local to a shard
 
     def __init__(self, models: Sequence[Weighted], block_size: int = 512, offset: int = 0):
         super().__init__(models, block_size, offset)
@@ -239,6 +243,8 @@ class SoftmaxGains(_PairwiseGains):
     which grows with C, so they are recomputed from the selected embeddings, one block of rows at
     a time.
     """
+
+    first_is_independent = True  # first_scores() are the scores against the whole super-batch
 
     def __init__(self, models: Sequence[Weighted], block_size: int = 512, offset: int = 0):
         super().__init__(models, block_size, offset)
@@ -317,15 +323,3 @@ class SoftmaxGains(_PairwiseGains):
             self.cand_row[m] = torch.logaddexp(self.cand_row[m], torch.logsumexp(s_kj, 0))
             self.cand_col[m] = torch.logaddexp(self.cand_col[m], torch.logsumexp(s_jk, 0))
         self.n_selected += len(chunk)
-
-
-def gain_state(loss: str, models: Sequence[Weighted], block_size: int = 512, offset: int = 0):
-    """The gain state for `loss` ('per_example', 'sigmoid' or 'softmax'); offset: the global
-    position of its first candidate when it holds one shard of the super-batch."""
-    if loss == "per_example":
-        return PerExampleGains(models, offset)
-    if loss == "sigmoid":
-        return SigmoidGains(models, block_size, offset)
-    if loss == "softmax":
-        return SoftmaxGains(models, block_size, offset)
-    raise ValueError(f"loss must be 'per_example', 'sigmoid' or 'softmax', got {loss!r}")

@@ -1,4 +1,5 @@
-"""The paper's listing with full B x B matrices: the oracle for tests and the benchmark's baseline.
+"""The paper's listing with full B x B matrices: the oracle for tests and the benchmark's baseline,
+and the random embeddings both feed it.
 
 Not for training: at B = 16,384 every matrix here is 1 GiB. These states plug into the same
 `joint_sample` loop as jestkit.core.gains, so with the same generator both draw the same noise.
@@ -11,7 +12,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from jestkit.core.gains import PerExampleGains, Weighted, _Tower
+from jestkit.core.gains import Weighted, _Tower
+from jestkit.core.outputs import Embeddings
 
 
 def sigmoid_loss_matrix(t: _Tower) -> torch.Tensor:
@@ -88,11 +90,17 @@ class NaiveSoftmaxGains:
         self.taken[idx] = True
 
 
-def naive_gain_state(loss: str, models: Sequence[Weighted]):
-    if loss == "per_example":
-        return PerExampleGains(models)
-    if loss == "sigmoid":
-        return NaiveSigmoidGains(models)
-    if loss == "softmax":
-        return NaiveSoftmaxGains(models)
-    raise ValueError(f"loss must be 'per_example', 'sigmoid' or 'softmax', got {loss!r}")
+def random_embeddings(
+    n: int,
+    d: int,
+    generator: torch.Generator,
+    scale: float = 10.0,
+    bias: float = -10.0,
+    noise: float = 0.7,
+    dtype: torch.dtype = torch.float32,
+) -> Embeddings:
+    """Random unit image embeddings and text embeddings near them (image + noise * N(0, 1),
+    normalised): the inputs of the tests and benchmarks, drawn from `generator`."""
+    img = F.normalize(torch.randn(n, d, generator=generator, dtype=dtype), dim=1)
+    txt = F.normalize(img + noise * torch.randn(n, d, generator=generator, dtype=dtype), dim=1)
+    return Embeddings(img, txt, scale, bias)

@@ -1,10 +1,11 @@
-"""Selection policies by name, one call for one selection, and a reusable Selector.
+"""Selection policies, one table: what each scores with and with which weights; one call for one
+selection, and a reusable Selector.
 
-| policy          | batch score s(S)          | weights (learner, reference) |
-| uniform         | none: b of B at random    | -                            |
-| hard_learner    | loss(S | learner)         | (+1, 0)                      |
-| easy_reference  | -loss(S | reference)      | (0, -1)                      |
-| learnability    | loss(S | learner) - loss(S | reference) | (+1, -1)         |
+| policy          | batch score s(S)                        | weights (learner, reference) |
+| uniform         | none: b of B at random                  | (0, 0)                       |
+| hard_learner    | loss(S | learner)                       | (+1, 0)                      |
+| easy_reference  | -loss(S | reference)                    | (0, -1)                      |
+| learnability    | loss(S | learner) - loss(S | reference) | (+1, -1)                     |
 
 method 'joint' chooses the sub-batch chunk by chunk from exact marginal gains;
 'independent' scores each example on its own (its loss against the whole super-batch for the
@@ -14,48 +15,100 @@ contrastive losses) and samples b without replacement (temperature 0: the top b)
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 
-from jestkit.core.gains import Weighted, gain_state
-from jestkit.core.naive import naive_gain_state
+from jestkit.core.gains import Weighted
+from jestkit.core.losses import LOSSES, gain_state, get_loss
 from jestkit.core.outputs import Outputs
 from jestkit.core.sampler import joint_sample, sample_without_replacement
 from jestkit.core.validate import (
-    LOSSES,
     check_counts,
+    check_filter_ratio,
     check_pair,
     check_temperature,
     device_of,
     selected_size,
 )
 
-POLICIES = ("uniform", "hard_learner", "easy_reference", "learnability")
+
+@dataclass(frozen=True)
+class Policy:
+    """One row of the policy table: the weights of the learner's and the reference's losses."""
+
+    name: str
+    learner: float
+    reference: float
+
+    @property
+    def uses_learner(self) -> bool:
+        """Whether a selection scores the super-batch with the learner."""
+        return self.learner != 0
+
+    @property
+    def uses_reference(self) -> bool:
+        """Whether a selection reads the reference's outputs."""
+        return self.reference != 0
+
+    @property
+    def scored(self) -> bool:
+        """Whether any model scores (uniform: none)."""
+        return self.uses_learner or self.uses_reference
+
+
+POLICY_TABLE = {
+    p.name: p
+    for p in (
+        Policy("uniform", 0.0, 0.0),
+        Policy("hard_learner", 1.0, 0.0),
+        Policy("easy_reference", 0.0, -1.0),
+        Policy("learnability", 1.0, -1.0),
+    )
+}
+POLICIES = tuple(POLICY_TABLE)
 METHODS = ("joint", "independent")
-_WEIGHTS = {"hard_learner": (1.0, 0.0), "easy_reference": (0.0, -1.0), "learnability": (1.0, -1.0)}
+
+
+def get_policy(name: str) -> Policy:
+    """The table's row for `name`; a ValueError naming the choices otherwise."""
+    if name not in POLICY_TABLE:
+        raise ValueError(f"policy must be one of {POLICIES}, got {name!r}")
+    return POLICY_TABLE[name]
 
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    """How to choose b = round((1 - filter_ratio) * B) of a super-batch. Paper defaults."""
+    """How to choose b = round((1 - filter_ratio) * B) of a super-batch. Paper defaults.
+
+    Attributes:
+        filter_ratio: share of the super-batch left out: b = round((1 - filter_ratio) * B)
+        policy: uniform, hard_learner (learner loss), easy_reference (-reference loss) or
+            learnability (learner - reference)
+        method: joint (chunk by chunk from exact marginal gains) or independent (each example
+            scored on its own)
+        loss: sigmoid (SigLIP), softmax (CLIP, both directions) or per_example
+        n_chunks: chunks of the joint sampler; b need not divide evenly
+        temperature: chunk k is drawn with p proportional to exp(gain / temperature); 0 is greedy
+        normalize_gains: divide the gains by |C| + 1, the batch size after adding k
+        block_size: rows of pair terms computed at once: memory O(block_size * B)
+    """
 
     filter_ratio: float = 0.8
-    policy: str = "learnability"
-    method: str = "joint"
-    loss: str = "sigmoid"
+    policy: Literal[POLICIES] = "learnability"
+    method: Literal[METHODS] = "joint"
+    loss: Literal[LOSSES] = "sigmoid"
     n_chunks: int = 16
     temperature: float = 1.0
     normalize_gains: bool = False
     block_size: int = 512  # rows of pair terms computed at once: memory O(block_size * B)
 
     def __post_init__(self):
-        if self.policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        get_policy(self.policy)
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        selected_size(1_000_000, self.filter_ratio)  # range check only
+        get_loss(self.loss)
+        check_filter_ratio(self.filter_ratio)
         check_temperature(self.temperature)
         if not isinstance(self.n_chunks, int) or self.n_chunks < 1:
             raise ValueError(f"n_chunks must be a positive int, got {self.n_chunks!r}")
@@ -63,10 +116,13 @@ class SelectionConfig:
             raise ValueError(f"block_size must be a positive int, got {self.block_size!r}")
 
 
-def _weighted(config: SelectionConfig, learner, reference) -> list[Weighted]:
-    w_learner, w_reference = _WEIGHTS[config.policy]
+def weighted_outputs(config: SelectionConfig, learner, reference) -> list[Weighted]:
+    """The outputs the config's policy scores with, with their weights; a ValueError when one
+    it needs is None."""
+    policy = get_policy(config.policy)
     models = []
-    for name, out, w in (("learner", learner, w_learner), ("reference", reference, w_reference)):
+    for name, out, w in (("learner", learner, policy.learner),
+                         ("reference", reference, policy.reference)):  # fmt: skip
         if w == 0:
             continue
         if out is None:
@@ -78,7 +134,7 @@ def _weighted(config: SelectionConfig, learner, reference) -> list[Weighted]:
 def checked_selected_size(config: SelectionConfig, size: int, batch_size: int | None) -> int:
     """b for a super-batch of `size`, with the counts checked against the config."""
     b = selected_size(size, config.filter_ratio)
-    joint = config.method == "joint" and config.policy != "uniform"
+    joint = config.method == "joint" and get_policy(config.policy).scored
     check_counts(b, size, config.n_chunks if joint else 1)
     if batch_size is not None and batch_size != size:
         raise ValueError(f"batch_size={batch_size} but the outputs hold B = {size} candidates")
@@ -110,21 +166,20 @@ def select(
     naive: use the full B x B oracle (tests and benchmarks only).
     """
     config = replace(config or SelectionConfig(), **overrides)
-    models = [] if config.policy == "uniform" else _weighted(config, learner, reference)
-    if config.policy == "uniform" and learner is None and reference is None:
+    scored = get_policy(config.policy).scored
+    models = weighted_outputs(config, learner, reference) if scored else []
+    if not scored and learner is None and reference is None:
         if batch_size is None:
             raise ValueError("uniform selection needs batch_size (or any model's outputs)")
         size, device = batch_size, None
     else:
-        size = check_pair(learner, reference, config.loss)
+        size = check_pair(learner, reference, get_loss(config.loss))
         device = device_of(learner if learner is not None else reference)
     b = checked_selected_size(config, size, batch_size)
-    if config.policy == "uniform":
+    if not scored:
         return uniform_indices(size, b, generator, device)
 
-    state = (naive_gain_state if naive else gain_state)(
-        config.loss, models, *(() if naive else (config.block_size,))
-    )
+    state = gain_state(config.loss, models, config.block_size, naive=naive)
     if config.method == "independent":
         scores = state.independent_scores()
         return sample_without_replacement(scores, b, config.temperature, generator)
@@ -138,6 +193,9 @@ class Selector:
 
     >>> selector = Selector(SelectionConfig(filter_ratio=0.8, loss="sigmoid"), seed=0)
     >>> idx = selector(learner_embeddings, reference_embeddings)   # doctest: +SKIP
+
+    seed None (and no generator) seeds the generator from the system's entropy.
+    jestkit.dropin.distributed.GlobalSelector is this class selecting across ranks.
     """
 
     def __init__(
@@ -152,12 +210,15 @@ class Selector:
             raise ValueError("give seed or generator, not both")
         self.config = replace(config or SelectionConfig(), **overrides)
         if generator is None:
-            generator = torch.Generator()
+            generator = torch.Generator(device=self.generator_device())
             if seed is None:
                 generator.seed()
             else:
                 generator.manual_seed(seed)
         self.generator = generator
+
+    def generator_device(self) -> torch.device | str:
+        return "cpu"
 
     def n_selected(self, batch_size: int) -> int:
         """b for a super-batch of batch_size candidates."""

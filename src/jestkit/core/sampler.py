@@ -1,4 +1,5 @@
-"""The blocked joint sampler (DESIGN.md section 1.3) and sampling without replacement.
+"""The blocked joint sampler (docs/design.md, "The joint sampler") and sampling without
+replacement.
 
 Chunk by chunk, c candidates are drawn without replacement with probability proportional to
 exp(g(k | C) / temperature), by Gumbel-top-k: adding independent Gumbel noise to the logits and
@@ -11,6 +12,8 @@ the gains by |C| + 1 (the batch size after adding k), which keeps their scale fi
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -68,26 +71,50 @@ def joint_sample(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     normalize_gains: bool = False,
+    *,
+    first_scores: torch.Tensor | None = None,
+    draw: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    add: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
-    """Select b of state.size candidates chunk by chunk from a gain state (jestkit.core.gains).
+    """Select b candidates chunk by chunk from a gain state (jestkit.core.gains); the b positions
+    in selection order. The one chunk loop of jestkit, for one process and for many.
 
-    The first chunk is drawn from state.first_scores(), each later one from state.gains() over
-    the candidates not yet selected. Returns the b indices in selection order.
+    The first chunk is drawn from `first_scores` (default state.first_scores()), each later one
+    from state.gains() over the candidates not yet selected. The state may hold one shard of the
+    super-batch (positions state.offset .. state.offset + state.size - 1); the two hooks say how
+    the shards agree, and default to one process holding everything:
+
+    draw(scores, c): the c chosen positions in the whole super-batch, in draw order (default:
+        Gumbel-top-c of this state's scores, sample_without_replacement);
+    add(local, chunk): grow the state by the chunk, given this state's own members of it
+        (`local`, positions within the state) and the whole chunk's positions (default:
+        state.add(local)).
     """
-    chosen = []
-    scores = state.first_scores()
+    if draw is None:
+
+        def draw(scores: torch.Tensor, c: int) -> torch.Tensor:
+            return sample_without_replacement(scores, c, temperature, generator)
+
+    if add is None:
+
+        def add(local: torch.Tensor, chunk: torch.Tensor) -> None:
+            state.add(local)
+
+    offset = getattr(state, "offset", 0)
+    scores = state.first_scores() if first_scores is None else first_scores
     taken = torch.zeros(state.size, dtype=torch.bool, device=scores.device)
-    n_taken = 0
+    chosen, n_taken = [], 0
     for m, c in enumerate(chunk_sizes(b, n_chunks)):
         if m > 0:
             scores = state.gains()
         if normalize_gains:
             scores = scores / (n_taken + 1)
         scores = scores.masked_fill(taken, float("-inf"))
-        idx = sample_without_replacement(scores, c, temperature, generator)
-        taken[idx] = True
+        idx = draw(scores, c)
+        local = idx[(idx >= offset) & (idx < offset + state.size)] - offset  # in chunk order
+        taken[local] = True
         n_taken += c
         chosen.append(idx)
         if m + 1 < n_chunks:
-            state.add(idx)
+            add(local, idx)
     return torch.cat(chosen)

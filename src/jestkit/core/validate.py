@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from jestkit.core.outputs import Embeddings
 
-LOSSES = ("per_example", "sigmoid", "softmax")
+if TYPE_CHECKING:  # the loss table imports the gains, which import these checks
+    from jestkit.core.losses import Loss
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
@@ -37,11 +39,10 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def check_outputs(name: str, outputs: object, loss: str) -> int:
-    """Check one model's outputs for `loss`; return the super-batch size B."""
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if loss == "per_example":
+def check_outputs(name: str, outputs: object, loss: Loss) -> int:
+    """Check one model's outputs for `loss` (a row of jestkit.core.losses: contrastive losses
+    take Embeddings, the others (B,) losses); return the super-batch size B."""
+    if not loss.contrastive:
         if not torch.is_tensor(outputs):
             raise TypeError(
                 f"{name} must be a (B,) tensor of per-example losses for loss='per_example', "
@@ -57,7 +58,7 @@ def check_outputs(name: str, outputs: object, loss: str) -> int:
     if not isinstance(outputs, Embeddings):
         raise TypeError(
             f"{name} must be jestkit.Embeddings(image, text, logit_scale, logit_bias) for "
-            f"loss={loss!r}, got {type(outputs).__name__}"
+            f"loss={loss.name!r}, got {type(outputs).__name__}"
         )
     img, txt = outputs.image, outputs.text
     for part, t in (("image", img), ("text", txt)):
@@ -96,8 +97,8 @@ def device_of(outputs: object) -> torch.device | None:
     return getattr(outputs, "device", None)
 
 
-def check_pair(learner: object | None, reference: object | None, loss: str) -> int:
-    """Check learner and reference outputs (either may be None); return B."""
+def check_pair(learner: object | None, reference: object | None, loss: Loss) -> int:
+    """Check learner and reference outputs (either may be None) for `loss`; return B."""
     if learner is not None and reference is not None:
         dl, dr = device_of(learner), device_of(reference)
         if dl != dr:
@@ -121,10 +122,15 @@ def check_pair(learner: object | None, reference: object | None, loss: str) -> i
     return size
 
 
-def selected_size(batch_size: int, filter_ratio: float) -> int:
-    """b = round((1 - filter_ratio) * B), checked."""
+def check_filter_ratio(filter_ratio: float) -> float:
     if not isinstance(filter_ratio, int | float) or not 0.0 <= filter_ratio < 1.0:
         raise ValueError(f"filter_ratio must be in [0, 1), got {filter_ratio!r}")
+    return filter_ratio
+
+
+def selected_size(batch_size: int, filter_ratio: float) -> int:
+    """b = round((1 - filter_ratio) * B), checked."""
+    check_filter_ratio(filter_ratio)
     if batch_size <= 0:
         raise ValueError(f"the super-batch is empty (B = {batch_size}); expected B >= 1")
     b = round((1.0 - filter_ratio) * batch_size)

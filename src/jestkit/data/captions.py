@@ -1,5 +1,5 @@
 """The image-caption data built from Fashion-MNIST: a noisy web-like pool, a clean curated set,
-and a clean test set (DESIGN §3).
+and a clean test set (README, "The main job").
 
 A clean caption names the image's class and 1-3 words for attributes measured from its pixels
 (ink coverage, ink brightness, width, height, left-right symmetry, top-heaviness), in one of
@@ -297,10 +297,25 @@ class CaptionSet:
 
 @dataclass
 class PoolConfig:
-    """How to build the pool, curated and test sets. Rates are fractions of the final pool."""
+    """Where the images come from and how to build the pool, curated and test sets.
 
+    Attributes:
+        data_dir: folder with the four Fashion-MNIST IDX files (None: $JESTKIT_FASHION_MNIST or
+            the Debian package's /usr/share/datasets/fashion-mnist)
+        limit: use only the first LIMIT train and test images (quick runs); None: all
+        curated_size: clean image-caption pairs kept apart for the reference
+        pool_size: pairs in the noisy pool (None: every train image not curated, plus the
+            duplicates)
+        mismatched_rate: share of the pool whose caption belongs to an image of another class
+        junk_rate: share of the pool with captions about nothing ("IMG_0423.jpg")
+        duplicate_rate: share of the pool that is near-copies of other pool pairs
+        seed: seed of the pool's noise and captions
+    """
+
+    data_dir: str | None = None
+    limit: int | None = None
     curated_size: int = 3000
-    pool_size: int | None = None  # None: every train image not curated, plus the duplicates
+    pool_size: int | None = None
     mismatched_rate: float = 0.25
     junk_rate: float = 0.15
     duplicate_rate: float = 0.10
@@ -330,6 +345,8 @@ class PoolConfig:
             )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"limit must be None or an int >= 1, got {self.limit!r}")
 
 
 def _different_class_donors(labels: torch.Tensor, n: int, generator: torch.Generator):

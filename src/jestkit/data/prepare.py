@@ -8,16 +8,19 @@ from dataclasses import dataclass
 
 import torch
 
-from jestkit.cache import fingerprint_ids
 from jestkit.data.captions import CaptionSet, PoolConfig, build_caption_data, class_prompts
 from jestkit.data.fashion_mnist import load_fashion_mnist
+from jestkit.data.source import CaptionSource
 from jestkit.data.tokenizer import Vocab
+from jestkit.dropin.cache import fingerprint_ids
 
 MAX_LEN = 16  # tokens per caption; the longest generated caption has 16
 
 
 @dataclass
 class CaptionData:
+    """The image-caption job's data: pool (the learners' data), curated (the reference's), test."""
+
     pool: CaptionSet
     curated: CaptionSet
     test: CaptionSet
@@ -27,6 +30,14 @@ class CaptionData:
     test_tokens: torch.Tensor
     prompt_tokens: torch.Tensor  # (10, MAX_LEN), one zero-shot prompt per class
     fingerprint: str  # of the pool's ids, pixels, captions and vocabulary
+
+    def pool_source(self) -> CaptionSource:
+        """The pool as the training loop's data source."""
+        return CaptionSource(self.pool, self.pool_tokens)
+
+    def curated_source(self) -> CaptionSource:
+        """The curated set as the reference's data source."""
+        return CaptionSource(self.curated, self.curated_tokens)
 
 
 def _sha(data: bytes) -> str:
@@ -40,13 +51,12 @@ def pool_fingerprint(pool: CaptionSet, vocab: Vocab) -> str:
     return fingerprint_ids(pool.ids, pixels, captions, vocab.fingerprint())
 
 
-def prepare_caption_data(
-    config: PoolConfig, data_dir: str | None = None, limit: int | None = None
-) -> CaptionData:
-    """Load Fashion-MNIST and build the caption data. `limit` keeps the first `limit` train and
-    test images (for quick tests); None uses all 60,000 + 10,000."""
-    train_x, train_y = load_fashion_mnist("train", data_dir)
-    test_x, test_y = load_fashion_mnist("test", data_dir)
+def prepare_caption_data(config: PoolConfig) -> CaptionData:
+    """Load Fashion-MNIST (from config.data_dir) and build the caption data. config.limit keeps
+    the first `limit` train and test images (for quick runs); None uses all 60,000 + 10,000."""
+    train_x, train_y = load_fashion_mnist("train", config.data_dir)
+    test_x, test_y = load_fashion_mnist("test", config.data_dir)
+    limit = config.limit
     if limit is not None:
         train_x, train_y, test_x, test_y = (
             train_x[:limit],
@@ -68,8 +78,3 @@ def prepare_caption_data(
         prompt_tokens=vocab.encode(prompts, MAX_LEN),
         fingerprint=pool_fingerprint(pool, vocab),
     )
-
-
-def pixels(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1], as the image tower takes them."""
-    return images_uint8.unsqueeze(1).float().div_(255)

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jestkit.core.losses import CONTRASTIVE_LOSSES, contrastive_loss
 from jestkit.core.outputs import Embeddings
-from jestkit.losses import CONTRASTIVE_LOSSES, contrastive_loss
 from jestkit.models.text import TextTower
 from jestkit.models.vit import ImageTower
 
@@ -71,18 +71,10 @@ class DualEncoder(nn.Module):
     def logit_bias(self) -> torch.Tensor:
         return self.bias
 
-    def encode_image(
-        self,
-        images: torch.Tensor,
-        patch_size: int | None = None,
-        token_drop: float = 0.0,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """(N, C, H, W) pixels in [0, 1] -> (N, embed_dim), unit norm. View keywords: ImageTower."""
-        x = self.image_tower(
-            images, patch_size=patch_size, token_drop=token_drop, generator=generator
-        )
-        return F.normalize(x, dim=-1)
+    def encode_image(self, images: torch.Tensor, **view) -> torch.Tensor:
+        """(N, C, H, W) pixels in [0, 1] -> (N, embed_dim), unit norm. view: the keywords of
+        ImageTower.forward (patch_size, token_drop, generator)."""
+        return F.normalize(self.image_tower(images, **view), dim=-1)
 
     def encode_image_multires(
         self, images: torch.Tensor, patch_size: int, fraction_coarse: float = 0.5

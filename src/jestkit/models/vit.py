@@ -2,7 +2,7 @@
 
 The tower is trained at one patch size (the base, 7 on 28 x 28 Fashion-MNIST: a 4 x 4 grid of
 16 tokens). At scoring time JEST can look at the same weights through a cheaper *view*
-(DESIGN.md section 1.4), without training a second model:
+(docs/design.md, "Flexi-JEST"), without training a second model:
 
 * a larger patch size p' (14: 4 tokens), with the patch embedding resized by FlexiViT's
   pseudo-inverse rule (PI-resize, Beyer et al., "FlexiViT: one model for all patch sizes",

@@ -1,0 +1,1 @@
+"""The jestkit application: configs, the training step and loop, reference, demo, reports."""

@@ -1,0 +1,159 @@
+"""The reference model: trained on the small curated set only, then frozen and cached.
+
+A reference folder holds:
+    model.pt         the reference's weights and model config
+    reference.json   its fingerprint, logit scale and bias, training FLOPs and test metrics
+    cache/           its image and text embeddings of every pool example, keyed by id
+                     (jestkit.dropin.cache: Parquet, fingerprinted, resumable, atomic)
+Training reads reference.json and the cache, never the model: a stale cache (other weights or
+other data) is refused by ReferenceCache.open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from jestkit.core import Embeddings, SelectionConfig
+from jestkit.data.prepare import CaptionData
+from jestkit.data.source import pixels
+from jestkit.dropin.cache import (
+    CacheError,
+    CacheMeta,
+    ReferenceCache,
+    build_cache,
+    fingerprint_state_dict,
+)
+from jestkit.dropin.distributed import Distributed, broadcast_parameters, build_cache_sharded
+from jestkit.models.factory import ModelConfig, build_model
+from jestkit.training.checkpoint import save_atomic, write_json_atomic
+from jestkit.training.config import TrainConfig, TrainingConfig, reference_training
+from jestkit.training.flops import count_no_grad_flops
+from jestkit.training.loop import Trainer
+
+
+@dataclass
+class ReferenceOutputs:
+    """The frozen reference's cached embeddings and its two scalars: never a forward pass."""
+
+    cache: ReferenceCache
+    logit_scale: float
+    logit_bias: float
+
+    def __call__(self, ids: torch.Tensor) -> Embeddings:
+        rows = self.cache.lookup(ids, ["image", "text"])
+        return Embeddings(rows["image"], rows["text"], self.logit_scale, self.logit_bias)
+
+
+def _cache_meta(model_fingerprint: str, data: CaptionData, embed_dim: int) -> CacheMeta:
+    return CacheMeta(
+        model_fingerprint, data.fingerprint, {"image": [embed_dim], "text": [embed_dim]}
+    )
+
+
+def train_reference(
+    data: CaptionData,
+    model_config: ModelConfig,
+    config: TrainingConfig | None,
+    loss: str,
+    out_dir: str | os.PathLike,
+    evaluate=None,
+    progress: bool = True,
+    dist: Distributed | None = None,
+) -> dict:
+    """Train the reference on data.curated (uniform batches; config: default
+    reference_training()), save it and build its cache of the pool. Returns the contents of
+    reference.json. dist: under torchrun, the ranks train it data-
+    parallel and build the cache sharded (jestkit.dropin.distributed); rank 0 writes the files."""
+    dist = dist or Distributed()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = config or reference_training()
+    torch.manual_seed(config.seed)
+    model = build_model(model_config, len(data.vocab), loss)
+    batch_size = min(config.batch_size, len(data.curated))
+    train_config = TrainConfig(
+        selection=SelectionConfig(policy="uniform", loss=loss),
+        training=replace(config, batch_size=batch_size),
+    )
+    trainer = Trainer(
+        model,
+        train_config,
+        data.curated_source(),
+        progress=progress,
+        desc="reference",
+        evaluate=evaluate,
+        dist=dist,
+    )
+    trainer.run()
+    model.eval()
+    if dist.world_size > 1:  # every rank caches with rank 0's weights, bit for bit
+        broadcast_parameters(model, dist.group)
+    model_fingerprint = fingerprint_state_dict(model.state_dict())
+    if dist.is_main:
+        save_atomic(
+            {"model": model.state_dict(), "model_config": asdict(model_config), "loss": loss},
+            out / "model.pt",
+        )
+
+    cache_flops = 0
+    tokens_by_id = dict(zip(data.pool.ids.tolist(), range(len(data.pool)), strict=True))
+
+    def compute(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        nonlocal cache_flops
+        rows = torch.tensor([tokens_by_id[i] for i in ids.tolist()])
+        images, tokens = pixels(data.pool.images[rows]), data.pool_tokens[rows]
+        (img, txt), flops = count_no_grad_flops(model, images, tokens)
+        cache_flops += flops
+        return {"image": img, "text": txt}
+
+    meta = _cache_meta(model_fingerprint, data, model_config.embed_dim)
+    if dist.world_size > 1:
+        build_cache_sharded(
+            out / "cache", data.pool.ids, compute, meta, group=dist.group, progress=progress
+        )
+    else:
+        build_cache(out / "cache", data.pool.ids, compute, meta, batch_size=1024, progress=progress)
+    info = {
+        "model_fingerprint": model_fingerprint,
+        "data_fingerprint": data.fingerprint,
+        "loss": loss,
+        "logit_scale": model.logit_scale.item(),
+        "logit_bias": model.logit_bias.item(),
+        "model_config": asdict(model_config),
+        "config": asdict(config),
+        "train_flops": trainer.flops.total["train"],
+        "cache_flops": cache_flops,
+        "curated_size": len(data.curated),
+        "final": trainer.summary()["final"],
+    }
+    if dist.is_main:  # cache_flops: rank 0's share under torchrun
+        write_json_atomic(info, out / "reference.json")
+    return info
+
+
+def load_reference(ref_dir: str | os.PathLike, data: CaptionData, loss: str) -> ReferenceOutputs:
+    """The cached reference for `data`; refuses a missing, stale or mismatched one."""
+    ref = Path(ref_dir)
+    info_path = ref / "reference.json"
+    if not info_path.exists():
+        raise CacheError(
+            f"no reference at {ref} (missing reference.json); build it with "
+            f"`jestkit reference --out {ref}`"
+        )
+    info = json.loads(info_path.read_text())
+    if info["loss"] != loss:
+        raise CacheError(
+            f"the reference at {ref} was trained with loss={info['loss']!r}, this run uses "
+            f"loss={loss!r}; build a reference with the same loss"
+        )
+    cache = ReferenceCache.open(ref / "cache", info["model_fingerprint"], data.fingerprint)
+    return ReferenceOutputs(cache, info["logit_scale"], info["logit_bias"])
+
+
+def reference_info(ref_dir: str | os.PathLike) -> dict:
+    return json.loads((Path(ref_dir) / "reference.json").read_text())
