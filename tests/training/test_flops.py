@@ -3,7 +3,7 @@
 import torch
 
 from jestkit.models.vit import ImageTower, ViTConfig
-from jestkit.training.flops import count_flops, count_no_grad_flops, count_train_flops
+from jestkit.training.flops import FlopMeter, count_flops, count_no_grad_flops
 
 
 def test_linear_matches_closed_form():
@@ -22,6 +22,19 @@ def test_batched_matmul_matches_closed_form():
     assert flops == 2 * 2 * b * m * n * k
 
 
+def forward_backward(fn):
+    loss = fn()
+    loss.backward()
+    return loss.detach()
+
+
+def count_train_flops(fn):
+    """A training step through the loop's FlopMeter: (the detached loss, its FLOPs)."""
+    meter = FlopMeter()
+    loss = meter.run("train", forward_backward, fn)
+    return loss, meter.per_step["train"]
+
+
 def test_train_step_counts_forward_and_backward():
     m, k, n = 6, 10, 7
     layer = torch.nn.Linear(k, n)
@@ -34,6 +47,16 @@ def test_train_step_counts_forward_and_backward():
     x.requires_grad_(True)
     _, flops = count_train_flops(lambda: layer(x).square().sum())
     assert flops == 3 * (2 * m * n * k)  # plus grad x = g W
+
+
+def test_meter_measures_once_and_counts_every_call():
+    layer = torch.nn.Linear(4, 3)
+    meter = FlopMeter(world_size=2)
+    for _ in range(3):
+        meter.run("learner_score", layer, torch.randn(2, 4))
+    assert meter.per_step["learner_score"] == 2 * 2 * 4 * 3
+    assert meter.total["learner_score"] == 3 * 2 * (2 * 2 * 4 * 3)  # 3 calls on 2 ranks
+    assert meter.sum() == meter.total["learner_score"]
 
 
 def test_no_grad_scoring():

@@ -8,11 +8,11 @@ small share. A backward pass is counted when it runs inside the counter (about t
 forward's matmul FLOPs).
 
 For a fixed model and input shape the count is the same on every call, so a training loop may
-measure one step of each kind and multiply, rather than count every step:
+measure one step of each kind and multiply, rather than count every step (FlopMeter):
 
-    _, train_flops = count_train_flops(lambda: model.loss(*model(images, tokens)))
-    _, score_flops = count_no_grad_flops(model.embeddings, super_images, super_tokens,
-                                         patch_size=14)
+    meter = FlopMeter()
+    loss = meter.run("train", forward_backward, batch)     # measured once, then counted
+    emb = meter.run("learner_score", model.embeddings, images, tokens, patch_size=14)
 """
 
 from __future__ import annotations
@@ -35,23 +35,6 @@ def count_no_grad_flops(fn: Callable[..., Any], *args, **kwargs) -> tuple[Any, i
     """count_flops under torch.no_grad(): the cost of a scoring (inference) forward pass."""
     with torch.no_grad():
         return count_flops(fn, *args, **kwargs)
-
-
-def count_train_flops(
-    loss_fn: Callable[..., torch.Tensor], *args, **kwargs
-) -> tuple[torch.Tensor, int]:
-    """Forward and backward of a training step: loss = loss_fn(...); loss.backward().
-
-    Returns (the detached loss, FLOPs of forward + backward). Gradients are accumulated in
-    the parameters' .grad as usual; the optimizer step is the caller's (and is not counted).
-    """
-
-    def step():
-        loss = loss_fn(*args, **kwargs)
-        loss.backward()
-        return loss.detach()
-
-    return count_flops(step)
 
 
 class FlopMeter:
