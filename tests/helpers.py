@@ -1,5 +1,5 @@
 """Shared test helpers: brute-force batch losses written from the definitions, for checking the
-core, and random embeddings."""
+core; random embeddings; the small data, model and run of the training tests."""
 
 from __future__ import annotations
 
@@ -7,8 +7,19 @@ import math
 
 import torch
 
-from jestkit import Embeddings
+from jestkit import Embeddings, SelectionConfig
 from jestkit.core import naive
+from jestkit.data.captions import PoolConfig
+from jestkit.models.factory import ModelConfig
+from jestkit.training.config import TrainConfig, TrainingConfig
+
+LIMIT = 1500  # train and test images of the training tests
+POOL = PoolConfig(curated_size=400, limit=LIMIT)
+MODEL = ModelConfig(dim=32, depth=1, text_depth=1, heads=2, embed_dim=32)
+TINY = TrainConfig(
+    selection=SelectionConfig(n_chunks=4),
+    training=TrainingConfig(batch_size=16, steps=6, eval_every=3, checkpoint_every=3),
+)
 
 
 def sigmoid_batch_loss(e: Embeddings, subset: list[int]) -> float:

@@ -3,6 +3,7 @@
 import pytest
 
 from jestkit.cli import _command, _save_config, build_parser
+from jestkit.cli import main as cli_main
 
 
 def _train(argv):
@@ -40,3 +41,30 @@ def test_saved_config_replays_the_run(tmp_path):
         ["--config", str(tmp_path / "config.yaml"), "--training.lr", "0.1"]
     )
     assert overridden.training.lr == 0.1 and overridden.selection.filter_ratio == 0.5
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    code = cli_main(
+        [
+            "train",
+            "--reference_dir",
+            str(tmp_path / "nope"),
+            "--data.limit",
+            "600",
+            "--data.curated_size",
+            "100",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ]
+    )
+    assert code == 2
+    assert "jestkit reference" in capsys.readouterr().err
+    code = cli_main(["train", "--data.data_dir", str(tmp_path), "--quiet"])
+    assert code == 2
+    assert "dataset-fashion-mnist" in capsys.readouterr().err
+    code = cli_main(["train", "--selection.filter_ratio", "1.0", "--quiet"])
+    assert code == 2
+    assert "filter_ratio" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--selection.policy", "hardest"])
