@@ -31,76 +31,81 @@ from jestkit.training.config import (
 
 
 @dataclass
-class Demo:
-    """Trains the reference, builds its cache, trains one learner per policy for the same steps,
-    prints a table and writes results.json and curves.png.
+class _DataAndModel:
+    """The sections every command has.
 
     Attributes:
-        out: output folder
-        policies: the policies to compare, as run names (uniform, <policy>-<method>, flexi-...)
         data: the image-caption data
         model: the dual encoder (reference and learners alike)
-        reference: how the reference trains on the curated set
-        selection: how the learners select (policy and method are set by each run name)
-        scoring: the learners' scoring view (the flexi- run names set Flexi-JEST's)
+    """
+
+    data: PoolConfig = field(default_factory=PoolConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+@dataclass
+class _Learner(_DataAndModel):
+    """The sections of a learner's run.
+
+    Attributes:
+        selection: how the learners select (the demo's run names set policy and method)
+        scoring: the learners' scoring view (Flexi-JEST: patch_size 14, multires_fraction 0.5;
+            the demo's flexi- run names set them)
         training: how the learners train
     """
 
-    out: str = "runs/demo"
-    policies: list[str] = field(default_factory=lambda: list(DEMO_POLICIES))
-    data: PoolConfig = field(default_factory=PoolConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    reference: TrainingConfig = field(default_factory=reference_training)
-    selection: SelectionConfig = field(default_factory=SelectionConfig)
-    scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-
-
-@dataclass
-class Reference:
-    """Trains the reference on the curated set and caches its embeddings of the pool.
-
-    Attributes:
-        out: reference folder (model.pt, reference.json, cache/)
-        loss: the contrastive loss (learners using this reference must use the same)
-        data: the image-caption data
-        model: the reference's dual encoder
-        reference: how the reference trains on the curated set
-    """
-
-    out: str = "runs/reference"
-    loss: str = "sigmoid"
-    data: PoolConfig = field(default_factory=PoolConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    reference: TrainingConfig = field(default_factory=reference_training)
-
-
-@dataclass
-class Train:
-    """Trains one learner with one policy.
-
-    Attributes:
-        out: run folder (default: runs/train/NAME, NAME the policy's run name)
-        reference_dir: reference folder built by `jestkit reference`
-        resume: continue from OUT/checkpoint.pt
-        data: the image-caption data
-        model: the learner's dual encoder
-        selection: how the learner selects
-        scoring: the learner's scoring view (Flexi-JEST: patch_size 14, multires_fraction 0.5)
-        training: how the learner trains
-    """
-
-    out: str | None = None
-    reference_dir: str = "runs/reference"
-    resume: bool = False
-    data: PoolConfig = field(default_factory=PoolConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(self.selection, self.scoring, self.training)
+
+
+@dataclass
+class Demo(_Learner):
+    """Trains the reference, builds its cache, trains one learner per policy for the same steps,
+    prints a table and writes results.json and curves.png.
+
+    Attributes:
+        reference: how the reference trains on the curated set
+        out: output folder
+        policies: the policies to compare, as run names (uniform, <policy>-<method>, flexi-...)
+    """
+
+    reference: TrainingConfig = field(default_factory=reference_training)
+    out: str = "runs/demo"
+    policies: list[str] = field(default_factory=lambda: list(DEMO_POLICIES))
+
+
+@dataclass
+class Reference(_DataAndModel):
+    """Trains the reference on the curated set and caches its embeddings of the pool.
+
+    Attributes:
+        reference: how the reference trains on the curated set
+        out: reference folder (model.pt, reference.json, cache/)
+        loss: the contrastive loss (learners using this reference must use the same)
+    """
+
+    reference: TrainingConfig = field(default_factory=reference_training)
+    out: str = "runs/reference"
+    loss: str = "sigmoid"
+
+
+@dataclass
+class Train(_Learner):
+    """Trains one learner with one policy.
+
+    Attributes:
+        out: run folder (default: runs/train/NAME, NAME the policy's run name)
+        reference_dir: reference folder built by `jestkit reference`
+        resume: continue from OUT/checkpoint.pt
+    """
+
+    out: str | None = None
+    reference_dir: str = "runs/reference"
+    resume: bool = False
 
 
 COMMANDS = {"demo": Demo, "reference": Reference, "train": Train}
@@ -159,7 +164,7 @@ def _run(cmd, save_config, progress: bool) -> int:
     from jestkit.training.reference import train_reference
 
     if isinstance(cmd, Demo):
-        config = TrainConfig(cmd.selection, cmd.scoring, cmd.training)
+        config = cmd.train_config()
         for name in cmd.policies:
             config.with_name(name)  # unknown names fail before any work
         save_config(Path(cmd.out))
