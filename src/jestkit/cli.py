@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
@@ -90,7 +91,7 @@ class Reference(_DataAndModel):
 
     reference: TrainingConfig = field(default_factory=reference_training)
     out: str = "runs/reference"
-    loss: str = "sigmoid"
+    loss: Literal[CONTRASTIVE_LOSSES] = "sigmoid"
 
 
 @dataclass
@@ -171,8 +172,6 @@ def _run(cmd, save_config, progress: bool) -> int:
         run_demo(cmd.out, cmd.data, cmd.model, cmd.reference, config, tuple(cmd.policies),
                  progress)  # fmt: skip
         return 0
-    if isinstance(cmd, Reference) and cmd.loss not in CONTRASTIVE_LOSSES:
-        raise ValueError(f"loss must be one of {CONTRASTIVE_LOSSES}, got {cmd.loss!r}")
     config = cmd.train_config() if isinstance(cmd, Train) else None
     data = prepare_caption_data(cmd.data)
     dist = setup(backend="gloo", device="cpu")  # under torchrun; else one process
