@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-_META_KEY = b"jestkit.dropin.cache"
+_META_KEY = b"jestkit.cache"
 _FIX = "rebuild it with `jestkit reference` (or delete the folder and build again)"
 
 
