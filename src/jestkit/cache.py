@@ -177,7 +177,9 @@ def load_datacomp_subset(path: str | os.PathLike) -> np.ndarray:
             f"expected a 1-d array of dtype {UID_DTYPE}"
         )
     arr = arr.astype(UID_DTYPE)
-    if arr.size > 1 and not bool((arr[1:] > arr[:-1]).all()):
+    hi, lo = arr["f0"], arr["f1"]
+    increasing = (hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] > lo[:-1]))
+    if not bool(increasing.all()):
         raise ValueError(f"{path} is not a DataComp subset: uids not sorted or duplicated")
     return arr
 
@@ -205,7 +207,7 @@ def _as_ids(ids: Ids, what: str = "ids") -> tuple[str, np.ndarray]:
         ids = ids.tolist() if isinstance(ids, np.ndarray) else ids
         kinds = {_element_kind(v) for v in ids}
         if len(kinds) > 1:
-            example = {k: next(v for v in ids if _element_kind(v) == k) for k in kinds}
+            example = {k: next(v for v in ids if _element_kind(v) == k) for k in sorted(kinds)}
             raise TypeError(f"{what} mix kinds of id: {example}; use one kind for every id")
         kind = kinds.pop() if kinds else "int64"
         if kind == "str":
@@ -771,7 +773,8 @@ def _read_manifest(path: Path) -> dict:
     if fmt != FORMAT_VERSION:
         raise CacheError(
             f"cache {path} has format version {fmt}, this jestkit reads only {FORMAT_VERSION} "
-            f"(version 2 added per-part checksums and string/uid ids); {_FIX}"
+            "(version 2 added per-part checksums and string/uid ids); delete the folder and "
+            "build it again (`jestkit reference`)"
         )
     try:
         CacheMeta.from_dict(manifest["meta"])
