@@ -18,6 +18,7 @@ from jestkit.cache import (
     CacheMeta,
     ReferenceCache,
     build_cache,
+    finalize,
     fingerprint_ids,
     format_uids,
     id_kind,
@@ -304,3 +305,21 @@ def test_cached_reference_with_hex_uids_in_the_batch(tmp_path):
     batch = {"x": torch.zeros(4, 1), "uid": hexes[3:7]}
     assert torch.equal(CachedReference(cache, ids="uid")(batch), key_values(hexes[3:7])["loss"])
     assert (tmp_path / MANIFEST).exists()
+
+
+def test_sharded_build_of_string_ids_equals_one_process(tmp_path):
+    """Two ranks' parts of a str-keyed cache, finalized, give the single process's manifest
+    (the same part sizes and sha256) and rows."""
+    keys = str_keys(50)
+    meta = meta_for(keys)
+    kw = {"batch_size": 5, "rows_per_part": ROWS, "progress": False}
+    build_cache(tmp_path / "one", keys, key_values, meta, **kw)
+    for rank in (1, 0):
+        build_cache(tmp_path / "two", keys, key_values, meta, rank=rank, world_size=2, **kw)
+    assert not (tmp_path / "two" / MANIFEST).exists()
+    finalize(tmp_path / "two", keys, meta)
+    one, two = ((tmp_path / d / MANIFEST).read_text() for d in ("one", "two"))
+    assert one == two and '"sha256"' in one
+    cache = ReferenceCache.open(tmp_path / "two", meta.model_fingerprint, meta.data_fingerprint)
+    assert cache.ids() == keys
+    assert torch.equal(cache.lookup(keys)["image"], key_values(keys)["image"])

@@ -20,6 +20,7 @@ from jestkit.cache import (
     CacheMeta,
     ReferenceCache,
     build_cache,
+    finalize,
     fingerprint_ids,
 )
 
@@ -187,6 +188,16 @@ def test_resume_overwrites_junk_temp_files_and_reuses_complete_parts(cache):
     assert torch.equal(torch.cat(seen), IDS[2 * ROWS : 3 * ROWS])
     assert not list(cache.glob("*.tmp"))
     check_intact(cache)
+
+
+def test_a_renamed_part_stops_the_resumed_build(cache):
+    (cache / MANIFEST).unlink()
+    (cache / "part-00003.parquet").unlink()
+    (cache / "part-00001.parquet").rename(cache / "part-00003.parquet")
+    with pytest.raises(CacheError, match=r"part-00003\.parquet holds part 1.*renamed"):
+        build(cache)
+    with pytest.raises(CacheError, match=r"part-00003\.parquet holds part 1.*renamed"):
+        finalize(cache, IDS, META)
 
 
 def test_a_damaged_complete_part_stops_the_resumed_build(cache):

@@ -625,7 +625,7 @@ class ReferenceCache:
         ids, data = [], {c: [] for c in meta.columns}
         for k, p in enumerate(manifest["parts"]):
             f = path / p["file"]
-            corrupt = f"reference cache {path} is damaged: part {p['file']}"
+            corrupt = f"reference cache {path} is damaged: {p['file']}"
             try:
                 raw = f.read_bytes()
             except OSError as e:
@@ -813,6 +813,10 @@ def _check_meta(found: dict, expected: CacheMeta, where: str, building: bool) ->
 
 
 def _check_layout(info: dict, f: Path, ids_fp: str, rows_per_part: int, num_parts: int) -> None:
+    if f.name != _part_path(f.parent, info["part"]).name:
+        raise CacheError(
+            f"{f} holds part {info['part']} of its build (renamed?); delete it and re-run"
+        )
     if info.get("ids_fingerprint") != ids_fp:
         raise CacheError(
             f"{f} was built for another id list under the same data fingerprint (make the data "
