@@ -182,6 +182,8 @@ def test_bad_ids_are_refused(tmp_path):
         fingerprint_ids(["a", np.int64(3)])
     with pytest.raises(TypeError, match="float"):
         fingerprint_ids([1.5, 2.5])
+    with pytest.raises(ValueError, match="int64 range"):
+        fingerprint_ids([1, 2**64])
     with pytest.raises(ValueError, match=r"duplicated ids, e\.g\. \['k2'\]"):
         build_cache(tmp_path / "dup", ["k1", "k2", "k3", "k2"], key_values, meta, progress=False)
     dup = hex_uids(3) + hex_uids(3)[1:2]

@@ -161,9 +161,13 @@ def save_datacomp_subset(path: str | os.PathLike, uids: np.ndarray | Sequence[st
     if path.suffix != ".npy":
         raise ValueError(f"DataComp subset files end in .npy, got {path}")
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, np.sort(arr))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, np.sort(arr))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -214,7 +218,10 @@ def _as_ids(ids: Ids, what: str = "ids") -> tuple[str, np.ndarray]:
             arr = np.empty(len(ids), dtype=object)
             arr[:] = list(ids)
         elif kind == "int64":
-            arr = np.asarray(ids, dtype=np.int64) if ids else np.zeros(0, np.int64)
+            try:
+                arr = np.asarray(ids, dtype=np.int64) if ids else np.zeros(0, np.int64)
+            except OverflowError as e:
+                raise ValueError(f"{what} hold integers outside the int64 range") from e
         else:
             raise TypeError(
                 f"{what} must be ints, str or DataComp uids; got {type(ids[0]).__name__} "
