@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,6 +35,8 @@ from jestkit.openclip import (  # noqa: E402
     reference_cache_meta,
     selection_loss,
 )
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 # A ViT of width 64 with 2 layers on 8x8 patches of 32x32 images, a 2-layer text tower. The
 # names avoid "siglip", which would pick a tokenizer from the Hugging Face hub.
@@ -198,7 +202,7 @@ def test_task_trains_two_steps_on_the_selection_jestkit_makes(name, loss, tmp_pa
         with torch.no_grad():
             sub = learner(images[expected], texts[expected])
             want = (SigLipLoss() if loss == "sigmoid" else ClipLoss())(**sub)
-        assert float(out["loss"]) == pytest.approx(float(want), rel=1e-5)
+        assert float(out["loss"].detach()) == pytest.approx(float(want), rel=1e-5)
         opt.zero_grad()
         out["loss"].backward()
         assert all(p.grad is None for p in reference.parameters())
@@ -309,3 +313,22 @@ def test_task_under_torchrun_selects_and_trains_as_one_process(tiny_configs, tmp
     # DDP averages the ranks' gradients: the mean of the ranks' losses is the global loss
     mean = sum(loss for _, loss in per_rank) / len(per_rank)
     assert mean == pytest.approx(want_loss, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- the README
+
+
+def readme_open_clip_blocks() -> list[str]:
+    """The ```py blocks of the README's open_clip section that say they run here."""
+    text = README.read_text()
+    section = text.split("## open_clip models", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```py\n(.*?)```", section, re.S)
+    return [b for b in blocks if b.startswith("# runs as written")]
+
+
+def test_readme_open_clip_recipes_run():
+    blocks = readme_open_clip_blocks()
+    assert blocks, "the README's open_clip section has no runnable block"
+    namespace = {"__name__": "readme"}
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), namespace)
