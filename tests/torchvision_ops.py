@@ -26,8 +26,9 @@ from types import ModuleType
 
 import torch
 
-# The schemas torchvision's extension defines (torchvision/csrc/ops/nms.cpp and its quantized
-# twin), for the operators torchvision._meta_registrations registers unconditionally.
+# The operators torchvision._meta_registrations registers fake kernels for unconditionally, with
+# the signature of its fake kernels (dets, scores, iou_threshold). Only the schemas matter here:
+# they exist so that the registration succeeds; no kernel is ever attached or called.
 _MISSING_SCHEMAS = {
     "torchvision::nms": "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "torchvision::qnms": "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
