@@ -3,6 +3,7 @@ data held in memory."""
 
 import io
 import json
+import pickle
 import random
 import shutil
 import tarfile
@@ -131,6 +132,9 @@ def test_pool_streams_the_data_held_in_memory(kind, tar_dir, parquet_dir, memory
 
 
 def test_transform_and_rgb_mode(tar_dir, memory):
+    plain = next(iter(ShardPool(str(tar_dir / "shard-0000.tar"), buffer_size=0)))
+    assert plain["image"].shape == (3, 28, 28)  # RGB by default, channels first
+    assert all(torch.equal(plain["image"][c], memory["image"][0, 0]) for c in range(3))
     pool = ShardPool(str(tar_dir / "shard-0000.tar"), buffer_size=0,
                      transform=lambda im: torch.from_numpy(np.array(im.resize((14, 14)))))
     first = next(iter(pool))  # mode RGB by default: 3 values a pixel
@@ -398,6 +402,9 @@ def test_bad_uses_are_clear_errors(tar_dir, parquet_dir):
     pool = ShardPool(source, buffer_size=4)
     with pytest.raises(RuntimeError, match="num_workers"):
         next(iter(DataLoader(pool, batch_size=4, num_workers=1)))
+    next(iter(pool))  # a pool with an open shard reader still pickles (for spawned workers)
+    copy = pickle.loads(pickle.dumps(pool))
+    assert next(iter(copy))["id"] == next(iter(pool))["id"]  # it continues where pool was
     other = ShardPool(source, buffer_size=4, seed=9)
     with pytest.raises(ValueError, match="seed"):
         other.load_state_dict(pool.state_dict())

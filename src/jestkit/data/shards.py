@@ -402,6 +402,13 @@ class ShardPool(IterableDataset):
             self.skipped: Counter[str] = Counter()
             self.skipped_by_shard: Counter[str] = Counter()
 
+    def __getstate__(self) -> dict:
+        # an open shard reader (a generator) cannot be pickled or copied; it is reopened at the
+        # same record when next needed
+        state = dict(self.__dict__)
+        state["_reader"] = None
+        return state
+
     @property
     def n_skipped(self) -> int:
         return sum(self.skipped.values())
