@@ -7,11 +7,13 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test lint bench data setup clean
 
-$(VENV)/.installed: pyproject.toml
+# pins.txt holds torch at the CPU build: without it pip would replace torch with a CUDA build
+# (several GB) when it resolves the open_clip extra (open_clip_torch, timm, torchvision).
+$(VENV)/.installed: pyproject.toml pins.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c pins.txt torch
+	$(PY) -m pip install -q -c pins.txt -e '.[dev,open_clip]'
 	touch $@
 
 setup: $(VENV)/.installed data

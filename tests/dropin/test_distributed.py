@@ -463,6 +463,8 @@ def test_sharded_cache_resumes_and_equals_one_process(tmp_path, crashed_cache, t
     assert not list(path.glob("*.tmp"))
     got = ReferenceCache.open(path)
     assert torch.equal(got.ids(), want.ids())
+    # the same parts, byte for byte: the same sizes and sha256 in the manifest
+    assert (path / "manifest.json").read_text() == (single / "manifest.json").read_text()
     for c in META.columns:
         assert torch.equal(got.lookup(want.ids())[c], want.lookup(want.ids())[c])
 

@@ -170,9 +170,13 @@ class CachedReference:
     """Reference outputs looked up by example id in a jestkit ReferenceCache.
 
     ids: where a super-batch keeps its example ids: a dict key ('id'), a tuple position (2), or
-    a callable batch -> ids. column: the cached column holding the per-example loss.
+    a callable batch -> ids. The ids are of the cache's kind: an integer tensor (int64 caches),
+    a list of str (str caches: e.g. WebDataset keys, which a DataLoader collates into a list),
+    or a list of 32-digit hex strings or a jestkit.dropin.cache.UID_DTYPE array (uid128 caches).
+    column: the cached column holding the per-example loss.
     Called with the super-batch (as a single argument; SelectiveLoader knows this), returns the
-    (B,) float tensor of cached losses. Missing ids raise KeyError naming them.
+    (B,) float tensor of cached losses, on the device of the batch's first tensor. Missing ids
+    raise KeyError naming them; ids of another kind raise TypeError.
     """
 
     unpack = False
@@ -205,7 +209,22 @@ class CachedReference:
             msg = e.args[0] if e.args else repr(e)
             raise KeyError(f"CachedReference could not look up this super-batch: {msg}") from e
         out = torch.as_tensor(found[self.column])
+        device = _first_device(batch)  # string ids carry no device; the batch's tensors do
+        if device is not None:
+            out = out.to(device)
         return out.reshape(out.shape[0]) if out.dim() == 2 and out.shape[1] == 1 else out
+
+
+def _first_device(batch: Batch) -> torch.device | None:
+    if torch.is_tensor(batch):
+        return batch.device
+    values = batch.values() if isinstance(batch, Mapping) else batch
+    if isinstance(batch, Mapping | list | tuple):
+        for v in values:
+            device = _first_device(v)
+            if device is not None:
+                return device
+    return None
 
 
 # --- the wrapper -----------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """Build the reference cache with every rank of a torchrun job scoring its share of the data.
 
-Each rank runs cache.build_cache with its rank (part k belongs to rank k % world_size);
-then the ranks agree on the outcome, and rank 0 validates the parts and writes the manifest
-atomically (cache.finalize): the cache is valid only once every part is there. A failure
-on any rank is reported on every rank. An interrupted build, on any number of ranks, resumes on
-any number of ranks: complete parts are kept and skipped, half-written parts were never renamed
+Each rank runs jestkit.dropin.cache.build_cache with its rank (part k belongs to rank
+k % world_size); then the ranks agree on the outcome, and rank 0 validates the parts (reading
+each back with its page checksums verified) and writes the manifest, with each part's size and
+sha256, atomically (jestkit.dropin.cache.finalize): the cache is valid only once every part is
+there, and its manifest is the one a single-process build writes. Ids may be of any kind that
+jestkit.dropin.cache supports (int64, str, uid128). A failure on any rank is reported on every
+rank. An interrupted build, on any number of ranks, resumes on any number of ranks: complete
+parts are kept and skipped, half-written parts were never renamed
 into place, and finalize checks that the parts hold every id exactly once.
 
 Ranks finish at different times (a resumed build may leave one rank nothing to do), so they wait
@@ -21,14 +24,14 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from jestkit.dropin.cache import CacheError, CacheMeta, build_cache, finalize
+from jestkit.dropin.cache import CacheError, CacheMeta, Ids, build_cache, finalize
 from jestkit.dropin.distributed.comm import group_rank_size
 
 
 def build_cache_sharded(
     path: str | os.PathLike,
-    ids: torch.Tensor,
-    compute: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    ids: Ids,
+    compute: Callable[[Ids], dict[str, torch.Tensor]],
     meta: CacheMeta,
     *,
     group: dist.ProcessGroup | None = None,

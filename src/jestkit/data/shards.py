@@ -1,0 +1,626 @@
+"""Candidate pools streamed from WebDataset tar shards or Parquet tables, never loaded whole.
+
+    pool = ShardPool("data/shards-{0000..0009}.tar", ShardPoolConfig(buffer_size=1000, seed=0))
+    for batch in pool.super_batches(B):   # {'image': (B, C, H, W) uint8, 'caption': [B], 'id': [B]}
+        ...
+    # or DataLoader(pool, batch_size=B, drop_last=True): the same batches, in the same order
+
+Sources
+* WebDataset tar shards as img2dataset writes them: the files of one sample are consecutive
+  and share a key (`KEY.jpg` / `KEY.png` / `KEY.webp`, `KEY.txt` caption, optional `KEY.json`
+  whose `uid` becomes the id; without one the id is the key). Read with Python's tarfile in
+  streaming mode (`.tar`, `.tar.gz`, `.tgz`).
+* Parquet tables (`.parquet`): an image column holding bytes, a path (relative to the table's
+  folder) or Hugging Face's {bytes, path} struct, a caption column and an id column (DataComp:
+  `uid`, 32 hex digits). Read a few hundred rows at a time (`parquet_batch_rows`).
+* `source`: a path, a brace pattern (`shards-{0000..0009}.tar`, `{a,b}.parquet`), a glob, or a
+  list of these. A pattern that matches nothing, or a listed file that is missing, raises.
+
+The stream. The pool reads its shards in the given order (globs sorted), each sample in file
+order: record g = 0, 1, 2, ... of the whole stream. Rank r of world_size W owns the records with
+g % W == r; every rank reads (but does not decode) the whole stream and keeps its slice, so each
+record belongs to exactly one rank, never two, never none, whatever the shard sizes. The owned
+records pass through a shuffle buffer of `buffer_size` raw records (bytes, not decoded): each
+draw fills the buffer, then takes a uniformly random entry (a torch.Generator seeded from seed,
+epoch and rank). Drawn images are decoded with Pillow (`mode`, then the user's `transform` on the
+PIL image; without one a uint8 (C, H, W) tensor). One pass is one epoch; the next pass reshuffles
+with the next epoch's seed. A super-batch is the next B decoded samples: super_batches(B) and
+DataLoader(pool, batch_size=B) give the same ones.
+
+Resume. state_dict() holds the position in the stream (shard, record), the shuffle buffer's
+raw records, the generator's state, the counters and the ids seen this epoch (for the duplicate
+check), so load_state_dict() on a fresh pool continues with exactly the samples an uninterrupted
+run would draw. Take it between super-batches (a DataLoader with num_workers=0 fetches nothing
+ahead). The state's size is about buffer_size encoded images.
+
+Bad input. A truncated shard (the sample being read when it ended, counted once; a shard
+unreadable from the start, counted once), an undecodable image, a missing image or caption:
+the sample is skipped and counted in `pool.skipped` (reason -> count; `pool.skipped_by_shard`
+per shard) and the next good one takes its place, so every super-batch still holds B samples.
+Once more than `min_bad` samples were skipped and they are more than `max_bad_fraction` of the
+samples read by this rank, TooManyBadSamples stops the run, naming the shards. An id seen twice
+in one epoch (checked over the whole stream, all ranks' records) raises DuplicateIdError naming
+it and its shards.
+
+DataLoader workers are refused (a clear error): the counters, the threshold and the exact resume
+live in the pool object, which workers would copy. Decode in parallel with `decode_threads`
+(Pillow releases the GIL while decoding); the samples and their order do not change with it.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import re
+import tarfile
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, default_collate, get_worker_info
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
+CAPTION_EXTENSIONS = ("txt", "caption", "text")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_IMAGE_COLUMNS = ("image", "jpg", "png", "webp", "image_path", "path")
+_CAPTION_COLUMNS = ("caption", "text", "txt")
+_ID_COLUMNS = ("uid", "key", "id")
+
+# skip reasons
+TRUNCATED = "truncated shard"
+UNREADABLE_SHARD = "unreadable shard"
+UNREADABLE_ROWS = "unreadable row group"
+UNDECODABLE = "undecodable image"
+UNREADABLE_IMAGE = "unreadable image file"
+NO_IMAGE = "no image"
+NO_CAPTION = "no caption"
+BAD_METADATA = "bad json or caption"
+
+
+class TooManyBadSamples(RuntimeError):
+    """More bad samples than the pool's threshold allows."""
+
+
+class DuplicateIdError(ValueError):
+    """The same id twice in one pass over the stream."""
+
+
+@dataclass
+class ShardPoolConfig:
+    """How a ShardPool reads, shuffles, decodes and splits its stream.
+
+    buffer_size: raw records in the shuffle buffer (0 or 1: the stream's order).
+    seed: the shuffle's seed (with the epoch and rank).
+    mode: Pillow mode each image is converted to ('RGB', 'L'; None keeps the file's).
+    max_bad_fraction / min_bad: stop once more than min_bad samples were skipped and they are
+        more than this fraction of the samples read by this rank.
+    rank / world_size: this process's slice of the stream; None takes them from
+        torch.distributed when it is initialised, else 0 and 1.
+    check_duplicates: raise on an id seen twice in one epoch (keeps the epoch's ids in memory).
+    image_column / caption_column / id_column: Parquet columns; None picks the first present of
+        image|jpg|png|webp|image_path|path, caption|text|txt and uid|key|id.
+    decode_threads: threads decoding a super-batch in super_batches() (0: in this thread).
+    parquet_batch_rows: rows read from a Parquet file at a time.
+    """
+
+    buffer_size: int = 1000
+    seed: int = 0
+    mode: str | None = "RGB"
+    max_bad_fraction: float = 0.01
+    min_bad: int = 10
+    rank: int | None = None
+    world_size: int | None = None
+    check_duplicates: bool = True
+    image_column: str | None = None
+    caption_column: str | None = None
+    id_column: str | None = None
+    decode_threads: int = 0
+    parquet_batch_rows: int = 256
+
+    def __post_init__(self):
+        if self.buffer_size < 0:
+            raise ValueError(f"buffer_size must be >= 0, got {self.buffer_size}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if self.min_bad < 0:
+            raise ValueError(f"min_bad must be >= 0, got {self.min_bad}")
+        if self.decode_threads < 0:
+            raise ValueError(f"decode_threads must be >= 0, got {self.decode_threads}")
+        if self.parquet_batch_rows < 1:
+            raise ValueError(f"parquet_batch_rows must be >= 1, got {self.parquet_batch_rows}")
+        if (self.rank is None) != (self.world_size is None):
+            raise ValueError("set rank and world_size together (or neither)")
+        if self.world_size is not None and not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
+
+
+# --- shard lists ---------------------------------------------------------------------------
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """`a-{0000..0002}.tar` -> a-0000.tar, a-0001.tar, a-0002.tar; `{x,y}` -> x, y (nested in
+    order, zero padding kept from the first bound)."""
+    m = _BRACE.search(pattern)
+    if m is None:
+        return [pattern]
+    body = m.group(1)
+    rng = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
+    if rng:
+        lo, hi = int(rng.group(1)), int(rng.group(2))
+        width = len(rng.group(1)) if rng.group(1).startswith("0") else 0
+        step = 1 if hi >= lo else -1
+        items = [str(i).zfill(width) for i in range(lo, hi + step, step)]
+    elif "," in body:
+        items = body.split(",")
+    else:
+        raise ValueError(f"cannot expand {{{body}}} in {pattern!r}: use {{0000..0009}} or {{a,b}}")
+    head, tail = pattern[: m.start()], pattern[m.end() :]
+    return [out for item in items for out in expand_braces(head + item + tail)]
+
+
+def shard_format(path: str) -> str:
+    name = path.lower()
+    if name.endswith(TAR_SUFFIXES):
+        return "tar"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    raise ValueError(
+        f"{path}: unknown shard format (expected {', '.join(TAR_SUFFIXES + PARQUET_SUFFIXES)})"
+    )
+
+
+def list_shards(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """The shard paths of a path, brace pattern, glob or list of these, in order. A pattern
+    matching nothing or a missing file raises FileNotFoundError naming it."""
+    items = [source] if isinstance(source, str | os.PathLike) else list(source)
+    if not items:
+        raise ValueError("no shards given (an empty list)")
+    out: list[str] = []
+    for item in items:
+        item = os.fspath(item)
+        for path in expand_braces(item):
+            if glob.has_magic(path):
+                found = sorted(glob.glob(path))
+                if not found:
+                    raise FileNotFoundError(f"no file matches {path!r} (from {item!r})")
+                out.extend(found)
+            elif os.path.isdir(path):
+                raise IsADirectoryError(
+                    f"{path!r} is a folder: pass its shards, e.g. {os.path.join(path, '*.tar')!r}"
+                )
+            elif not os.path.isfile(path):
+                raise FileNotFoundError(f"shard {path!r} (from {item!r}) does not exist")
+            else:
+                out.append(path)
+    for path in out:
+        shard_format(path)
+    return out
+
+
+# --- raw records -----------------------------------------------------------------------------
+
+
+class Record(NamedTuple):
+    """One sample as read from its shard, not decoded. `bad` holds a skip reason instead."""
+
+    shard: int
+    key: str
+    id: str
+    caption: str
+    image: bytes | None  # encoded image
+    path: str | None  # or a file holding it
+    bad: str | None = None
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    folder, base = os.path.split(name)
+    stem, dot, ext = base.partition(".")
+    return os.path.join(folder, stem) if folder else stem, ext.lower() if dot else ""
+
+
+def _tar_group(shard: int, key: str, files: dict[str, bytes]) -> Record:
+    image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
+    text = next((files[e] for e in CAPTION_EXTENSIONS if e in files), None)
+    uid = key
+    try:
+        caption = text.decode("utf-8").strip() if text is not None else None
+        if "json" in files:
+            meta = json.loads(files["json"])
+            if isinstance(meta, dict) and meta.get("uid") is not None:
+                uid = str(meta["uid"])
+    except (UnicodeDecodeError, ValueError):
+        return Record(shard, key, key, "", None, None, BAD_METADATA)
+    if image is None:
+        return Record(shard, key, uid, "", None, None, NO_IMAGE)
+    if caption is None:
+        return Record(shard, key, uid, "", None, None, NO_CAPTION)
+    return Record(shard, key, uid, caption, image, None)
+
+
+def _read_tar(path: str, shard: int) -> Iterator[Record]:
+    """The samples of a tar shard, grouped by key, streamed. A truncated shard ends with one bad
+    record (the sample in progress)."""
+    key, files = None, {}
+    compressed = not path.lower().endswith(".tar")
+    try:
+        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                k, ext = _split_name(member.name)
+                if k != key:  # the previous sample is complete once the next one starts
+                    if key is not None:
+                        yield _tar_group(shard, key, files)
+                    key, files = k, {}
+                data = tar.extractfile(member).read()
+                if len(data) != member.size:
+                    raise tarfile.ReadError("unexpected end of data")
+                files[ext] = data
+            end = tar.offset
+        if not compressed and os.path.getsize(path) < end + 2 * tarfile.BLOCKSIZE:
+            # a tar cut at a member boundary: tarfile stops quietly, without the end marker
+            raise tarfile.ReadError("no end-of-archive marker")
+    except (tarfile.TarError, EOFError, zlib.error, OSError):
+        # nothing read: the whole shard is unreadable; else the sample in progress is lost
+        reason = UNREADABLE_SHARD if key is None else TRUNCATED
+        yield Record(shard, key or f"{path}:0", key or "", "", None, None, reason)
+        return
+    if key is not None:
+        yield _tar_group(shard, key, files)
+
+
+def _pick_column(names: list[str], wanted: str | None, defaults: tuple[str, ...], what: str,
+                 path: str) -> str:  # fmt: skip
+    if wanted is not None:
+        if wanted not in names:
+            raise KeyError(f"{path}: no {what} column {wanted!r}; its columns are {names}")
+        return wanted
+    for name in defaults:
+        if name in names:
+            return name
+    raise KeyError(
+        f"{path}: no {what} column (looked for {', '.join(defaults)}); its columns are {names}; "
+        f"set ShardPoolConfig.{what}_column"
+    )
+
+
+def _parquet_record(shard: int, key: str, image, caption, ident, folder: str) -> Record:
+    ident = key if ident is None else (ident.hex() if isinstance(ident, bytes) else str(ident))
+    if isinstance(image, dict):  # Hugging Face's Image feature: {bytes, path}
+        image = image.get("bytes") or image.get("path")
+    if image is None:
+        return Record(shard, key, ident, "", None, None, NO_IMAGE)
+    if caption is None:
+        return Record(shard, key, ident, "", None, None, NO_CAPTION)
+    if isinstance(image, bytes):
+        return Record(shard, key, ident, str(caption), image, None)
+    return Record(shard, key, ident, str(caption), None, os.path.join(folder, str(image)))
+
+
+def _read_parquet(path: str, shard: int, config: ShardPoolConfig, skip: int = 0
+                  ) -> Iterator[Record]:  # fmt: skip
+    """The rows of a Parquet file from row `skip` on, one row group at a time. A row group that
+    cannot be read gives one bad record per row it holds (the count is in the footer); a file
+    whose footer cannot be read gives one bad record."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError):
+        if skip == 0:
+            yield Record(shard, f"{path}:0", "", "", None, None, UNREADABLE_SHARD)
+        return
+    names = table.schema_arrow.names
+    img = _pick_column(names, config.image_column, _IMAGE_COLUMNS, "image", path)
+    cap = _pick_column(names, config.caption_column, _CAPTION_COLUMNS, "caption", path)
+    uid = _pick_column(names, config.id_column, _ID_COLUMNS, "id", path)
+    columns = list(dict.fromkeys([img, cap, uid]))
+    folder, name = os.path.dirname(path), os.path.basename(path)
+    start = 0  # the first row of the row group
+    for group in range(table.metadata.num_row_groups):
+        rows = table.metadata.row_group(group).num_rows
+        if start + rows <= skip:  # resume: whole row groups are not read again
+            start += rows
+            continue
+        row = start
+        try:
+            for batch in table.iter_batches(batch_size=config.parquet_batch_rows,
+                                            row_groups=[group], columns=columns):  # fmt: skip
+                d = batch.to_pydict()
+                for image, caption, ident in zip(d[img], d[cap], d[uid], strict=True):
+                    if row >= skip:
+                        yield _parquet_record(shard, f"{name}:{row}", image, caption, ident,
+                                              folder)  # fmt: skip
+                    row += 1
+        except (pa.ArrowException, OSError):
+            for r in range(max(row, skip), start + rows):
+                yield Record(shard, f"{name}:{r}", "", "", None, None, UNREADABLE_ROWS)
+        start += rows
+    if skip > start:
+        raise ValueError(f"{path} holds {start} rows, fewer than the {skip} read when the state "
+                         f"was saved: it changed")  # fmt: skip
+
+
+# --- the pool --------------------------------------------------------------------------------
+
+
+def _default_rank() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ShardPool(IterableDataset):
+    """A candidate pool streamed from tar or Parquet shards; see the module docstring.
+
+    source: a path, brace pattern, glob, or a list of these.
+    config: ShardPoolConfig; keyword overrides replace its fields.
+    transform: called on each decoded PIL image (after `mode`); its result is the sample's
+        'image'. Without one: a uint8 tensor (C, H, W).
+    Samples are dicts {'image', 'caption': str, 'id': str}. Counters: skipped (reason -> count),
+    skipped_by_shard (path -> count), good (samples yielded), epoch.
+    """
+
+    def __init__(self, source, config: ShardPoolConfig | None = None,
+                 transform: Callable[[Any], Any] | None = None, **overrides):  # fmt: skip
+        config = config or ShardPoolConfig()
+        if overrides:
+            config = ShardPoolConfig(**{**asdict(config), **overrides})
+        self.config = config
+        self.shards = list_shards(source)
+        self.transform = transform
+        if config.rank is None:
+            self.rank, self.world_size = _default_rank()
+        else:
+            self.rank, self.world_size = config.rank, config.world_size
+        self._start_epoch(0)
+
+    # -- state --
+
+    def _start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._shard, self._record, self._global = 0, 0, 0  # next record to read
+        self._buffer: list[Record] = []
+        self._reader: Iterator[Record] | None = None
+        self._seen_ids: dict[str, int] = {}
+        seed = np.random.SeedSequence([self.config.seed, epoch, self.rank]).generate_state(1)
+        self._generator = torch.Generator().manual_seed(int(seed[0]))
+        if epoch == 0:
+            self.good = 0
+            self.skipped: Counter[str] = Counter()
+            self.skipped_by_shard: Counter[str] = Counter()
+
+    def __getstate__(self) -> dict:
+        # an open shard reader (a generator) cannot be pickled or copied; it is reopened at the
+        # same record when next needed
+        state = dict(self.__dict__)
+        state["_reader"] = None
+        return state
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue at this sample boundary (torch.save-able)."""
+        return {
+            "shards": list(self.shards),
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "seed": self.config.seed,
+            "buffer_size": self.config.buffer_size,
+            "epoch": self.epoch,
+            "position": [self._shard, self._record, self._global],
+            "buffer": [tuple(r) for r in self._buffer],
+            "generator": self._generator.get_state(),
+            "good": self.good,
+            "skipped": dict(self.skipped),
+            "skipped_by_shard": dict(self.skipped_by_shard),
+            "seen_ids": dict(self._seen_ids),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = {"shards": list(self.shards), "rank": self.rank, "world_size": self.world_size,
+                "seed": self.config.seed, "buffer_size": self.config.buffer_size}  # fmt: skip
+        for name, value in mine.items():
+            if state[name] != value:
+                raise ValueError(
+                    f"this state was saved by a pool with {name} = {state[name]!r}, this pool has "
+                    f"{value!r}: resuming would not continue the same stream"
+                )
+        self._start_epoch(state["epoch"])
+        self._shard, self._record, self._global = state["position"]
+        self._buffer = [Record(*r) for r in state["buffer"]]
+        self._generator.set_state(state["generator"])
+        self.good = state["good"]
+        self.skipped = Counter(state["skipped"])
+        self.skipped_by_shard = Counter(state["skipped_by_shard"])
+        self._seen_ids = dict(state["seen_ids"])
+
+    # -- reading --
+
+    def _open_shard(self, index: int, skip: int) -> Iterator[Record]:
+        """The records of a shard from record `skip` on (resume)."""
+        path = self.shards[index]
+        if shard_format(path) == "parquet":
+            return _read_parquet(path, index, self.config, skip)
+        reader = _read_tar(path, index)
+        for _ in range(skip):  # a tar stream has no index: read (not decode) what came before
+            if next(reader, None) is None:
+                raise ValueError(
+                    f"{path} holds fewer than the {skip} samples read from it when the state was "
+                    f"saved: it changed"
+                )
+        return reader
+
+    def _next_owned(self) -> Record | None:
+        """The next record of this rank's slice, or None at the end of the stream."""
+        while self._shard < len(self.shards):
+            if self._reader is None:
+                self._reader = self._open_shard(self._shard, self._record)
+            rec = next(self._reader, None)
+            if rec is None:
+                self._reader = None
+                self._shard, self._record = self._shard + 1, 0
+                continue
+            self._record += 1
+            g, self._global = self._global, self._global + 1
+            self._check_duplicate(rec)  # over every rank's records: all ranks read all
+            if g % self.world_size != self.rank:
+                continue
+            return rec
+        return None
+
+    def _check_duplicate(self, rec: Record) -> None:
+        if not self.config.check_duplicates or rec.bad is not None:
+            return
+        where = f"{self.shards[rec.shard]} (key {rec.key})"
+        first = self._seen_ids.get(rec.id)
+        if first is not None:
+            raise DuplicateIdError(
+                f"id {rec.id!r} appears twice in the stream: in {self.shards[first]} and in "
+                f"{where}; ids must be unique (set check_duplicates=False to allow it)"
+            )
+        self._seen_ids[rec.id] = rec.shard
+
+    def _next_raw(self) -> Record | None:
+        """The next record of this rank's shuffled slice (bad ones included)."""
+        size = max(self.config.buffer_size, 1)
+        while len(self._buffer) < size:
+            rec = self._next_owned()
+            if rec is None:
+                break
+            self._buffer.append(rec)
+        if not self._buffer:
+            return None
+        if len(self._buffer) == 1:  # buffer_size 0 or 1, or the end of the epoch
+            return self._buffer.pop()
+        i = int(torch.randint(len(self._buffer), (1,), generator=self._generator))
+        rec = self._buffer[i]
+        self._buffer[i] = self._buffer[-1]
+        self._buffer.pop()
+        return rec
+
+    def _decode(self, rec: Record) -> dict | str:
+        """The sample, or the reason it is skipped."""
+        from PIL import Image
+
+        if rec.bad is not None:
+            return rec.bad
+        data = rec.image
+        if data is None:
+            try:
+                data = Path(rec.path).read_bytes()
+            except OSError:
+                return UNREADABLE_IMAGE
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                image = im.convert(self.config.mode) if self.config.mode else im.copy()
+        except Exception:  # noqa: BLE001 - whatever Pillow raises on a bad file is a bad sample
+            return UNDECODABLE
+        if self.transform is not None:
+            out = self.transform(image)
+        else:
+            array = np.asarray(image)
+            out = torch.from_numpy(array.copy())
+            out = out.unsqueeze(0) if out.dim() == 2 else out.permute(2, 0, 1).contiguous()
+        return {"image": out, "caption": rec.caption, "id": rec.id}
+
+    def _count_bad(self, rec: Record, reason: str) -> None:
+        self.skipped[reason] += 1
+        self.skipped_by_shard[self.shards[rec.shard]] += 1
+        bad = self.n_skipped
+        read = bad + self.good
+        if bad > self.config.min_bad and bad > self.config.max_bad_fraction * read:
+            worst = ", ".join(f"{p} ({n})" for p, n in self.skipped_by_shard.most_common(5))
+            raise TooManyBadSamples(
+                f"{bad} of the {read} samples read so far were skipped "
+                f"({dict(self.skipped)}), more than max_bad_fraction = "
+                f"{self.config.max_bad_fraction} allows; the last in {self.shards[rec.shard]} "
+                f"(key {rec.key}); bad samples by shard: {worst}"
+            )
+
+    def _take(self, n: int, executor: ThreadPoolExecutor | None) -> list[dict]:
+        """The next n good samples (fewer only at the end of the epoch)."""
+        out: list[dict] = []
+        while len(out) < n:
+            recs = []
+            while len(recs) < n - len(out):
+                rec = self._next_raw()
+                if rec is None:
+                    break
+                recs.append(rec)
+            if not recs:
+                break
+            decoded = list(executor.map(self._decode, recs)) if executor else \
+                [self._decode(r) for r in recs]  # fmt: skip
+            for rec, sample in zip(recs, decoded, strict=True):
+                if isinstance(sample, str):
+                    self._count_bad(rec, sample)
+                else:
+                    self.good += 1
+                    out.append(sample)
+        return out
+
+    def _check_workers(self) -> None:
+        if get_worker_info() is not None:
+            raise RuntimeError(
+                "ShardPool does not run in DataLoader workers (num_workers > 0): its skip "
+                "counters, bad-sample threshold and exact resume live in this process. Use "
+                "num_workers=0, and ShardPoolConfig(decode_threads=N) with pool.super_batches(B) "
+                "to decode in parallel"
+            )
+
+    def __iter__(self) -> Iterator[dict]:
+        """One sample at a time, continuing from the current state to the end of the epoch (the
+        next iteration starts the next epoch). One iterator at a time."""
+        self._check_workers()
+        while True:
+            got = self._take(1, None)
+            if not got:
+                self._start_epoch(self.epoch + 1)
+                return
+            yield got[0]
+
+    def super_batches(self, batch_size: int, collate: Callable | None = default_collate
+                      ) -> Iterator[Any]:  # fmt: skip
+        """The rest of this epoch as super-batches of exactly batch_size samples, collated (a
+        short last one is dropped, as DataLoader(drop_last=True) does)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._check_workers()
+        threads = self.config.decode_threads
+        executor = ThreadPoolExecutor(threads) if threads > 0 else None
+        try:
+            while True:
+                samples = self._take(batch_size, executor)
+                if len(samples) < batch_size:
+                    self._start_epoch(self.epoch + 1)
+                    return
+                yield collate(samples) if collate is not None else samples
+        finally:
+            if executor is not None:
+                executor.shutdown()
+
+
+__all__ = [
+    "DuplicateIdError",
+    "ShardPool",
+    "ShardPoolConfig",
+    "TooManyBadSamples",
+    "expand_braces",
+    "list_shards",
+]
