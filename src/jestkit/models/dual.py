@@ -89,9 +89,14 @@ class DualEncoder(nn.Module):
             parts.append(self.encode_image(images[h:]))
         return torch.cat(parts)
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(N, L) word ids, pad 0 -> (N, embed_dim), unit norm."""
-        return F.normalize(self.text_tower(tokens), dim=-1)
+    def encode_text(
+        self,
+        tokens: torch.Tensor,
+        token_drop: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """(N, L) word ids, pad 0 -> (N, embed_dim), unit norm. token_drop: see TextTower."""
+        return F.normalize(self.text_tower(tokens, token_drop, generator), dim=-1)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, **view):
         """(image embeddings, text embeddings), both unit norm."""
@@ -102,15 +107,19 @@ class DualEncoder(nn.Module):
         return contrastive_loss(self.loss_name, img_emb, txt_emb, self.logit_scale, self.logit_bias)
 
     @torch.no_grad()
-    def embeddings(self, images: torch.Tensor, tokens: torch.Tensor, **view) -> Embeddings:
-        """The model's outputs on a super-batch for the selection core (no gradients).
+    def embeddings(
+        self, images: torch.Tensor, tokens: torch.Tensor, text_token_drop: float = 0.0, **view
+    ) -> Embeddings:
+        """The model's outputs on a super-batch for the selection core (no gradients), float32.
 
-        view: patch_size / token_drop / generator for a cheaper image view (Flexi-JEST).
+        view: patch_size / token_drop / generator for a cheaper image view (Flexi-JEST);
+        text_token_drop: the text tower's cheaper view (TextTower), drawn from the same generator.
         """
-        img, txt = self(images, tokens, **view)
+        img = self.encode_image(images, **view)
+        txt = self.encode_text(tokens, text_token_drop, view.get("generator"))
         return Embeddings(
-            image=img,
-            text=txt,
+            image=img.float(),
+            text=txt.float(),
             logit_scale=float(self.logit_scale),
             logit_bias=float(self.logit_bias),
         )

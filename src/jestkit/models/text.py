@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from jestkit.models.vit import Block
+from jestkit.models.vit import Block, keep_count
 
 PAD_ID = 0
 
@@ -52,7 +52,15 @@ class TextTower(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.embed_dim)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        token_drop: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """token_drop: a cheaper view for scoring: keep round((1 - r) * L) of the L positions of
+        every caption (pads are dropped first, then words at random, drawn from `generator`);
+        the kept tokens keep their own position embeddings."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (N, L), got shape {tuple(tokens.shape)}")
         n, length = tokens.shape
@@ -63,10 +71,25 @@ class TextTower(nn.Module):
         # which would give NaN; its pooled output is then the mean over all positions.
         empty = ~valid.any(dim=1, keepdim=True)
         key_mask = valid | empty
+        keep = keep_count(length, token_drop)  # validates the rate before any work
         x = self.token_embed(tokens) + self.pos_embed[:, :length]
+        if keep < length:
+            x, key_mask = drop_text_tokens(x, key_mask, keep, generator)
         for block in self.blocks:
             x = block(x, key_mask)
         x = self.norm(x)
         weights = key_mask.to(x.dtype)[:, :, None]
         pooled = (x * weights).sum(dim=1) / weights.sum(dim=1)
         return self.head(pooled)
+
+
+def drop_text_tokens(
+    x: torch.Tensor, key_mask: torch.Tensor, keep: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep `keep` of the L positions of each row of x (N, L, D): every attendable token
+    (key_mask True) ranks above every pad, ties broken at random; kept positions stay in order.
+    A caption with at most `keep` words loses only pads, so its embedding is unchanged."""
+    n, length, d = x.shape
+    priority = key_mask.to(x.dtype) + torch.rand(n, length, generator=generator, device=x.device)
+    idx = priority.topk(keep, dim=1).indices.sort(dim=1).values
+    return x.gather(1, idx[:, :, None].expand(n, keep, d)), key_mask.gather(1, idx)

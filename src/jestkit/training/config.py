@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from jestkit.core.losses import CONTRASTIVE_LOSSES
 from jestkit.core.policies import METHODS, POLICIES, SelectionConfig, get_policy
 
@@ -39,25 +41,37 @@ class ScoringConfig:
         patch_size: Flexi-JEST: score at this patch size (14: 4 tokens instead of 16); None: the
             model's own
         token_drop: Flexi-JEST: drop this share of image tokens when scoring
+        text_token_drop: score with this share of each caption's positions dropped (pads
+            first, then words at random): a cheaper view of the text tower
         multires_fraction: share of each sub-batch trained at patch_size (the paper: 0.5)
+        bf16: score the learner under bfloat16 autocast (the selection still computes in fp32)
     """
 
     patch_size: int | None = None
     token_drop: float = 0.0
+    text_token_drop: float = 0.0
     multires_fraction: float = 0.0
+    bf16: bool = False
 
     def __post_init__(self):
         if self.multires_fraction and self.patch_size is None:
             raise ValueError("multires_fraction needs scoring.patch_size (the coarse patch size)")
         if not 0.0 <= self.multires_fraction <= 1.0:
             raise ValueError(f"multires_fraction must be in [0, 1], got {self.multires_fraction}")
-        if not 0.0 <= self.token_drop < 1.0:
-            raise ValueError(f"token_drop must be in [0, 1), got {self.token_drop}")
+        for name in ("token_drop", "text_token_drop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+    def view(self, generator: torch.Generator | None = None) -> dict:
+        """The keywords of DualEncoder.embeddings that score through this view; the random
+        token drops are drawn from `generator`."""
+        return {"patch_size": self.patch_size, "token_drop": self.token_drop,
+                "text_token_drop": self.text_token_drop, "generator": generator}  # fmt: skip
 
     @property
     def flexi(self) -> bool:
         """Whether scoring uses a cheaper view than training."""
-        return self.patch_size is not None or self.token_drop > 0
+        return self.patch_size is not None or self.token_drop > 0 or self.text_token_drop > 0
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """One training step, read top to bottom: draw -> score -> select -> train -> account.
 
 Uniform draws b and scores nothing; the others draw B = b / (1 - filter_ratio), score them (the
-learner through `scoring_view`, the reference from its cache), select b and train on them. Under
+learner through its scoring view, the reference from its cache), select b and train on them. Under
 torchrun each rank scores its shard, all select alike, and each trains on b / world_size.
 """
 
@@ -24,8 +24,9 @@ def train_step(t: Trainer) -> float:
     mine = shard(batch, t.dist.rank, t.dist.world_size)
     learner = reference = None  # score
     if t.config.policy.uses_learner:
-        learner = t.flops.run("learner_score", t.model.embeddings, mine.images, mine.tokens,
-                              **scoring_view(t))  # fmt: skip
+        with torch.autocast(mine.images.device.type, torch.bfloat16, t.config.scoring.bf16):
+            learner = t.flops.run("learner_score", t.model.embeddings, mine.images, mine.tokens,
+                                  **t.config.scoring.view(t.view_generator))  # fmt: skip
     if t.config.policy.uses_reference:
         reference = t.reference(mine.ids)
     if t.config.policy.scored:  # select
@@ -43,12 +44,6 @@ def train_step(t: Trainer) -> float:
     t.stats.add(chosen)  # account
     t.step += 1
     return loss.item()
-
-
-def scoring_view(t: Trainer) -> dict:
-    """How the learner looks at the candidates when scoring them (Flexi-JEST's cheaper view)."""
-    s = t.config.scoring
-    return {"patch_size": s.patch_size, "token_drop": s.token_drop, "generator": t.view_generator}
 
 
 def shard(batch: Examples, rank: int, world_size: int) -> Examples:
