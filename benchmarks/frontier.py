@@ -135,7 +135,7 @@ PLANS = {
         [ref_task("web"), ref_task("default")],
         tuning("web") + tuning("default"),
         cells("web", 0.9, ("uniform", "flexi", "jest"))
-        + cells("default", 0.8, ("uniform", "flexi", "jest"))
+        + cells("default", 0.8, ("uniform", "flexi", "jest"), uniform_budgets=UNIFORM_BUDGETS[:-1])
         + cells("web", 0.9, ("flexi-text",)) + cells("default", 0.8, ("flexi-text",)),
     ],
     # seeds 1 and 2 where the headline figures are read
