@@ -51,7 +51,13 @@ from pathlib import Path
 import torch
 
 from jestkit.data.captions import PoolConfig
+from jestkit.data.prepare import CaptionData, prepare_caption_data
+from jestkit.models.factory import ModelConfig
+from jestkit.training.config import TrainConfig, reference_training
+from jestkit.training.evaluate import evaluator
 from jestkit.training.frontier import Speedup, speedup
+from jestkit.training.learner import train_learner
+from jestkit.training.reference import train_reference
 
 RESULTS = Path("benchmarks/results")
 RUNS = RESULTS / "frontier"
@@ -65,11 +71,11 @@ POOLS = {  # name -> (pool config, clean share)
     "web": PoolConfig(mismatched_rate=0.50, junk_rate=0.30, duplicate_rate=0.05),
 }
 REFERENCES = {"default": {"steps": 300}, "strong": {"steps": 1200}}
-VARIANTS = {
-    "uniform": {"policy": "uniform"},
-    "jest": {"policy": "learnability-joint"},
-    "flexi": {"policy": "flexi-learnability-joint"},
-    "flexi-text": {"policy": "flexi-learnability-joint", "score_text_token_drop": 0.5},
+VARIANTS = {  # name -> (the run name, ScoringConfig fields)
+    "uniform": ("uniform", {}),
+    "jest": ("learnability-joint", {}),
+    "flexi": ("flexi-learnability-joint", {}),
+    "flexi-text": ("flexi-learnability-joint", {"text_token_drop": 0.5}),
 }
 UNIFORM_BUDGETS = (100, 200, 400, 800, 1600, 3200)
 JEST_BUDGETS = (50, 100, 200, 400)
@@ -211,87 +217,48 @@ class Worker:
     """Runs tasks in one process, keeping each pool's data in memory."""
 
     def __init__(self, work: Path, limit: int | None):
-        from jestkit.data.prepare import prepare_caption_data
+        self.work, self.limit = work, limit
+        self.data: dict[str, CaptionData] = {}
 
-        self.prepare, self.work, self.limit = prepare_caption_data, work, limit
-        self.data: dict[str, object] = {}
-
-    def pool_data(self, pool: str):
+    def pool_data(self, pool: str) -> CaptionData:
         if pool not in self.data:
-            self.data[pool] = self.prepare(POOLS[pool], None, self.limit)
+            self.data[pool] = prepare_caption_data(replace(POOLS[pool], limit=self.limit))
         return self.data[pool]
 
     def ref_dir(self, run: Run) -> Path:
         return self.work / f"reference_{run.pool}_{run.reference}"
 
     def reference(self, run: Run) -> dict:
-        from jestkit.demo import evaluator
-        from jestkit.models.factory import ModelConfig
-        from jestkit.reference import ReferenceConfig, train_reference
-
         data = self.pool_data(run.pool)
         start = time.perf_counter()
-        info = train_reference(
-            data,
-            ModelConfig(),
-            ReferenceConfig(**REFERENCES[run.reference]),
-            "sigmoid",
-            self.ref_dir(run),
-            evaluate=evaluator(data),
-            progress=False,
-        )
+        config = replace(reference_training(), **REFERENCES[run.reference])
+        info = train_reference(data, ModelConfig(), config, "sigmoid", self.ref_dir(run),
+                               evaluate=evaluator(data), progress=False)  # fmt: skip
         return {"run": asdict(run), **info, "wall_seconds": time.perf_counter() - start}
 
     def learner(self, run: Run) -> dict:
-        from jestkit.demo import evaluator
-        from jestkit.models.factory import ModelConfig, build_model
-        from jestkit.reference import load_reference
-        from jestkit.train import TrainConfig, Trainer
-
-        data = self.pool_data(run.pool)
-        config = TrainConfig(
-            **VARIANTS[run.variant],
-            filter_ratio=run.ratio,
-            steps=run.budget,
-            lr=run.lr,
-            seed=run.seed,
-            warmup_steps=min(20, run.budget // 5),
-            eval_every=run.budget,
-            checkpoint_every=200,
+        name, scoring = VARIANTS[run.variant]
+        base = TrainConfig().with_name(name)
+        config = replace(
+            base,
+            selection=replace(base.selection, filter_ratio=run.ratio),
+            scoring=replace(base.scoring, **scoring),
+            training=replace(
+                base.training,
+                steps=run.budget,
+                lr=run.lr,
+                seed=run.seed,
+                warmup_steps=min(20, run.budget // 5),
+                eval_every=None,  # each budget is one final point of the frontier
+                checkpoint_every=200,
+            ),
         )
-        torch.manual_seed(config.seed)  # the same initial weights for every policy of a seed
-        model = build_model(ModelConfig(), len(data.vocab), config.loss)
-        reference = None
-        if config.uses_reference:
-            reference = load_reference(self.ref_dir(Run(run.pool, "reference", 0,
-                                                         reference=run.reference)),
-                                       data, config.loss)
-        evaluate = evaluator(data)
-        eval_seconds = 0.0
-
-        def timed_evaluate(m):
-            nonlocal eval_seconds
-            t = time.perf_counter()
-            out = evaluate(m)
-            eval_seconds += time.perf_counter() - t
-            return out
-
-        out = self.work / run.key()
-        trainer = Trainer(model, config, data.pool, data.pool_tokens, reference, timed_evaluate,
-                          out, progress=False)
-        resumed_at = trainer.step if trainer.resume() else 0
-        start = time.perf_counter()
-        result = trainer.run()
-        wall = time.perf_counter() - start
+        ref_dir = self.ref_dir(run) if config.policy.uses_reference else None
+        result = train_learner(self.pool_data(run.pool), ModelConfig(), config, ref_dir,
+                               self.work / run.key(), resume=True, progress=False)  # fmt: skip
         result.pop("config")
-        return {
-            "run": asdict(run),
-            "config": asdict(config),
-            **result,
-            "total_flops": sum(result["flops"].values()),
-            "train_seconds": wall - eval_seconds,  # selection + training; evaluation excluded
-            "resumed_at": resumed_at,
-        }
+        return {"run": asdict(run), "config": asdict(config), **result,
+                "total_flops": sum(result["flops"].values())}  # fmt: skip
 
 
 def work(plan: str, phase: int, worker_id: int, args) -> None:

@@ -32,7 +32,8 @@ def train_learner(
     """Train one learner on data.pool, evaluated on data.test; returns the result dict, also
     written to out_dir/result.json (checkpoint.pt as it goes): per-evaluation 'history' (step,
     flops by kind, zero_shot, i2t_r1, t2i_r1), 'flops' by kind, 'flops_per_step', 'final',
-    'selected_noise_fraction', 'wall_seconds'. reference_dir: a folder written by
+    'selected_noise_fraction', 'wall_seconds' and 'train_seconds' (wall time without the
+    evaluations: scoring, selection and training). reference_dir: a folder written by
     train_reference (needed by the policies that read the reference). dist: this process's
     place under torchrun; rank 0 writes the files."""
     dist = dist or Distributed()
@@ -57,6 +58,7 @@ def train_learner(
     start = time.perf_counter()
     result = trainer.run()
     result["wall_seconds"] = time.perf_counter() - start
+    result["train_seconds"] = result["wall_seconds"] - result["eval_seconds"]
     result["model_config"] = asdict(model_config)
     if dist.is_main:
         write_json_atomic(result, out / "result.json")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -100,6 +101,7 @@ class Trainer:
         self.view_generator = torch.Generator().manual_seed(train.seed + 2)
         self.step = 0
         self.history: list[dict] = []
+        self.eval_seconds = 0.0  # wall time spent evaluating, in this process's run
         self.flops = FlopMeter(self.dist.world_size)
         self.stats = SelectionStats(source.categories)
 
@@ -114,7 +116,9 @@ class Trainer:
         if self.history and self.history[-1]["step"] == self.step:
             return
         record = {"step": self.step, "flops": self.flops.sum(), **self.flops.total}
+        start = time.perf_counter()
         record.update(self.evaluate(self.model))
+        self.eval_seconds += time.perf_counter() - start
         self.history.append(record)
 
     def run(self, stop_at: int | None = None) -> dict:
@@ -155,6 +159,7 @@ class Trainer:
             "flops_per_step": dict(self.flops.per_step),
             "final": {k: final[k] for k in ("zero_shot", "i2t_r1", "t2i_r1") if k in final},
             "history": self.history,
+            "eval_seconds": self.eval_seconds,
         }
         for name in self.stats.categories:  # e.g. selected_noise_fraction
             result[f"selected_{name}_fraction"] = self.stats.fractions(name)
