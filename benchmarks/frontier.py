@@ -29,7 +29,9 @@ Runs are taken by --workers processes (one thread each) that claim tasks with lo
 
     python benchmarks/frontier.py run --plan decisive --workers 2   # the goal cells first
     python benchmarks/frontier.py run --plan seeds --workers 2      # seeds 1, 2 of headlines
-    python benchmarks/frontier.py run --plan axes --workers 2       # the other axes
+    python benchmarks/frontier.py run --plan ratios --workers 2     # filter ratios 0.5 to 0.9
+    python benchmarks/frontier.py run --plan axes --workers 2       # a 25 %-clean pool, a
+                                                                    # stronger reference
     python benchmarks/frontier.py summary                           # table, JSON, plot
 
 `summary` (also run at the end of `run`) writes benchmarks/results/frontier.json, frontier.txt
@@ -141,30 +143,39 @@ PLANS = {
         [ref_task("web"), ref_task("default")],
         tuning("web") + tuning("default"),
         cells("web", 0.9, ("uniform", "flexi", "jest"))
-        + cells("default", 0.8, ("uniform", "flexi", "jest"), uniform_budgets=UNIFORM_BUDGETS[:-1])
-        + cells("web", 0.9, ("flexi-text",)) + cells("default", 0.8, ("flexi-text",)),
+        + cells("default", 0.8, ("uniform", "flexi", "jest"), uniform_budgets=UNIFORM_BUDGETS[:-1],
+                jest_budgets=JEST_BUDGETS[:-1])
+        + cells("web", 0.9, ("flexi-text",), jest_budgets=(100, 200))
+        + cells("default", 0.8, ("flexi-text",), jest_budgets=(100, 200)),
     ],
-    # seeds 1 and 2 where the headline figures are read
+    # seeds 1 and 2 of the headline cells (read against the seed-averaged uniform frontier)
     "seeds": [
         [],
         [],
-        cells("web", 0.9, ("flexi", "jest"), seeds=(1, 2), jest_budgets=(100,))
-        + cells("web", 0.9, ("uniform",), seeds=(1, 2), uniform_budgets=(400, 800, 1600, 3200))
-        + cells("default", 0.8, ("flexi", "jest"), seeds=(1, 2), jest_budgets=(100,))
-        + cells("default", 0.8, ("uniform",), seeds=(1, 2), uniform_budgets=(200, 400, 800)),
+        cells("web", 0.9, ("jest",), seeds=(1, 2), jest_budgets=(200,))
+        + cells("web", 0.9, ("flexi",), seeds=(1, 2), jest_budgets=(100,))
+        + cells("default", 0.8, ("jest", "flexi"), seeds=(1, 2), jest_budgets=(100,))
+        + cells("web", 0.9, ("uniform",), seeds=(1, 2), uniform_budgets=(400,))
+        + cells("default", 0.8, ("uniform",), seeds=(1, 2), uniform_budgets=(400,)),
     ],
-    # the other axes: pool quality x filter ratio, and a stronger reference
+    # the filter-ratio axis on the two pools above, at 100 steps
+    "ratios": [
+        [],
+        [],
+        cells("web", 0.8, ("flexi", "jest"), jest_budgets=(100,))
+        + cells("default", 0.9, ("flexi", "jest"), jest_budgets=(100,))
+        + cells("web", 0.5, ("flexi", "jest"), jest_budgets=(100,))
+        + cells("default", 0.5, ("flexi", "jest"), jest_budgets=(100,)),
+    ],
+    # a third pool quality (25 % clean), and a reference trained 4x longer
     "axes": [
         [ref_task("quarter"), ref_task("web", "strong")],
         tuning("quarter"),
-        cells("quarter", 0.8, ("uniform", "flexi", "jest"), jest_budgets=(100, 200))
-        + cells("web", 0.8, ("flexi", "jest"), jest_budgets=(100, 200))
-        + cells("default", 0.9, ("flexi", "jest"), jest_budgets=(100, 200))
-        + cells("default", 0.5, ("flexi", "jest"), jest_budgets=(100, 200))
-        + cells("web", 0.5, ("flexi", "jest"), jest_budgets=(100, 200))
-        + cells("quarter", 0.9, ("flexi", "jest"), jest_budgets=(100, 200))
-        + cells("quarter", 0.5, ("flexi", "jest"), jest_budgets=(100, 200))
-        + cells("web", 0.9, ("flexi", "jest"), reference="strong", jest_budgets=(100, 200)),
+        cells("quarter", 0.8, ("uniform",), uniform_budgets=(100, 200, 800, 1600))
+        + cells("quarter", 0.8, ("flexi", "jest"), jest_budgets=(100,))
+        + cells("web", 0.9, ("flexi", "jest"), reference="strong", jest_budgets=(100,))
+        + cells("quarter", 0.9, ("flexi",), jest_budgets=(100,))
+        + cells("quarter", 0.5, ("flexi",), jest_budgets=(100,)),
     ],
 }
 

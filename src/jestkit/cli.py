@@ -24,6 +24,7 @@ from jestkit.dropin.cache import CacheError
 from jestkit.models.factory import ModelConfig
 from jestkit.training.config import (
     DEMO_POLICIES,
+    UNIFORM_BUDGETS,
     ScoringConfig,
     TrainConfig,
     TrainingConfig,
@@ -65,18 +66,23 @@ class _Learner(_DataAndModel):
 
 @dataclass
 class Demo(_Learner):
-    """Trains the reference, builds its cache, trains one learner per policy for the same steps,
-    prints a table and writes results.json and curves.png.
+    """Trains the reference and its cache, uniform at several budgets (its frontier) and one
+    learner per policy, reads each policy's speed-up off uniform's frontier, prints a table and
+    writes results.json and curves.png.
 
     Attributes:
         reference: how the reference trains on the curated set
         out: output folder
-        policies: the policies to compare, as run names (uniform, <policy>-<method>, flexi-...)
+        policies: the selecting policies to compare, as run names (<policy>-<method>, flexi-...),
+            each trained for training.steps
+        uniform_budgets: uniform's budgets as multiples of training.steps, each its own run and
+            schedule (the frontier the speed-ups are read off; at least 4x for a fair baseline)
     """
 
     reference: TrainingConfig = field(default_factory=reference_training)
     out: str = "runs/demo"
     policies: list[str] = field(default_factory=lambda: list(DEMO_POLICIES))
+    uniform_budgets: list[float] = field(default_factory=lambda: list(UNIFORM_BUDGETS))
 
 
 @dataclass
@@ -159,18 +165,17 @@ def _run(cmd, save_config, progress: bool) -> int:
     # imported here so that `jestkit --help` stays fast
     from jestkit.data.prepare import prepare_caption_data
     from jestkit.dropin.distributed import setup, teardown
-    from jestkit.training.demo import run_demo
+    from jestkit.training.demo import demo_configs, run_demo
     from jestkit.training.evaluate import evaluator
     from jestkit.training.learner import train_learner
     from jestkit.training.reference import train_reference
 
     if isinstance(cmd, Demo):
         config = cmd.train_config()
-        for name in cmd.policies:
-            config.with_name(name)  # unknown names fail before any work
+        demo_configs(config, tuple(cmd.policies), tuple(cmd.uniform_budgets))  # fails before work
         save_config(Path(cmd.out))
         run_demo(cmd.out, cmd.data, cmd.model, cmd.reference, config, tuple(cmd.policies),
-                 progress)  # fmt: skip
+                 tuple(cmd.uniform_budgets), progress)  # fmt: skip
         return 0
     config = cmd.train_config() if isinstance(cmd, Train) else None
     data = prepare_caption_data(cmd.data)

@@ -25,12 +25,8 @@ from jestkit.core.policies import METHODS, POLICIES, SelectionConfig, get_policy
 FLEXI_PREFIX = "flexi-"
 FLEXI_PATCH_SIZE = 14  # 4 tokens instead of 16 on 28 x 28 images
 FLEXI_MULTIRES = 0.5  # the paper: half of each sub-batch at each resolution
-DEMO_POLICIES = (
-    "uniform",
-    "learnability-independent",
-    "learnability-joint",
-    "flexi-learnability-joint",
-)
+DEMO_POLICIES = ("learnability-independent", "learnability-joint", "flexi-learnability-joint")
+UNIFORM_BUDGETS = (0.5, 1.0, 2.0, 4.0)  # the demo's uniform runs, in multiples of training.steps
 
 
 @dataclass

@@ -1,26 +1,34 @@
 """`jestkit demo`: the reference, its cache and several learners on real data, compared.
 
-Trains the reference on the curated set, caches its embeddings of the pool, trains one learner
-per policy for the same number of steps from the same initial weights and seed, then writes
-out/results.json and out/curves.png and prints the comparison table.
+Trains the reference on the curated set and caches its embeddings of the pool; trains uniform at
+several budgets (multiples of training.steps, each run with its own schedule: uniform's
+frontier) and one learner per policy for training.steps, all from the same initial weights and
+seed; reads each policy's speed-up in steps, FLOPs and training time off uniform's frontier
+(jestkit.training.report); writes out/results.json and out/curves.png and prints the table.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from jestkit.data.captions import PoolConfig, noise_summary
 from jestkit.data.prepare import CaptionData, prepare_caption_data
 from jestkit.models.factory import ModelConfig
 from jestkit.training.checkpoint import write_json_atomic
-from jestkit.training.config import DEMO_POLICIES, TrainConfig, TrainingConfig, reference_training
+from jestkit.training.config import (
+    DEMO_POLICIES,
+    UNIFORM_BUDGETS,
+    TrainConfig,
+    TrainingConfig,
+    reference_training,
+)
 from jestkit.training.evaluate import evaluator
 from jestkit.training.learner import train_learner
 from jestkit.training.reference import reference_info, train_reference
-from jestkit.training.report import compare, plot_curves, table
+from jestkit.training.report import compare, plot, run_cost, table
 
 
 def run_demo(
@@ -30,18 +38,18 @@ def run_demo(
     reference_config: TrainingConfig | None = None,
     train_config: TrainConfig | None = None,
     policies: tuple[str, ...] = DEMO_POLICIES,
+    uniform_budgets: tuple[float, ...] = UNIFORM_BUDGETS,
     progress: bool = True,
 ) -> dict:
-    """The demo: the reference (trained with train_config's loss) and one learner per policy
-    name (see jestkit.training.config.parse_run_name), compared."""
+    """The demo: the reference (trained with train_config's loss), uniform at each budget
+    (a multiple of train_config.training.steps) and one learner per policy name (see
+    jestkit.training.config.parse_run_name), compared on uniform's frontier."""
     out = Path(out_dir)
     data_config = data_config or PoolConfig()
     model_config = model_config or ModelConfig()
     reference_config = reference_config or reference_training()
     train_config = train_config or TrainConfig()
-    if "uniform" not in policies:
-        raise ValueError("the demo compares against uniform: include 'uniform' in policies")
-    configs = [train_config.with_name(name) for name in policies]  # checks every name first
+    configs = demo_configs(train_config, policies, uniform_budgets)  # checks everything first
     t0 = time.perf_counter()
     data = prepare_caption_data(data_config)
     print(
@@ -66,21 +74,25 @@ def run_demo(
     )
 
     runs = {}
-    for config in configs:
-        runs[config.name()] = train_learner(
-            data, model_config, config, ref_dir, out / "runs" / config.name(), progress=progress
+    for name, config in configs.items():
+        runs[name] = train_learner(
+            data, model_config, config, ref_dir, out / "runs" / name, progress=progress
         )
-        final = runs[config.name()]["final"]
         print(
-            f"{config.name()}: zero-shot {final['zero_shot']:.4f} "
-            f"({runs[config.name()]['wall_seconds']:.0f} s)"
+            f"{name}: zero-shot {runs[name]['final']['zero_shot']:.4f} "
+            f"({runs[name]['wall_seconds']:.0f} s)"
         )
 
-    rows = compare(runs)
-    target = runs["uniform"]["final"]["zero_shot"]
+    uniform = [r for name, r in runs.items() if name.startswith("uniform-")]
+    policy_runs = {name: r for name, r in runs.items() if not name.startswith("uniform-")}
+    rows = compare(uniform, policy_runs)
     results = {
         "policies": rows,
-        "target_zero_shot": target,
+        "uniform": [
+            {"steps": r["steps"], "final": r["final"], "total_flops": run_cost(r, "flops"),
+             "train_seconds": r["train_seconds"]}
+            for r in uniform
+        ],  # fmt: skip
         "reference": reference_info(ref_dir),
         "pool_noise": noise_summary(data.pool.noise),
         "config": {
@@ -89,22 +101,48 @@ def run_demo(
             "reference": asdict(reference_config),
             "train": asdict(train_config),
             "policies": list(policies),
+            "uniform_budgets": list(uniform_budgets),
         },
         "wall_seconds": time.perf_counter() - t0,
     }
     write_json_atomic(results, out / "results.json")
-    plot_curves(
-        runs,
+    plot(
+        uniform,
+        policy_runs,
         out / "curves.png",
         title=f"Fashion-MNIST image-caption, filter ratio {train_config.selection.filter_ratio}",
     )
     print()
-    print(table(rows, target))
+    print(table(uniform, rows))
     print(
         f"\nwrote {out / 'results.json'} and {out / 'curves.png'} "
         f"({results['wall_seconds']:.0f} s in all)"
     )
     return results
+
+
+def demo_configs(
+    train_config: TrainConfig, policies: tuple[str, ...], uniform_budgets: tuple[float, ...]
+) -> dict[str, TrainConfig]:
+    """Every run of the demo by its name: 'uniform-N' for each of uniform's budgets (N steps,
+    its own schedule, evaluated at the end only), then each policy at training.steps."""
+    if "uniform" in policies:
+        raise ValueError("uniform is the demo's baseline frontier: set its budgets with "
+                         "uniform_budgets, and list only selecting policies")  # fmt: skip
+    if not uniform_budgets or any(not m > 0 for m in uniform_budgets):
+        raise ValueError(f"uniform_budgets must be positive multiples, got {uniform_budgets}")
+    steps = train_config.training.steps
+    configs = {}
+    for multiple in sorted(uniform_budgets):
+        n = max(1, round(multiple * steps))
+        training = replace(train_config.training, steps=n, eval_every=None,
+                           checkpoint_every=n)  # fmt: skip
+        configs[f"uniform-{n}"] = replace(train_config.with_name("uniform"), training=training)
+    if len(configs) < len(uniform_budgets):
+        raise ValueError(f"uniform_budgets {uniform_budgets} give the same step count twice")
+    for name in policies:
+        configs[name] = train_config.with_name(name)
+    return configs
 
 
 def _noise_text(data: CaptionData) -> str:
