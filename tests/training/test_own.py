@@ -10,6 +10,7 @@ from helpers import MODEL, TINY
 from shard_files import write_shards
 
 from jestkit.cli import main as cli_main
+from jestkit.data.prepare import MAX_LEN
 from jestkit.data.shards import ShardPool
 from jestkit.data.stream import HashedWords, ShardsConfig, StreamSource, grayscale
 from jestkit.training.learner import train_learner
@@ -120,3 +121,33 @@ def test_bad_choices_are_clear_errors(pattern, tmp_path, capsys):
         f.write_bytes(b"")
         train_own(OwnRun(_run(pattern).shards, OwnModel(reference=str(f))), MODEL,
                   TINY, "unused", tmp_path / "r", progress=False)  # fmt: skip
+
+
+def test_score_with_our_checkpoint_then_train_with_its_cache(pattern, tmp_path):
+    """A uniform run on (curated) shards is a reference: `score` caches its embeddings, which
+    equal the checkpoint's model's own on the same samples, and a learnability run reads them."""
+    from jestkit.training.score import score_shards
+
+    run = _run(pattern)
+    uniform = _trainer(run, tmp_path / "uniform")
+    uniform.config = TINY.with_name("uniform")  # a few uniform steps: the reference
+    uniform.run()
+    checkpoint = str(tmp_path / "uniform" / "checkpoint.pt")
+    scoring = OwnRun(run.shards, OwnModel(reference=checkpoint))
+    info = score_shards(scoring, MODEL, "sigmoid", tmp_path / "ref", progress=False)
+    assert info["samples"] == 200
+    learnability = OwnRun(run.shards, OwnModel(reference=str(tmp_path / "ref")))
+    config = TINY.with_name("learnability-joint")
+    result = train_own(learnability, MODEL, config, "unused", tmp_path / "jest", progress=False)
+    assert result["steps"] == 6 and result["flops"]["reference_score"] == 0
+    # the cache against the reference model run directly on the first samples of the stream
+    from jestkit.training.score import load_stream_reference
+
+    source = StreamSource(run.shards.pool(grayscale(28)), HashedWords(512, MAX_LEN))
+    ref = load_stream_reference(tmp_path / "ref", source, "sigmoid")
+    batch = StreamSource(_run(pattern, 0).shards.pool(grayscale(28)),
+                         HashedWords(512, MAX_LEN)).draw(20)  # fmt: skip
+    uniform.model.eval()
+    direct = uniform.model.embeddings(batch.images, batch.tokens)
+    torch.testing.assert_close(ref(batch.ids).image, direct.image)
+    torch.testing.assert_close(ref(batch.ids).text, direct.text)
