@@ -30,7 +30,13 @@ from torch import nn
 
 from jestkit.core.losses import contrastive_loss
 from jestkit.core.outputs import Embeddings
-from jestkit.dropin.openclip import _read_config, create_model, selection_loss
+from jestkit.dropin.openclip import (
+    _read_config,
+    create_model,
+    freeze,
+    load_reference,
+    selection_loss,
+)
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -93,6 +99,20 @@ def open_clip_model(spec: str, checkpoint: str | os.PathLike | None = None) -> O
     """The open_clip model `spec` (a config name open_clip knows, or a JSON config file) with
     the weights of `checkpoint` (None: random, from torch's current seed)."""
     return OpenClipDual(create_model(spec, checkpoint))
+
+
+def open_clip_reference(spec: str, checkpoint: str | os.PathLike) -> OpenClipDual:
+    """A frozen reference (eval mode, no gradients) from an open_clip checkpoint (epoch_N.pt, a
+    state dict, .safetensors) or from the checkpoint.pt of a `jestkit train` run of an
+    open_clip learner (e.g. a uniform run on your curated shards)."""
+    path = Path(checkpoint)
+    if path.suffix == ".pt" and path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state and "step" in state:  # jestkit's
+            model = OpenClipDual(create_model(spec))
+            model.load_state_dict(state["model"])
+            return freeze(model)
+    return OpenClipDual(load_reference(spec, checkpoint))
 
 
 def open_clip_inputs(spec: str, model: OpenClipDual) -> tuple[Callable, Callable]:

@@ -95,10 +95,9 @@ def bf16_autocast(device: torch.device) -> bool:
 
 
 def _open_clip_reference(spec: str, checkpoint: str, learner_spec: str | None, learner):
-    from jestkit.dropin.openclip import load_reference
-    from jestkit.models.openclip import OpenClipDual
+    from jestkit.models.openclip import open_clip_reference
 
-    reference = OpenClipDual(load_reference(spec, checkpoint))
+    reference = open_clip_reference(spec, checkpoint)
     if learner_spec is not None and spec != learner_spec:
         import open_clip
 

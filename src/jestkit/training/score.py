@@ -72,10 +72,9 @@ def _reference_model(run: OwnRun, model_config: ModelConfig, loss: str) -> tuple
             f"--reference must be the reference model's checkpoint file, got {path!r}"
         )
     if run.own.open_clip is not None:
-        from jestkit.dropin.openclip import load_reference
-        from jestkit.models.openclip import OpenClipDual
+        from jestkit.models.openclip import open_clip_reference
 
-        reference = OpenClipDual(load_reference(run.own.open_clip, path))
+        reference = open_clip_reference(run.own.open_clip, path)
         if reference.loss_name != loss:
             raise ValueError(
                 f"the reference {run.own.open_clip!r} is a {reference.loss_name} model: set "
