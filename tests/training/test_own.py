@@ -151,3 +151,25 @@ def test_score_with_our_checkpoint_then_train_with_its_cache(pattern, tmp_path):
     direct = uniform.model.embeddings(batch.images, batch.tokens)
     torch.testing.assert_close(ref(batch.ids).image, direct.image)
     torch.testing.assert_close(ref(batch.ids).text, direct.text)
+
+
+def test_a_run_on_parquet_tables(tmp_path):
+    """Parquet tables (image bytes, caption, uid: DataComp's layout) train the same way."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from shard_files import sample
+
+    rng = np.random.default_rng(0)
+    for t in range(2):
+        rows = [sample(t * 60 + i, rng) for i in range(60)]
+        table = pa.table({"image": [png for png, _ in rows], "caption": [c for _, c in rows],
+                          "uid": [f"{t * 60 + i:032x}" for i in range(60)]})  # fmt: skip
+        pq.write_table(table, tmp_path / f"part-{t}.parquet", row_group_size=16)
+    run = _run(str(tmp_path / "part-*.parquet"), buffer_size=0)
+    config = TINY.with_name("hard_learner-joint")
+    result = train_own(run, MODEL, config, "unused", tmp_path / "run", progress=False)
+    assert result["steps"] == 6 and result["skipped"] == {}
+    selected = _selected(tmp_path / "run")
+    first_draw = {f"{n:032x}" for n in range(80)}  # no shuffle buffer: the first 80 rows
+    assert set(selected[0]) <= first_draw and len(set(selected[0])) == 16
