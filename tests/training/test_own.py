@@ -116,6 +116,10 @@ def test_bad_choices_are_clear_errors(pattern, tmp_path, capsys):
     assert code == 2 and "none-*.tar" in capsys.readouterr().err
     code = cli_main([*base, "--shards.pattern", pattern, "--reference", str(tmp_path / "nope")])
     assert code == 2 and "jestkit score" in capsys.readouterr().err
+    twice = f"{pattern},{write_shards(tmp_path / 'again', shards=1, per_shard=100)}"
+    code = cli_main([*base, "--shards.pattern", twice, "--selection.policy", "uniform"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"id '{0:032x}'" in err and "appears twice" in err
     with pytest.raises(ValueError, match="--reference_model"):
         f = tmp_path / "weights.pt"
         f.write_bytes(b"")

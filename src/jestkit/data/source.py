@@ -43,16 +43,16 @@ class Examples:
 
     def __getitem__(self, index: torch.Tensor | slice) -> Examples:
         """The examples at `index`, in that order."""
+        def at(t: torch.Tensor) -> torch.Tensor:  # ids and meta stay on the CPU on a GPU run
+            return t[index if isinstance(index, slice) else index.to(t.device)]
+
         ids = self.ids
         if isinstance(ids, list):
             ids = ids[index] if isinstance(index, slice) else [ids[i] for i in index.tolist()]
         else:
-            ids = ids[index]
+            ids = at(ids)
         return Examples(
-            ids,
-            self.images[index],
-            self.tokens[index],
-            {k: v[index] for k, v in self.meta.items()},
+            ids, at(self.images), at(self.tokens), {k: at(v) for k, v in self.meta.items()}
         )
 
 
