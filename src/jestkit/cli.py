@@ -20,6 +20,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from jestkit.core.losses import CONTRASTIVE_LOSSES
 from jestkit.core.policies import SelectionConfig
 from jestkit.data.captions import PoolConfig
+from jestkit.data.shards import DuplicateIdError, TooManyBadSamples
+from jestkit.data.stream import ShardsConfig
 from jestkit.dropin.cache import CacheError
 from jestkit.models.factory import ModelConfig
 from jestkit.training.config import (
@@ -108,14 +110,65 @@ class Train(_Learner):
         out: run folder (default: runs/train/NAME, NAME the policy's run name)
         reference_dir: reference folder built by `jestkit reference`
         resume: continue from OUT/checkpoint.pt
+        shards: your own data: WebDataset tar or Parquet shards (--shards.pattern) instead of
+            the Fashion-MNIST captions
+        open_clip: an open_clip model config (a name open_clip knows, or a JSON file) instead of
+            jestkit's dual encoder; it trains on shards
+        reference: a reference folder (jestkit reference / jestkit score) or an open_clip
+            checkpoint file; overrides reference_dir
+        reference_model: the open_clip config of a reference checkpoint (default: open_clip)
+        device: cpu, or cuda (NCCL under torchrun; bfloat16 autocast where the GPU has it)
     """
 
     out: str | None = None
     reference_dir: str = "runs/reference"
     resume: bool = False
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    open_clip: str | None = None
+    reference: str | None = None
+    reference_model: str | None = None
+    device: Literal["cpu", "cuda"] = "cpu"
+
+    def own_run(self):
+        """The data, model, reference and device choices (jestkit.training.own)."""
+        from jestkit.training.own import OwnModel, OwnRun
+
+        own = OwnModel(self.open_clip, self.reference, self.reference_model, self.device)
+        return OwnRun(self.shards, own)
 
 
-COMMANDS = {"demo": Demo, "reference": Reference, "train": Train}
+@dataclass
+class Score:
+    """Builds the reference cache of your shards with a reference checkpoint (resumable, sharded
+    over torchrun's ranks), and optionally exports a DataComp subset of the best-matching uids.
+
+    Attributes:
+        shards: the shards to score (--shards.pattern)
+        model: jestkit's dual encoder, when the reference is a jestkit checkpoint.pt
+        open_clip: the reference's open_clip config (a name open_clip knows or a JSON file)
+        reference: the reference's checkpoint file (open_clip's, or a jestkit checkpoint.pt)
+        loss: the contrastive loss of the learners that will read this cache
+        out: reference folder (reference.json, cache/); `jestkit train --reference OUT` reads it
+        device: cpu or cuda
+        batch_size: samples scored at once
+        keep: with subset: the share of the cached samples to keep, those with the highest
+            reference image-text similarity
+        subset: write the kept uids there as a DataComp subset (.npy of uids)
+    """
+
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    open_clip: str | None = None
+    reference: str | None = None
+    loss: Literal[CONTRASTIVE_LOSSES] = "sigmoid"
+    out: str = "runs/score"
+    device: Literal["cpu", "cuda"] = "cpu"
+    batch_size: int = 256
+    keep: float | None = None
+    subset: str | None = None
+
+
+COMMANDS = {"demo": Demo, "reference": Reference, "train": Train, "score": Score}
 
 
 def build_parser() -> ArgumentParser:
@@ -147,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command, sub, quiet = _command(parser, args)
         return _run(command, lambda out: _save_config(sub, args[args.command], out), not quiet)
-    except (ValueError, FileNotFoundError, CacheError) as e:
+    except (ValueError, FileNotFoundError, CacheError, KeyError, TooManyBadSamples) as e:
+        if isinstance(e, KeyError | DuplicateIdError):  # a KeyError's message is quoted
+            e = e.args[0] if e.args else e
         print(f"jestkit {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -177,6 +232,10 @@ def _run(cmd, save_config, progress: bool) -> int:
         run_demo(cmd.out, cmd.data, cmd.model, cmd.reference, config, tuple(cmd.policies),
                  tuple(cmd.uniform_budgets), progress)  # fmt: skip
         return 0
+    if isinstance(cmd, Score):
+        return _score(cmd, save_config, progress)
+    if isinstance(cmd, Train) and cmd.own_run().is_own:
+        return _train_own(cmd, save_config, progress)
     config = cmd.train_config() if isinstance(cmd, Train) else None
     data = prepare_caption_data(cmd.data)
     dist = setup(backend="gloo", device="cpu")  # under torchrun; else one process
@@ -208,6 +267,67 @@ def _run(cmd, save_config, progress: bool) -> int:
         f"i2t R@1 {final['i2t_r1']:.4f}, t2i R@1 {final['t2i_r1']:.4f}, "
         f"{sum(result['flops'].values()) / 1e12:.3f} TFLOPs; wrote {out}/result.json"
     )
+    return 0
+
+
+def _train_own(cmd: Train, save_config, progress: bool) -> int:
+    """`jestkit train` on your own data, model, reference or device (jestkit.training.own)."""
+    from jestkit.data.prepare import prepare_caption_data
+    from jestkit.dropin.distributed import setup, teardown
+    from jestkit.training.own import resolve_device, train_own
+
+    run, config = cmd.own_run(), cmd.train_config()
+    device = resolve_device(run.own.device)  # a clear error before any work
+    data = None if run.shards.pattern else prepare_caption_data(cmd.data)
+    dist = setup(backend="nccl" if device.type == "cuda" else "gloo", device=device)
+    try:
+        out = cmd.out or f"runs/train/{config.name()}"
+        if dist.is_main:
+            save_config(Path(out))
+        result = train_own(run, cmd.model, config, cmd.reference_dir, out, data, cmd.resume,
+                           progress, dist)  # fmt: skip
+    finally:
+        teardown(dist)
+    if not dist.is_main:
+        return 0
+    final = result["final"]
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
+    losses = result["losses"]
+    print(
+        f"{config.name()} on {result['data']} ({result['model']}, {result['device']}): "
+        f"{result['steps']} steps, last loss {losses[-1] if losses else float('nan'):.4f}"
+        f"{', ' + metrics if metrics else ''}, skipped {sum(result['skipped'].values())} bad "
+        f"samples, {sum(result['flops'].values()) / 1e9:.2f} GFLOPs; wrote {out}/result.json"
+    )
+    return 0
+
+
+def _score(cmd: Score, save_config, progress: bool) -> int:
+    """`jestkit score` (jestkit.training.score)."""
+    from jestkit.dropin.distributed import setup, teardown
+    from jestkit.training.own import OwnModel, OwnRun, resolve_device
+    from jestkit.training.score import export_subset, score_shards
+
+    if (cmd.keep is None) != (cmd.subset is None):
+        raise ValueError("--keep and --subset go together: the share to keep, and where to")
+    run = OwnRun(cmd.shards, OwnModel(cmd.open_clip, cmd.reference, None, cmd.device))
+    device = resolve_device(cmd.device)
+    dist = setup(backend="nccl" if device.type == "cuda" else "gloo", device=device)
+    try:
+        if dist.is_main:
+            save_config(Path(cmd.out))
+        info = score_shards(run, cmd.model, cmd.loss, cmd.out, cmd.batch_size, progress, dist)
+    finally:
+        teardown(dist)
+    if not dist.is_main:
+        return 0
+    skipped = sum(info["skipped"].values())
+    print(f"reference cache of {info['samples']} samples written to {cmd.out} "
+          f"({skipped} bad samples skipped)")  # fmt: skip
+    if cmd.subset is not None:
+        sub = export_subset(cmd.out, cmd.keep, cmd.subset)
+        print(f"kept {sub['kept']} of {sub['of']} uids (image-text similarity >= "
+              f"{sub['min_similarity']:.4f}): wrote {sub['path']}")  # fmt: skip
     return 0
 
 

@@ -1,10 +1,16 @@
 """Data sources: what the training loop draws its super-batches from.
 
-The loop (jestkit.training.step) knows only this interface: a source has a length and draws a
-super-batch of `size` examples with a generator, as `Examples` (the dual encoder's inputs, the
-examples' ids, and optional per-example metadata such as noise labels). Fashion-MNIST captions
-are one source (`CaptionSource`); shards on disk, a Parquet table or another image-caption set
-plug in by implementing `__len__` and `draw`, without touching the loop.
+The loop (jestkit.training.step) knows only this interface: a source draws a super-batch of
+`size` examples with a generator, as `Examples` (the dual encoder's inputs, the examples' ids,
+and optional per-example metadata such as noise labels). Two kinds of source:
+
+* in memory (`CaptionSource`, the Fashion-MNIST captions): a length, and `draw` picks `size`
+  distinct examples at random with the loop's generator; the generator's state is all a
+  checkpoint needs;
+* streamed (`jestkit.data.stream.StreamSource`, WebDataset / Parquet shards): `draw` takes the
+  next `size` samples of a shuffled stream, ignoring the generator (the stream has its own
+  seeded one), and the source has `state_dict()` / `load_state_dict()`, which the loop saves in
+  its checkpoints and restores on resume. It has no `__len__` (a stream's length is unknown).
 """
 
 from __future__ import annotations
@@ -21,12 +27,13 @@ from jestkit.data.captions import NOISE_TYPES, CaptionSet
 class Examples:
     """A batch of image-caption examples: row i of every field is example ids[i].
 
-    images: float (n, C, H, W) pixels in [0, 1]; tokens: (n, L) word ids.
+    ids: an int64 tensor, or a list of strings (a stream's sample ids: WebDataset keys, uids).
+    images: float (n, C, H, W), the model's input; tokens: (n, L) token ids.
     meta: per-example categorical metadata, name -> int64 (n,) tensor of category indices into
     the source's `categories[name]` (e.g. 'noise': clean / mismatched / junk / duplicate).
     """
 
-    ids: torch.Tensor
+    ids: torch.Tensor | list[str]
     images: torch.Tensor
     tokens: torch.Tensor
     meta: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -36,23 +43,37 @@ class Examples:
 
     def __getitem__(self, index: torch.Tensor | slice) -> Examples:
         """The examples at `index`, in that order."""
+        def at(t: torch.Tensor) -> torch.Tensor:  # ids and meta stay on the CPU on a GPU run
+            return t[index if isinstance(index, slice) else index.to(t.device)]
+
+        ids = self.ids
+        if isinstance(ids, list):
+            ids = ids[index] if isinstance(index, slice) else [ids[i] for i in index.tolist()]
+        else:
+            ids = at(ids)
         return Examples(
-            self.ids[index],
-            self.images[index],
-            self.tokens[index],
-            {k: v[index] for k, v in self.meta.items()},
+            ids, at(self.images), at(self.tokens), {k: at(v) for k, v in self.meta.items()}
+        )
+
+
+    def to(self, device: torch.device | str) -> Examples:
+        """The same examples with their tensors on `device` (ids stay where they are)."""
+        return Examples(
+            self.ids,
+            self.images.to(device, non_blocking=True),
+            self.tokens.to(device, non_blocking=True),
+            self.meta,
         )
 
 
 class DataSource(Protocol):
-    """What the training loop consumes."""
+    """What the training loop consumes (see the module docstring for the two kinds)."""
 
     categories: dict[str, tuple[str, ...]]  # the category names of each meta field
 
-    def __len__(self) -> int: ...
-
     def draw(self, size: int, generator: torch.Generator) -> Examples:
-        """`size` distinct examples drawn at random with `generator`."""
+        """`size` distinct examples: drawn at random with `generator` (in memory), or the next
+        `size` of the stream (streamed: state_dict()/load_state_dict() hold its position)."""
         ...
 
 

@@ -47,7 +47,7 @@ class FlopMeter:
     def __init__(self, world_size: int = 1):
         self.world_size = world_size
         self.total = dict.fromkeys(self.KINDS, 0)
-        self.per_step: dict[str, int | None] = {"train": None, "learner_score": None}
+        self.per_step: dict[str, int | None] = dict.fromkeys(self.KINDS)
 
     def run(self, kind: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
         """fn(*args, **kwargs), its FLOPs added to `kind`."""

@@ -49,11 +49,15 @@ def lr_schedule(warmup: int, total: int) -> Callable[[int], float]:
 class Trainer:
     """Trains `model` on `source` (a jestkit.data.source.DataSource) with the config's policy.
 
-    reference: ids -> jestkit.Embeddings, the cached reference (None for policies without it).
+    reference: ids -> jestkit.Embeddings, the cached reference, or a frozen model with
+        `embeddings(images, tokens)` run on every super-batch (None for policies without it).
     evaluate: model -> dict of metrics, called every eval_every steps and at the end.
     out_dir: where checkpoint.pt is written; None keeps nothing on disk.
     dist: this process's place under torchrun (jestkit.dropin.distributed.setup()); default one
-    process. Seeds: training.seed for the data order, + 1 for selection, + 2 for scoring views.
+    process. The model's device is where batches go; autocast: the training forward pass under
+    bfloat16 autocast (the loss in float32). A streamed source (one with state_dict) is saved in
+    the checkpoints and restored on resume. Seeds: training.seed for the data order, + 1 for
+    selection, + 2 for scoring views.
     """
 
     def __init__(
@@ -61,16 +65,17 @@ class Trainer:
         model: DualEncoder,
         config: TrainConfig,
         source: DataSource,
-        reference: Callable[[torch.Tensor], Embeddings] | None = None,
+        reference: Callable[[torch.Tensor], Embeddings] | torch.nn.Module | None = None,
         evaluate: Callable[[DualEncoder], dict] | None = None,
         out_dir: str | os.PathLike | None = None,
         progress: bool = True,
         desc: str | None = None,
         dist: Distributed | None = None,
+        autocast: bool = False,
     ):
         if config.policy.uses_reference and reference is None:
             raise ValueError(f"policy {config.name()!r} needs the reference (its cache)")
-        if len(source) < config.super_batch_size():
+        if hasattr(source, "__len__") and len(source) < config.super_batch_size():
             raise ValueError(
                 f"the super-batch ({config.super_batch_size()}) is larger than the data "
                 f"({len(source)} examples); lower batch_size or filter_ratio"
@@ -81,6 +86,8 @@ class Trainer:
         if self.dist.world_size > 1:
             broadcast_parameters(model, self.dist.group)
         self.model, self.config, self.source = model, config, source
+        self.device = next(model.parameters()).device  # batches are moved here
+        self.autocast = autocast  # train the forward pass under bfloat16 autocast
         self.reference, self.evaluate = reference, evaluate
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress, self.desc = progress, desc or config.name()
@@ -101,6 +108,7 @@ class Trainer:
         self.view_generator = torch.Generator().manual_seed(train.seed + 2)
         self.step = 0
         self.history: list[dict] = []
+        self.losses: list[float] = []  # the training loss of every step
         self.eval_seconds = 0.0  # wall time spent evaluating, in this process's run
         self.flops = FlopMeter(self.dist.world_size)
         self.stats = SelectionStats(source.categories)
@@ -137,6 +145,7 @@ class Trainer:
         )
         while self.step < last:
             loss = train_step(self)
+            self.losses.append(loss)
             bar.update(1)
             postfix = {"loss": f"{loss:.3f}"}
             if self.step % train.eval_interval == 0 or self.step == train.steps:
@@ -160,6 +169,7 @@ class Trainer:
             "final": {k: final[k] for k in ("zero_shot", "i2t_r1", "t2i_r1") if k in final},
             "history": self.history,
             "eval_seconds": self.eval_seconds,
+            "losses": self.losses,
         }
         for name in self.stats.categories:  # e.g. selected_noise_fraction
             result[f"selected_{name}_fraction"] = self.stats.fractions(name)
@@ -179,7 +189,13 @@ class Trainer:
             "history": self.history,
             **self.flops.state_dict(),
             "stats": self.stats.state_dict(),
+            "losses": self.losses,
+            **({"source": self.source.state_dict()} if self._streamed else {}),
         }
+
+    @property
+    def _streamed(self) -> bool:
+        return hasattr(self.source, "state_dict")
 
     def load_state_dict(self, state: dict) -> None:
         check_same_config(state["config"], asdict(self.config), may_differ=("training.steps",))
@@ -192,6 +208,12 @@ class Trainer:
         self.step, self.history = state["step"], state["history"]
         self.flops.load_state_dict(state)
         self.stats.load_state_dict(state["stats"])
+        self.losses = list(state.get("losses", []))
+        if self._streamed:
+            if "source" not in state:
+                raise ValueError("this checkpoint has no data-stream position: it was written by "
+                                 "a run on another data source")  # fmt: skip
+            self.source.load_state_dict(state["source"])
 
     @property
     def checkpoint_path(self) -> Path | None:

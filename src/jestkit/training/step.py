@@ -7,6 +7,7 @@ torchrun each rank scores its shard, all select alike, and each trains on b / wo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,15 +21,15 @@ if TYPE_CHECKING:
 
 def train_step(t: Trainer) -> float:
     """One optimizer step of trainer `t`; returns the loss."""
-    batch = t.source.draw(t.config.super_batch_size(), t.data_generator)  # draw
+    batch = t.source.draw(t.config.super_batch_size(), t.data_generator).to(t.device)  # draw
     mine = shard(batch, t.dist.rank, t.dist.world_size)
     learner = reference = None  # score
     if t.config.policy.uses_learner:
-        with torch.autocast(mine.images.device.type, torch.bfloat16, t.config.scoring.bf16):
+        with torch.autocast(t.device.type, torch.bfloat16, t.config.scoring.bf16):
             learner = t.flops.run("learner_score", t.model.embeddings, mine.images, mine.tokens,
                                   **t.config.scoring.view(t.view_generator))  # fmt: skip
     if t.config.policy.uses_reference:
-        reference = t.reference(mine.ids)
+        reference = score_reference(t, mine)
     if t.config.policy.scored:  # select
         positions = t.selector(learner, reference)
     else:
@@ -44,6 +45,18 @@ def train_step(t: Trainer) -> float:
     t.stats.add(chosen)  # account
     t.step += 1
     return loss.item()
+
+
+def score_reference(t: Trainer, batch: Examples):
+    """The reference's embeddings of the batch: read from its cache by id, or, for a reference
+    model (one with `embeddings`, e.g. an open_clip checkpoint), its forward pass, counted as
+    reference scoring FLOPs."""
+    if hasattr(t.reference, "embeddings"):
+        return t.flops.run("reference_score", t.reference.embeddings, batch.images, batch.tokens)
+    cached = t.reference(batch.ids)  # read on the CPU
+    if cached.image.device == t.device:
+        return cached
+    return replace(cached, image=cached.image.to(t.device), text=cached.text.to(t.device))
 
 
 def shard(batch: Examples, rank: int, world_size: int) -> Examples:
@@ -62,11 +75,13 @@ def my_share(chosen: Examples, positions: torch.Tensor, n: int, t: Trainer) -> E
 def forward_backward(t: Trainer, batch: Examples) -> torch.Tensor:
     """The contrastive loss over the whole sub-batch (every rank's pairs), back-propagated."""
     s = t.config.scoring
-    if s.multires_fraction > 0:
-        img = t.model.encode_image_multires(batch.images, s.patch_size, s.multires_fraction)
-    else:
-        img = t.model.encode_image(batch.images)
-    txt = t.model.encode_text(batch.tokens)
+    with torch.autocast(t.device.type, torch.bfloat16, t.autocast):
+        if s.multires_fraction > 0:
+            img = t.model.encode_image_multires(batch.images, s.patch_size, s.multires_fraction)
+        else:
+            img = t.model.encode_image(batch.images)
+        txt = t.model.encode_text(batch.tokens)
+    img, txt = img.float(), txt.float()  # the loss in float32 (no-ops without autocast)
     if t.dist.world_size > 1:  # every rank's pairs as negatives
         img, txt = all_gather_with_grad(img, t.dist.group), all_gather_with_grad(txt, t.dist.group)
     loss = t.model.loss(img, txt)

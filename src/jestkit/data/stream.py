@@ -1,0 +1,157 @@
+"""Your own image-caption data as the training loop's source: WebDataset tar shards or Parquet
+tables, streamed by jestkit.data.shards.ShardPool.
+
+`StreamSource` is a DataSource (jestkit.data.source) of the streamed kind: `draw(B)` is the next
+B good samples of the pool's shuffled stream (the loop's generator is not used), images through
+the model's image transform, captions through its tokenizer. At the end of a pass the pool starts
+its next epoch (reshuffled) and the draw continues there, so a super-batch is always B samples.
+
+Resume: the source's state_dict() is the pool's (shard and record reached, the shuffle buffer's
+raw records, its generator, the skip counters and the epoch's ids); the Trainer saves it in every
+checkpoint and load_state_dict() continues at that sample boundary, so a resumed run draws
+exactly the super-batches the uninterrupted one would.
+
+Under torchrun every rank reads and decodes the *whole* stream (the pool is built with rank 0 of
+1): every rank draws the same super-batch, as the loop's in-memory sources do, and the loop
+shards it. Decoding is repeated on every rank; reading shards per rank would need a super-batch
+assembled across ranks, which the loop does not do.
+
+Tokenizers for our own dual encoder (`HashedWords`): captions from the web have no fixed
+vocabulary, so a word's id is a hash of it (crc32, modulo the vocabulary size): no pass over the
+data, the same ids on every run and machine, at the price of rare collisions.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from jestkit.data.shards import ShardPool, ShardPoolConfig
+from jestkit.data.source import Examples
+from jestkit.data.tokenizer import PAD, SPECIALS, tokenize
+
+
+@dataclass
+class ShardsConfig:
+    """Your own data: WebDataset tar shards (img2dataset's layout) or Parquet tables.
+
+    Attributes:
+        pattern: the shards: a path, brace pattern ('data/{0000..0099}.tar'), glob, or several
+            separated by commas; None trains on the Fashion-MNIST captions (--data.*)
+        buffer_size: samples in the shuffle buffer (encoded; decoded when drawn)
+        seed: the shuffle's seed (each epoch reshuffles from it)
+        max_bad_fraction: stop the run when more than this share of the samples read were bad
+            (undecodable image, truncated shard; past 10 bad samples)
+        decode_threads: threads decoding images (0: in the training process's thread)
+        vocab_size: our dual encoder's word ids on shards (hashed words; open_clip models use
+            their own tokenizer)
+    """
+
+    pattern: str | None = None
+    buffer_size: int = 1000
+    seed: int = 0
+    max_bad_fraction: float = 0.01
+    decode_threads: int = 0
+    vocab_size: int = 8192
+
+    def __post_init__(self):
+        if self.vocab_size <= len(SPECIALS):
+            raise ValueError(f"vocab_size must be > {len(SPECIALS)}, got {self.vocab_size}")
+
+    def shards(self) -> list[str]:
+        """The pattern's parts (comma-separated)."""
+        if not self.pattern:
+            raise ValueError("no shards given (shards.pattern)")
+        return [p.strip() for p in self.pattern.split(",") if p.strip()]
+
+    def pool(self, transform: Callable | None, mode: str | None = "RGB") -> ShardPool:
+        """The pool: every rank reads the whole stream (see the module docstring)."""
+        config = ShardPoolConfig(
+            buffer_size=self.buffer_size,
+            seed=self.seed,
+            mode=mode,
+            max_bad_fraction=self.max_bad_fraction,
+            decode_threads=self.decode_threads,
+            rank=0,
+            world_size=1,
+        )
+        return ShardPool(self.shards(), config, transform=transform)
+
+
+class HashedWords:
+    """Captions -> (n, max_len) word ids for our text tower: jestkit's tokenize rule, each
+    token's id 2 + crc32(token) % (vocab_size - 2) (0 pads, 1 is unused), truncated to max_len."""
+
+    def __init__(self, vocab_size: int, max_len: int):
+        self.vocab_size, self.max_len = vocab_size, max_len
+
+    def ids(self, text: str) -> list[int]:
+        n = self.vocab_size - len(SPECIALS)
+        return [len(SPECIALS) + zlib.crc32(t.encode()) % n for t in tokenize(text)][: self.max_len]
+
+    def __call__(self, captions: Sequence[str]) -> torch.Tensor:
+        out = torch.full((len(captions), self.max_len), PAD, dtype=torch.long)
+        for i, caption in enumerate(captions):
+            ids = self.ids(caption)
+            out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+
+def grayscale(size: int) -> Callable:
+    """Our ViT's image transform: a PIL image -> float (1, size, size) in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    def transform(image) -> torch.Tensor:
+        image = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+        return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).unsqueeze(0)
+
+    return transform
+
+
+class StreamSource:
+    """A ShardPool as the loop's data source: draw(B) is the next B samples (see the module
+    docstring). pool: its transform gives each image as the model's input tensor; tokenize:
+    list of captions -> (n, L) token ids."""
+
+    categories: dict[str, tuple[str, ...]] = {}  # no per-example metadata on your own data
+
+    def __init__(self, pool: ShardPool, tokenize: Callable[[list[str]], torch.Tensor]):
+        self.pool, self.tokenize = pool, tokenize
+        self._batches = None
+        self._size: int | None = None
+
+    def draw(self, size: int, generator: torch.Generator | None = None) -> Examples:
+        """The next `size` samples of the stream (into the next epoch when this one ends)."""
+        samples = None
+        for _ in range(2):  # this epoch's rest, else the next epoch from its start
+            if self._batches is None or self._size != size:
+                self._batches, self._size = self.pool.super_batches(size, collate=None), size
+            samples = next(self._batches, None)
+            if samples is not None:
+                break
+            self._batches = None  # the pool has moved to its next epoch
+        if samples is None:
+            raise ValueError(
+                f"the shards ({', '.join(self.pool.shards[:3])}"
+                f"{', ...' if len(self.pool.shards) > 3 else ''}) hold fewer than {size} good "
+                f"samples: one super-batch needs {size}; lower batch_size or filter_ratio"
+            )
+        images = torch.stack([s["image"] for s in samples])
+        tokens = self.tokenize([s["caption"] for s in samples])
+        return Examples([s["id"] for s in samples], images, tokens)
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Bad samples skipped so far: reason -> count."""
+        return dict(self.pool.skipped)
+
+    def state_dict(self) -> dict:
+        return self.pool.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pool.load_state_dict(state)
+        self._batches = None

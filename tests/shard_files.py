@@ -1,0 +1,66 @@
+"""Small image-caption shards the tests write themselves, in img2dataset's WebDataset layout
+(KEY.png + KEY.txt + KEY.json with a 32-hex-digit uid): each image is a coloured shape on a
+noisy background and its caption names the colour and the shape, so a model can learn them."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220),
+           "yellow": (230, 220, 40)}  # fmt: skip
+SHAPES = ("square", "stripe", "dot")
+
+
+def is_noisy(i: int) -> bool:
+    """Whether sample i of a noisy pool has a wrong caption: 2 of every 5."""
+    return i % 5 in (1, 3)
+
+
+def sample(i: int, rng: np.random.Generator, size: int = 32, noisy: bool = False
+           ) -> tuple[bytes, str]:  # fmt: skip
+    """A PNG of size x size pixels and its caption (naming another colour and shape when
+    noisy and is_noisy(i))."""
+    name = list(COLOURS)[i % len(COLOURS)]
+    shape = SHAPES[(i // len(COLOURS)) % len(SHAPES)]
+    pixels = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    q = size // 4
+    region = {"square": (slice(q, 3 * q), slice(q, 3 * q)),
+              "stripe": (slice(0, size), slice(q + q // 2, 2 * q + q // 2)),
+              "dot": (slice(size // 2 - 3, size // 2 + 3), slice(size // 2 - 3, size // 2 + 3))}
+    pixels[region[shape]] = COLOURS[name]
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, "PNG")
+    if noisy and is_noisy(i):
+        name = list(COLOURS)[(i + 1 + i // 7) % len(COLOURS)]
+        shape = SHAPES[(SHAPES.index(shape) + 1) % len(SHAPES)]
+    return png.getvalue(), f"a {name} {shape} number {i}"
+
+
+def write_shards(folder: str | Path, shards: int = 2, per_shard: int = 64, seed: int = 0,
+                 size: int = 32, bad: tuple[int, ...] = (), noisy: bool = False,
+                 first: int = 0) -> str:  # fmt: skip
+    """Write shards-0000.tar ...; returns their brace pattern. Samples numbered in `bad` get
+    bytes that are not an image; noisy: wrong captions (is_noisy); first: the first sample's
+    number (its uid)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for s in range(shards):
+        with tarfile.open(folder / f"shards-{s:04d}.tar", "w") as tar:
+            for i in range(per_shard):
+                n = first + s * per_shard + i
+                png, caption = sample(n, rng, size, noisy)
+                png = b"not a png" if n in bad else png
+                files = {"png": png, "txt": caption.encode(),
+                         "json": json.dumps({"uid": f"{n:032x}"}).encode()}  # fmt: skip
+                for ext, data in files.items():
+                    info = tarfile.TarInfo(f"{n:08d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return str(folder / f"shards-{{0000..{shards - 1:04d}}}.tar")
