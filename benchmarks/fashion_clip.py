@@ -104,7 +104,8 @@ def main() -> None:
     data = prepare_caption_data(replace(pool_config, limit=args.limit))
     work = Path(args.work)
     train_reference(
-        data, model_config, ref_config, args.loss, work / "reference", evaluate=evaluator(data)
+        data, model_config, ref_config, args.loss, work / "reference", evaluate=evaluator(data),
+        overwrite=True,  # a rerun retrains everything
     )
     ref = reference_info(work / "reference")
 
@@ -116,6 +117,7 @@ def main() -> None:
             learner("uniform", seed),
             work / "reference",
             work / f"seed{seed}" / "uniform",
+            overwrite=True,
         )
         for ratio in args.ratios:
             runs[f"{ratio}/{seed}/uniform"] = uniform
@@ -125,7 +127,7 @@ def main() -> None:
                 config = learner(name, seed, ratio)
                 out = work / f"seed{seed}" / f"{ratio}" / config.name()
                 runs[f"{ratio}/{seed}/{config.name()}"] = train_learner(
-                    data, model_config, config, work / "reference", out
+                    data, model_config, config, work / "reference", out, overwrite=True
                 )
 
     rows = []

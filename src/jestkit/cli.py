@@ -6,6 +6,9 @@ jestkit.training.config.ScoringConfig and TrainingConfig as `scoring`, `training
 `reference`), turned into flags by jsonargparse: `--selection.filter_ratio 0.9`, each with the
 line of help its class documents. Every run writes its whole configuration to OUT/config.yaml;
 `--config OUT/config.yaml` replays it (later flags override the file).
+
+Every value is checked, and the output folder too (jestkit.training.rundir: not a file, not a
+finished run unless --resume or --overwrite, locked while a run uses it), before any work.
 """
 
 from __future__ import annotations
@@ -72,11 +75,13 @@ class Demo(_Learner):
         reference: how the reference trains on the curated set
         out: output folder
         policies: the policies to compare, as run names (uniform, <policy>-<method>, flexi-...)
+        overwrite: replace a demo already in OUT (its reference and runs) instead of refusing
     """
 
     reference: TrainingConfig = field(default_factory=reference_training)
     out: str = "runs/demo"
     policies: list[str] = field(default_factory=lambda: list(DEMO_POLICIES))
+    overwrite: bool = False
 
 
 @dataclass
@@ -87,11 +92,14 @@ class Reference(_DataAndModel):
         reference: how the reference trains on the curated set
         out: reference folder (model.pt, reference.json, cache/)
         loss: the contrastive loss (learners using this reference must use the same)
+        overwrite: replace a reference already in OUT (built beside it in OUT.partial, then
+            swapped in whole) instead of refusing
     """
 
     reference: TrainingConfig = field(default_factory=reference_training)
     out: str = "runs/reference"
     loss: Literal[CONTRASTIVE_LOSSES] = "sigmoid"
+    overwrite: bool = False
 
 
 @dataclass
@@ -101,12 +109,15 @@ class Train(_Learner):
     Attributes:
         out: run folder (default: runs/train/NAME, NAME the policy's run name)
         reference_dir: reference folder built by `jestkit reference`
-        resume: continue from OUT/checkpoint.pt
+        resume: continue exactly from OUT/checkpoint.pt (every setting must be the same; no
+            checkpoint is an error)
+        overwrite: delete the run already in OUT (checkpoint.pt, result.json) and start afresh
     """
 
     out: str | None = None
     reference_dir: str = "runs/reference"
     resume: bool = False
+    overwrite: bool = False
 
 
 COMMANDS = {"demo": Demo, "reference": Reference, "train": Train}
@@ -141,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command, sub, quiet = _command(parser, args)
         return _run(command, lambda out: _save_config(sub, args[args.command], out), not quiet)
-    except (ValueError, FileNotFoundError, CacheError) as e:
+    except (ValueError, OSError, CacheError) as e:
         print(f"jestkit {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -155,6 +166,18 @@ def _save_config(sub: ArgumentParser, args: Namespace, out: Path) -> None:
     (out / "config.yaml").write_text(sub.dump(args))
 
 
+def _check_demo_selection(selection: SelectionConfig) -> None:
+    """The demo's --policies chooses policy and method: refuse a --selection.policy or
+    --selection.method that it would ignore."""
+    default = SelectionConfig()
+    for name in ("policy", "method"):
+        if getattr(selection, name) != getattr(default, name):
+            raise ValueError(
+                f"the demo runs the policies of --policies (run names such as "
+                f"{', '.join(DEMO_POLICIES)}); --selection.{name} would be ignored: drop it"
+            )
+
+
 def _run(cmd, save_config, progress: bool) -> int:
     # imported here so that `jestkit --help` stays fast
     from jestkit.data.prepare import prepare_caption_data
@@ -163,30 +186,34 @@ def _run(cmd, save_config, progress: bool) -> int:
     from jestkit.training.evaluate import evaluator
     from jestkit.training.learner import train_learner
     from jestkit.training.reference import train_reference
+    from jestkit.training.rundir import check_reference_dir, check_run_dir
 
     if isinstance(cmd, Demo):
         config = cmd.train_config()
+        _check_demo_selection(cmd.selection)
         for name in cmd.policies:
             config.with_name(name)  # unknown names fail before any work
-        save_config(Path(cmd.out))
         run_demo(cmd.out, cmd.data, cmd.model, cmd.reference, config, tuple(cmd.policies),
-                 progress)  # fmt: skip
+                 progress, overwrite=cmd.overwrite, write_config=save_config)  # fmt: skip
         return 0
     config = cmd.train_config() if isinstance(cmd, Train) else None
+    if isinstance(cmd, Train):
+        cmd.model.check_patch_size(config.scoring.patch_size)
+        out = cmd.out or f"runs/train/{config.name()}"
+        check_run_dir(out, cmd.resume, cmd.overwrite)  # before any work
+    else:
+        check_reference_dir(cmd.out, cmd.overwrite)
     data = prepare_caption_data(cmd.data)
     dist = setup(backend="gloo", device="cpu")  # under torchrun; else one process
     try:
         if isinstance(cmd, Reference):
-            if dist.is_main:
-                save_config(Path(cmd.out))
             info = train_reference(data, cmd.model, cmd.reference, cmd.loss, cmd.out,
-                                   evaluator(data), progress, dist)  # fmt: skip
+                                   evaluator(data), progress, dist, overwrite=cmd.overwrite,
+                                   write_config=save_config)  # fmt: skip
         else:
-            out = cmd.out or f"runs/train/{config.name()}"
-            if dist.is_main:
-                save_config(Path(out))
             result = train_learner(data, cmd.model, config, cmd.reference_dir, out, cmd.resume,
-                                   progress, dist)  # fmt: skip
+                                   progress, dist, overwrite=cmd.overwrite,
+                                   write_config=save_config)  # fmt: skip
     finally:
         teardown(dist)
     if not dist.is_main:

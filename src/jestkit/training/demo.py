@@ -21,6 +21,7 @@ from jestkit.training.evaluate import evaluator
 from jestkit.training.learner import train_learner
 from jestkit.training.reference import reference_info, train_reference
 from jestkit.training.report import compare, plot_curves, table
+from jestkit.training.rundir import check_reference_dir, check_run_dir
 
 
 def run_demo(
@@ -31,9 +32,13 @@ def run_demo(
     train_config: TrainConfig | None = None,
     policies: tuple[str, ...] = DEMO_POLICIES,
     progress: bool = True,
+    overwrite: bool = False,
+    write_config=None,
 ) -> dict:
     """The demo: the reference (trained with train_config's loss) and one learner per policy
-    name (see jestkit.training.config.parse_run_name), compared."""
+    name (see jestkit.training.config.parse_run_name), compared. A demo already in out_dir (its
+    reference or a run) is refused before any work unless overwrite. write_config: called with
+    out_dir once checked (the CLI writes config.yaml)."""
     out = Path(out_dir)
     data_config = data_config or PoolConfig()
     model_config = model_config or ModelConfig()
@@ -42,6 +47,14 @@ def run_demo(
     if "uniform" not in policies:
         raise ValueError("the demo compares against uniform: include 'uniform' in policies")
     configs = [train_config.with_name(name) for name in policies]  # checks every name first
+    for config in configs:
+        model_config.check_patch_size(config.scoring.patch_size)
+    check_reference_dir(out / "reference", overwrite)
+    for config in configs:
+        check_run_dir(out / "runs" / config.name(), overwrite=overwrite)
+    if write_config is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out)
     t0 = time.perf_counter()
     data = prepare_caption_data(data_config)
     print(
@@ -58,6 +71,7 @@ def run_demo(
         ref_dir,
         evaluate=evaluator(data),
         progress=progress,
+        overwrite=overwrite,
     )
     print(
         f"reference: zero-shot {ref['final'].get('zero_shot', float('nan')):.4f} after "
@@ -68,7 +82,13 @@ def run_demo(
     runs = {}
     for config in configs:
         runs[config.name()] = train_learner(
-            data, model_config, config, ref_dir, out / "runs" / config.name(), progress=progress
+            data,
+            model_config,
+            config,
+            ref_dir,
+            out / "runs" / config.name(),
+            progress=progress,
+            overwrite=overwrite,
         )
         final = runs[config.name()]["final"]
         print(
