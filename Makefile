@@ -26,7 +26,7 @@ data:
 	fi
 
 demo: setup
-	$(VENV)/bin/jestkit demo
+	$(VENV)/bin/jestkit demo --overwrite true
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -244,7 +244,8 @@ class Worker:
         start = time.perf_counter()
         config = replace(reference_training(), **REFERENCES[run.reference])
         info = train_reference(data, ModelConfig(), config, "sigmoid", self.ref_dir(run),
-                               evaluate=evaluator(data), progress=False)  # fmt: skip
+                               evaluate=evaluator(data), progress=False,
+                               overwrite=True)  # fmt: skip
         return {"run": asdict(run), **info, "wall_seconds": time.perf_counter() - start}
 
     def learner(self, run: Run) -> dict:
@@ -265,8 +266,9 @@ class Worker:
             ),
         )
         ref_dir = self.ref_dir(run) if config.policy.uses_reference else None
-        result = train_learner(self.pool_data(run.pool), ModelConfig(), config, ref_dir,
-                               self.work / run.key(), resume=True, progress=False)  # fmt: skip
+        out = self.work / run.key()  # a killed run resumes from its checkpoint
+        result = train_learner(self.pool_data(run.pool), ModelConfig(), config, ref_dir, out,
+                               resume=(out / "checkpoint.pt").exists(), progress=False)  # fmt: skip
         result.pop("config")
         return {"run": asdict(run), "config": asdict(config), **result,
                 "total_flops": sum(result["flops"].values())}  # fmt: skip

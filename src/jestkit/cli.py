@@ -6,6 +6,9 @@ jestkit.training.config.ScoringConfig and TrainingConfig as `scoring`, `training
 `reference`), turned into flags by jsonargparse: `--selection.filter_ratio 0.9`, each with the
 line of help its class documents. Every run writes its whole configuration to OUT/config.yaml;
 `--config OUT/config.yaml` replays it (later flags override the file).
+
+Every value is checked, and the output folder too (jestkit.training.rundir: not a file, not a
+finished run unless --resume or --overwrite, locked while a run uses it), before any work.
 """
 
 from __future__ import annotations
@@ -79,12 +82,14 @@ class Demo(_Learner):
             each trained for training.steps
         uniform_budgets: uniform's budgets as multiples of training.steps, each its own run and
             schedule (the frontier the speed-ups are read off; at least 4x for a fair baseline)
+        overwrite: replace a demo already in OUT (its reference and runs) instead of refusing
     """
 
     reference: TrainingConfig = field(default_factory=reference_training)
     out: str = "runs/demo"
     policies: list[str] = field(default_factory=lambda: list(DEMO_POLICIES))
     uniform_budgets: list[float] = field(default_factory=lambda: list(UNIFORM_BUDGETS))
+    overwrite: bool = False
 
 
 @dataclass
@@ -95,11 +100,14 @@ class Reference(_DataAndModel):
         reference: how the reference trains on the curated set
         out: reference folder (model.pt, reference.json, cache/)
         loss: the contrastive loss (learners using this reference must use the same)
+        overwrite: replace a reference already in OUT (built beside it in OUT.partial, then
+            swapped in whole) instead of refusing
     """
 
     reference: TrainingConfig = field(default_factory=reference_training)
     out: str = "runs/reference"
     loss: Literal[CONTRASTIVE_LOSSES] = "sigmoid"
+    overwrite: bool = False
 
 
 @dataclass
@@ -109,7 +117,9 @@ class Train(_Learner):
     Attributes:
         out: run folder (default: runs/train/NAME, NAME the policy's run name)
         reference_dir: reference folder built by `jestkit reference`
-        resume: continue from OUT/checkpoint.pt
+        resume: continue exactly from OUT/checkpoint.pt (every setting must be the same; no
+            checkpoint is an error)
+        overwrite: delete the run already in OUT (checkpoint.pt, result.json) and start afresh
         shards: your own data: WebDataset tar or Parquet shards (--shards.pattern) instead of
             the Fashion-MNIST captions
         open_clip: an open_clip model config (a name open_clip knows, or a JSON file) instead of
@@ -123,6 +133,7 @@ class Train(_Learner):
     out: str | None = None
     reference_dir: str = "runs/reference"
     resume: bool = False
+    overwrite: bool = False
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     open_clip: str | None = None
     reference: str | None = None
@@ -200,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command, sub, quiet = _command(parser, args)
         return _run(command, lambda out: _save_config(sub, args[args.command], out), not quiet)
-    except (ValueError, FileNotFoundError, CacheError, KeyError, TooManyBadSamples) as e:
+    except (ValueError, OSError, CacheError, KeyError, TooManyBadSamples) as e:
         if isinstance(e, KeyError | DuplicateIdError):  # a KeyError's message is quoted
             e = e.args[0] if e.args else e
         print(f"jestkit {args.command}: error: {e}", file=sys.stderr)
@@ -216,6 +227,18 @@ def _save_config(sub: ArgumentParser, args: Namespace, out: Path) -> None:
     (out / "config.yaml").write_text(sub.dump(args))
 
 
+def _check_demo_selection(selection: SelectionConfig) -> None:
+    """The demo's --policies chooses policy and method: refuse a --selection.policy or
+    --selection.method that it would ignore."""
+    default = SelectionConfig()
+    for name in ("policy", "method"):
+        if getattr(selection, name) != getattr(default, name):
+            raise ValueError(
+                f"the demo runs the policies of --policies (run names such as "
+                f"{', '.join(DEMO_POLICIES)}); --selection.{name} would be ignored: drop it"
+            )
+
+
 def _run(cmd, save_config, progress: bool) -> int:
     # imported here so that `jestkit --help` stays fast
     from jestkit.data.prepare import prepare_caption_data
@@ -224,33 +247,38 @@ def _run(cmd, save_config, progress: bool) -> int:
     from jestkit.training.evaluate import evaluator
     from jestkit.training.learner import train_learner
     from jestkit.training.reference import train_reference
+    from jestkit.training.rundir import check_reference_dir, check_run_dir
 
     if isinstance(cmd, Demo):
         config = cmd.train_config()
+        _check_demo_selection(cmd.selection)
         demo_configs(config, tuple(cmd.policies), tuple(cmd.uniform_budgets))  # fails before work
-        save_config(Path(cmd.out))
         run_demo(cmd.out, cmd.data, cmd.model, cmd.reference, config, tuple(cmd.policies),
-                 tuple(cmd.uniform_budgets), progress)  # fmt: skip
+                 tuple(cmd.uniform_budgets), progress, overwrite=cmd.overwrite,
+                 write_config=save_config)  # fmt: skip
         return 0
     if isinstance(cmd, Score):
         return _score(cmd, save_config, progress)
     if isinstance(cmd, Train) and cmd.own_run().is_own:
         return _train_own(cmd, save_config, progress)
     config = cmd.train_config() if isinstance(cmd, Train) else None
+    if isinstance(cmd, Train):
+        cmd.model.check_patch_size(config.scoring.patch_size)
+        out = cmd.out or f"runs/train/{config.name()}"
+        check_run_dir(out, cmd.resume, cmd.overwrite)  # before any work
+    else:
+        check_reference_dir(cmd.out, cmd.overwrite)
     data = prepare_caption_data(cmd.data)
     dist = setup(backend="gloo", device="cpu")  # under torchrun; else one process
     try:
         if isinstance(cmd, Reference):
-            if dist.is_main:
-                save_config(Path(cmd.out))
             info = train_reference(data, cmd.model, cmd.reference, cmd.loss, cmd.out,
-                                   evaluator(data), progress, dist)  # fmt: skip
+                                   evaluator(data), progress, dist, overwrite=cmd.overwrite,
+                                   write_config=save_config)  # fmt: skip
         else:
-            out = cmd.out or f"runs/train/{config.name()}"
-            if dist.is_main:
-                save_config(Path(out))
             result = train_learner(data, cmd.model, config, cmd.reference_dir, out, cmd.resume,
-                                   progress, dist)  # fmt: skip
+                                   progress, dist, overwrite=cmd.overwrite,
+                                   write_config=save_config)  # fmt: skip
     finally:
         teardown(dist)
     if not dist.is_main:
@@ -275,17 +303,18 @@ def _train_own(cmd: Train, save_config, progress: bool) -> int:
     from jestkit.data.prepare import prepare_caption_data
     from jestkit.dropin.distributed import setup, teardown
     from jestkit.training.own import resolve_device, train_own
+    from jestkit.training.rundir import check_run_dir, claimed_run
 
     run, config = cmd.own_run(), cmd.train_config()
     device = resolve_device(run.own.device)  # a clear error before any work
     data = None if run.shards.pattern else prepare_caption_data(cmd.data)
+    out = cmd.out or f"runs/train/{config.name()}"
+    check_run_dir(out, cmd.resume, cmd.overwrite)  # before any work
     dist = setup(backend="nccl" if device.type == "cuda" else "gloo", device=device)
     try:
-        out = cmd.out or f"runs/train/{config.name()}"
-        if dist.is_main:
-            save_config(Path(out))
-        result = train_own(run, cmd.model, config, cmd.reference_dir, out, data, cmd.resume,
-                           progress, dist)  # fmt: skip
+        with claimed_run(out, cmd.resume, cmd.overwrite, dist.is_main, save_config):
+            result = train_own(run, cmd.model, config, cmd.reference_dir, out, data, cmd.resume,
+                               progress, dist)  # fmt: skip
     finally:
         teardown(dist)
     if not dist.is_main:

@@ -4,6 +4,7 @@ single-process cache and resumes after a crash, a failing rank makes the others 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -498,3 +499,38 @@ def test_failing_rank_makes_the_others_raise(two_ranks):
     message = two_ranks[0]["fault"]
     assert "Error after" in message, message
     assert float(message.split(" after ")[1].split("s:")[0]) < 4.0
+
+
+# ----------------------------------------------------------------------------- the reference
+
+
+def _reference_on_ranks(ctx, out):
+    from helpers import MODEL, POOL
+
+    from jestkit.data.prepare import prepare_caption_data
+    from jestkit.training.config import TrainingConfig
+    from jestkit.training.reference import train_reference
+
+    config = TrainingConfig(steps=2, batch_size=16, eval_every=None)
+    info = train_reference(prepare_caption_data(POOL), MODEL, config, "sigmoid", out,
+                           progress=False, dist=ctx)  # fmt: skip
+    return info["cache_flops"]
+
+
+def test_reference_cache_flops_count_every_rank(tmp_path):
+    """Under torchrun each rank caches its share of the pool; reference.json counts them all."""
+    from helpers import MODEL, POOL
+
+    from jestkit.data.prepare import prepare_caption_data
+    from jestkit.training.config import TrainingConfig
+    from jestkit.training.reference import train_reference
+
+    results = spawn(_reference_on_ranks, 2, tmp_path, tmp_path / "two", timeout_s=60,
+                    deadline_s=300)  # fmt: skip
+    per_rank = values_of(results)
+    config = TrainingConfig(steps=2, batch_size=16, eval_every=None)
+    one = train_reference(prepare_caption_data(POOL), MODEL, config, "sigmoid", tmp_path / "one",
+                          progress=False)  # fmt: skip
+    assert per_rank[0] == per_rank[1] == pytest.approx(one["cache_flops"], rel=1e-9)
+    saved = json.loads((tmp_path / "two" / "reference.json").read_text())
+    assert saved["cache_flops"] == per_rank[0]

@@ -21,7 +21,7 @@ def test_reference_folder_and_cache_round_trip(data, reference_dir):
     assert info["data_fingerprint"] == data.fingerprint
     ref = load_reference(reference_dir, data, "sigmoid")
     # the cache holds what the saved reference computes, keyed by id
-    state = torch.load(reference_dir / "model.pt", weights_only=False)
+    state = torch.load(reference_dir / "model.pt", weights_only=True)
     model = build_model(MODEL, len(data.vocab), "sigmoid")
     model.load_state_dict(state["model"])
     model.eval()

@@ -25,18 +25,25 @@ _FILES = {
 }
 HOW_TO_GET = (
     "install the Debian package (apt-get install dataset-fashion-mnist), or download the four "
-    "official files (train-images-idx3-ubyte.gz, ...) into a folder and pass it as root= "
-    "(or --data-dir, or set JESTKIT_FASHION_MNIST)"
+    "official files (train-images-idx3-ubyte.gz, ...) into a folder and pass it with "
+    "--data.data_dir (PoolConfig.data_dir, or the root argument, in Python), or set "
+    "JESTKIT_FASHION_MNIST"
 )
 
 
 def find_root(root: str | os.PathLike | None = None) -> Path:
-    candidates = [root, os.environ.get("JESTKIT_FASHION_MNIST"), DEBIAN_DIR]
-    for c in candidates:
-        if c is not None and Path(c).is_dir():
-            return Path(c)
-    if root is not None:
-        raise FileNotFoundError(f"Fashion-MNIST folder {root} does not exist; {HOW_TO_GET}")
+    """The Fashion-MNIST folder. An explicit `root` (or $JESTKIT_FASHION_MNIST) that is not a
+    folder is an error, never a fall-back to the next place."""
+    for given, name in ((root, "folder"), (os.environ.get("JESTKIT_FASHION_MNIST"),
+                                           "$JESTKIT_FASHION_MNIST")):  # fmt: skip
+        if given is not None and given != "":
+            if not Path(given).is_dir():
+                raise FileNotFoundError(
+                    f"Fashion-MNIST {name} {given} does not exist or is not a folder; {HOW_TO_GET}"
+                )
+            return Path(given)
+    if DEBIAN_DIR.is_dir():
+        return DEBIAN_DIR
     raise FileNotFoundError(f"Fashion-MNIST files not found; {HOW_TO_GET}")
 
 

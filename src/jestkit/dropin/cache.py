@@ -398,7 +398,7 @@ def build_cache(
     bar = tqdm(
         total=sum(rows(k) for k in mine),
         initial=sum(rows(k) for k in mine if k in done),
-        desc=f"reference cache {path.name}",
+        desc=f"caching {path}",
         unit="ex",
         disable=not progress or rank != 0,
     )

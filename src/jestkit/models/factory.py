@@ -9,6 +9,8 @@ from jestkit.models.dual import DualEncoder
 from jestkit.models.text import TextConfig, TextTower
 from jestkit.models.vit import ImageTower, ViTConfig
 
+IMAGE_SIZE = ViTConfig.image_size  # Fashion-MNIST's 28 x 28
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -29,6 +31,26 @@ class ModelConfig:
     heads: int = 4
     embed_dim: int = 96
     patch_size: int = 7
+
+    def __post_init__(self):
+        for name in ("dim", "depth", "text_depth", "heads", "embed_dim", "patch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"model.{name} must be a positive int, got {value!r}")
+        if self.dim % self.heads:
+            raise ValueError(f"model.dim={self.dim} must be divisible by model.heads={self.heads}")
+        self.check_patch_size(self.patch_size, "model.patch_size")
+
+    def check_patch_size(self, patch_size: int | None, name: str = "scoring.patch_size") -> None:
+        """Refuse a patch size (the model's, or a scoring view's) that does not divide the
+        28 x 28 images."""
+        if patch_size is None:
+            return
+        if not isinstance(patch_size, int) or patch_size < 1 or IMAGE_SIZE % patch_size:
+            raise ValueError(
+                f"{name}={patch_size!r} must divide the image size {IMAGE_SIZE} (1, 2, 4, 7, 14 "
+                f"or 28)"
+            )
 
 
 def build_model(config: ModelConfig, vocab_size: int, loss: str) -> DualEncoder:

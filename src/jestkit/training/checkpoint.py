@@ -1,12 +1,20 @@
 """Files a run writes, atomically: checkpoints (torch.save) and JSON results.
 
 Every writer goes through a temporary file and a rename, so a crash never leaves half a file.
+Checkpoints hold plain types only (tensors, dicts, lists, numbers, strings; generator states as
+uint8 tensors) and are read with torch.load(weights_only=True): a checkpoint is data, and a
+file whose pickle would run code or build other objects is refused (`load_checkpoint`).
+torch.load does not check its zip records' CRCs, so a checkpoint is the torch.save bytes of
+the state plus their sha256 (`save_checkpoint`): a flipped byte is refused, never loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -14,17 +22,83 @@ import torch
 
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary file, then rename."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(buffer.getvalue(), path)
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> None:
+    """`data` to a temporary file, then rename; a full disk is an OSError naming the file, and
+    `path` keeps its old content."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {tmp} ({e.strerror}); {path} is unchanged") from None
     os.replace(tmp, path)
+
+
+FORMAT = "jestkit checkpoint 1"
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write a training checkpoint atomically: {'format', 'sha256', 'payload'}, the payload the
+    torch.save bytes of `state` (plain types only) as a uint8 tensor."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    raw = buffer.getvalue()
+    payload = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    save_atomic({"format": FORMAT, "sha256": hashlib.sha256(raw).hexdigest(),
+                 "payload": payload}, path)  # fmt: skip
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: damaged, or not a plain jestkit checkpoint."""
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The checkpoint at `path` (written by save_checkpoint), loaded so that no file can run
+    code (weights_only=True) and checked against its sha256; a CheckpointError says what is
+    wrong with any other file."""
+    state = _load(path)
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        payload = state.get("payload")
+        if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8:
+            raise CheckpointError(f"{path} is damaged (no payload); {_FIX}")
+        raw = payload.numpy().tobytes()
+        if hashlib.sha256(raw).hexdigest() != state.get("sha256"):
+            raise CheckpointError(
+                f"{path} is truncated or damaged (its content does not match its sha256); {_FIX}"
+            )
+        state = _load(path, io.BytesIO(raw))
+    if not isinstance(state, dict) or "step" not in state or "config" not in state:
+        raise CheckpointError(f"{path} is not a jestkit checkpoint (no step and config)")
+    return state
+
+
+_FIX = "delete it to start afresh (or pass --overwrite true), or restore a good copy"
+
+
+def _load(path: Path, source=None):
+    try:
+        return torch.load(source or path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling failed"
+        raise CheckpointError(
+            f"{path} is not a jestkit checkpoint: it holds objects other than tensors, numbers, "
+            f"strings, lists and dicts ({reason}); it was not loaded, and nothing in it ran. "
+            f"Delete it, or resume from a checkpoint jestkit wrote"
+        ) from None
+    except Exception as e:  # whatever a damaged file makes torch.load raise
+        reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+        raise CheckpointError(f"{path} is truncated or damaged ({reason}); {_FIX}") from None
 
 
 def write_json_atomic(obj, path: Path) -> None:
     """JSON to a temporary file, then rename, creating the folder if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_bytes_atomic(json.dumps(obj, indent=2).encode(), path)
 
 
 def flat(config: dict, prefix: str = "") -> dict:
@@ -38,13 +112,16 @@ def flat(config: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_same_config(saved: dict, mine: dict, may_differ: tuple[str, ...]) -> None:
-    """Refuse to resume a checkpoint written with other settings (but those in may_differ)."""
+def check_same_config(saved: dict, mine: dict, may_differ: tuple[str, ...] = ()) -> None:
+    """Refuse to resume a checkpoint written with other settings (but those in may_differ),
+    naming the first setting that differs."""
     saved, mine = flat(saved), flat(mine)
-    differ = [k for k in mine if k not in may_differ and saved.get(k) != mine[k]]
+    keys = list(mine) + [k for k in saved if k not in mine]
+    differ = [k for k in keys if k not in may_differ and saved.get(k) != mine.get(k)]
     if differ:
         k = differ[0]
         raise ValueError(
             f"the checkpoint was written with {k}={saved.get(k)!r}, this run has "
-            f"{k}={mine[k]!r}; resume with the same config or use another --out"
+            f"{k}={mine.get(k)!r}; resume with the same settings (a resumed run continues exactly "
+            f"where it stopped, so none may change), or start another run in another --out"
         )

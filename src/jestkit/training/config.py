@@ -50,6 +50,10 @@ class ScoringConfig:
     bf16: bool = False
 
     def __post_init__(self):
+        if self.patch_size is not None and (
+            not isinstance(self.patch_size, int) or self.patch_size < 1
+        ):
+            raise ValueError(f"patch_size must be None or a positive int, got {self.patch_size!r}")
         if self.multires_fraction and self.patch_size is None:
             raise ValueError("multires_fraction needs scoring.patch_size (the coarse patch size)")
         if not 0.0 <= self.multires_fraction <= 1.0:
@@ -101,6 +105,15 @@ class TrainingConfig:
                 continue
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("warmup_steps", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if not isinstance(self.lr, int | float) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        wd = self.weight_decay
+        if not isinstance(wd, int | float) or not math.isfinite(wd) or wd < 0:
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {wd!r}")
 
     @property
     def eval_interval(self) -> int:

@@ -29,6 +29,7 @@ from jestkit.training.evaluate import evaluator
 from jestkit.training.learner import train_learner
 from jestkit.training.reference import reference_info, train_reference
 from jestkit.training.report import compare, plot, run_cost, table
+from jestkit.training.rundir import check_reference_dir, check_run_dir
 
 
 def run_demo(
@@ -40,16 +41,28 @@ def run_demo(
     policies: tuple[str, ...] = DEMO_POLICIES,
     uniform_budgets: tuple[float, ...] = UNIFORM_BUDGETS,
     progress: bool = True,
+    overwrite: bool = False,
+    write_config=None,
 ) -> dict:
     """The demo: the reference (trained with train_config's loss), uniform at each budget
     (a multiple of train_config.training.steps) and one learner per policy name (see
-    jestkit.training.config.parse_run_name), compared on uniform's frontier."""
+    jestkit.training.config.parse_run_name), compared on uniform's frontier. A demo already in
+    out_dir (its reference or a run) is refused before any work unless overwrite.
+    write_config: called with out_dir once checked (the CLI writes config.yaml)."""
     out = Path(out_dir)
     data_config = data_config or PoolConfig()
     model_config = model_config or ModelConfig()
     reference_config = reference_config or reference_training()
     train_config = train_config or TrainConfig()
     configs = demo_configs(train_config, policies, uniform_budgets)  # checks everything first
+    for config in configs.values():
+        model_config.check_patch_size(config.scoring.patch_size)
+    check_reference_dir(out / "reference", overwrite)
+    for name in configs:
+        check_run_dir(out / "runs" / name, overwrite=overwrite)
+    if write_config is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out)
     t0 = time.perf_counter()
     data = prepare_caption_data(data_config)
     print(
@@ -66,6 +79,7 @@ def run_demo(
         ref_dir,
         evaluate=evaluator(data),
         progress=progress,
+        overwrite=overwrite,
     )
     print(
         f"reference: zero-shot {ref['final'].get('zero_shot', float('nan')):.4f} after "
@@ -76,7 +90,13 @@ def run_demo(
     runs = {}
     for name, config in configs.items():
         runs[name] = train_learner(
-            data, model_config, config, ref_dir, out / "runs" / name, progress=progress
+            data,
+            model_config,
+            config,
+            ref_dir,
+            out / "runs" / name,
+            progress=progress,
+            overwrite=overwrite,
         )
         print(
             f"{name}: zero-shot {runs[name]['final']['zero_shot']:.4f} "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 
@@ -17,6 +16,7 @@ from jestkit.training.config import TrainConfig
 from jestkit.training.evaluate import evaluator
 from jestkit.training.loop import Trainer
 from jestkit.training.reference import load_reference
+from jestkit.training.rundir import claimed_run
 
 
 def train_learner(
@@ -28,6 +28,8 @@ def train_learner(
     resume: bool = False,
     progress: bool = True,
     dist: Distributed | None = None,
+    overwrite: bool = False,
+    write_config=None,
 ) -> dict:
     """Train one learner on data.pool, evaluated on data.test; returns the result dict, also
     written to out_dir/result.json (checkpoint.pt as it goes): per-evaluation 'history' (step,
@@ -35,14 +37,30 @@ def train_learner(
     'selected_noise_fraction', 'wall_seconds' and 'train_seconds' (wall time without the
     evaluations: scoring, selection and training). reference_dir: a folder written by
     train_reference (needed by the policies that read the reference). dist: this process's
-    place under torchrun; rank 0 writes the files."""
+    place under torchrun; rank 0 writes the files.
+
+    out_dir (jestkit.training.rundir): checked before any work and locked for the run's
+    lifetime. A folder already holding a run is refused unless `resume` (continue exactly:
+    every setting, the model, the data and the reference must be the same) or `overwrite`
+    (delete its checkpoint and results, then start afresh); `resume` without a checkpoint is
+    refused. write_config: called with OUT once it is locked (the CLI writes config.yaml)."""
     dist = dist or Distributed()
-    out = Path(out_dir)
+    with claimed_run(out_dir, resume, overwrite, dist.is_main, write_config) as out:
+        return _train(data, model_config, config, reference_dir, out, resume, progress, dist)
+
+
+def _train(data, model_config, config, reference_dir, out, resume, progress, dist) -> dict:
     torch.manual_seed(config.training.seed)  # the same initial weights for every policy of a seed
     model = build_model(model_config, len(data.vocab), config.selection.loss)
-    reference = None
+    reference, reference_fingerprint = None, None
     if config.policy.uses_reference and reference_dir is not None:
         reference = load_reference(reference_dir, data, config.selection.loss)
+        reference_fingerprint = reference.cache.meta.model_fingerprint
+    run_info = {
+        "model": asdict(model_config),
+        "data_fingerprint": data.fingerprint,
+        "reference_fingerprint": reference_fingerprint,
+    }
     trainer = Trainer(
         model,
         config,
@@ -52,6 +70,7 @@ def train_learner(
         out,
         progress=progress,
         dist=dist,
+        run_info=run_info,
     )
     if resume and trainer.resume() and dist.is_main:
         print(f"resumed {config.name()} from {trainer.checkpoint_path} at step {trainer.step}")

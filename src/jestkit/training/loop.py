@@ -27,7 +27,12 @@ from jestkit.dropin.distributed import (
     per_rank_batch,
 )
 from jestkit.models.dual import DualEncoder
-from jestkit.training.checkpoint import check_same_config, save_atomic
+from jestkit.training.checkpoint import (
+    CheckpointError,
+    check_same_config,
+    load_checkpoint,
+    save_checkpoint,
+)
 from jestkit.training.config import TrainConfig
 from jestkit.training.flops import FlopMeter
 from jestkit.training.stats import SelectionStats
@@ -58,6 +63,8 @@ class Trainer:
     bfloat16 autocast (the loss in float32). A streamed source (one with state_dict) is saved in
     the checkpoints and restored on resume. Seeds: training.seed for the data order, + 1 for
     selection, + 2 for scoring views.
+    run_info: what else the run depends on (model config, data and reference fingerprints),
+    saved in the checkpoint and compared on resume like the config.
     """
 
     def __init__(
@@ -72,6 +79,7 @@ class Trainer:
         desc: str | None = None,
         dist: Distributed | None = None,
         autocast: bool = False,
+        run_info: dict | None = None,
     ):
         if config.policy.uses_reference and reference is None:
             raise ValueError(f"policy {config.name()!r} needs the reference (its cache)")
@@ -91,6 +99,7 @@ class Trainer:
         self.reference, self.evaluate = reference, evaluate
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress, self.desc = progress, desc or config.name()
+        self.run_info = dict(run_info or {})
         train = config.training
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=train.lr, weight_decay=train.weight_decay
@@ -179,6 +188,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {
             "config": asdict(self.config),
+            "run": self.run_info,
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -198,7 +208,11 @@ class Trainer:
         return hasattr(self.source, "state_dict")
 
     def load_state_dict(self, state: dict) -> None:
-        check_same_config(state["config"], asdict(self.config), may_differ=("training.steps",))
+        """Continue from `state`; a ValueError names the first setting that differs from the
+        run that wrote it (every setting must match: resume continues exactly, never with a
+        stretched schedule or other data)."""
+        check_same_config(state.get("run", {}), self.run_info)
+        check_same_config(state["config"], asdict(self.config))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -222,12 +236,21 @@ class Trainer:
     def save(self) -> None:
         if self.checkpoint_path is not None and self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_atomic(self.state_dict(), self.checkpoint_path)
+            save_checkpoint(self.state_dict(), self.checkpoint_path)
 
     def resume(self) -> bool:
-        """Load out_dir/checkpoint.pt if it exists; True if it did."""
+        """Load out_dir/checkpoint.pt if it exists; True if it did. The file is loaded with
+        torch.load(weights_only=True): a checkpoint that would run code, or a damaged one, is
+        refused with a CheckpointError, as are other settings (ValueError)."""
         path = self.checkpoint_path
         if path is None or not path.exists():
             return False
-        self.load_state_dict(torch.load(path, weights_only=False))
+        state = load_checkpoint(path)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise CheckpointError(
+                f"{path} does not fit this run ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                f"resume with the settings that wrote it, or start afresh with --overwrite true"
+            ) from None
         return True

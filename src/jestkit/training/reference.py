@@ -7,12 +7,19 @@ A reference folder holds:
                      (jestkit.dropin.cache: Parquet, fingerprinted, resumable, atomic)
 Training reads reference.json and the cache, never the model: a stale cache (other weights or
 other data) is refused by ReferenceCache.open.
+
+A folder holding a finished reference is refused unless overwrite; a reference is built in
+OUT.partial beside OUT (jestkit.training.rundir) and swapped in whole once reference.json is
+written, so OUT always holds one complete reference or none. A build killed part-way leaves
+OUT.partial, and the next build with the same settings resumes its cache there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -34,6 +41,7 @@ from jestkit.training.checkpoint import save_atomic, write_json_atomic
 from jestkit.training.config import TrainConfig, TrainingConfig, reference_training
 from jestkit.training.flops import count_no_grad_flops
 from jestkit.training.loop import Trainer
+from jestkit.training.rundir import LOCK_NAME, check_reference_dir, partial_dir, run_lock, swap_in
 
 
 @dataclass
@@ -64,15 +72,35 @@ def train_reference(
     evaluate=None,
     progress: bool = True,
     dist: Distributed | None = None,
+    overwrite: bool = False,
+    write_config=None,
 ) -> dict:
     """Train the reference on data.curated (uniform batches; config: default
     reference_training()), save it and build its cache of the pool. Returns the contents of
     reference.json. dist: under torchrun, the ranks train it data-
-    parallel and build the cache sharded (jestkit.dropin.distributed); rank 0 writes the files."""
+    parallel and build the cache sharded (jestkit.dropin.distributed); rank 0 writes the files.
+    A finished reference in out_dir is refused unless overwrite; the new one is built in
+    OUT.partial and swapped in whole (jestkit.training.rundir). write_config: called with the
+    folder being built, once locked (the CLI writes config.yaml)."""
     dist = dist or Distributed()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_reference_dir(out, overwrite)
     config = config or reference_training()
+    partial = partial_dir(out)
+    with run_lock(partial) if dist.is_main else contextlib.nullcontext():
+        if dist.is_main:
+            check_reference_dir(out, overwrite)  # again, under the lock
+            if write_config is not None:
+                write_config(partial)  # config.yaml, swapped in with the rest
+        info = _build(data, model_config, config, loss, partial, evaluate, progress, dist)
+        if dist.is_main:
+            (partial / LOCK_NAME).unlink(missing_ok=True)
+            swap_in(partial, out)
+    return info
+
+
+def _build(data, model_config, config, loss, out: Path, evaluate, progress, dist) -> dict:
+    """Train the reference and build its folder at `out` (the partial folder)."""
     torch.manual_seed(config.seed)
     model = build_model(model_config, len(data.vocab), loss)
     batch_size = min(config.batch_size, len(data.curated))
@@ -112,12 +140,23 @@ def train_reference(
         return {"image": img, "text": txt}
 
     meta = _cache_meta(model_fingerprint, data, model_config.embed_dim)
+    building = out / "building.json"  # what the cache parts in out/cache were computed with
+    if dist.is_main:
+        if building.exists() and json.loads(building.read_text()) != meta.to_dict():
+            shutil.rmtree(out / "cache", ignore_errors=True)  # a killed build of other settings
+        write_json_atomic(meta.to_dict(), building)
+    if dist.world_size > 1:
+        torch.distributed.barrier(group=dist.group)  # building.json is settled
     if dist.world_size > 1:
         build_cache_sharded(
             out / "cache", data.pool.ids, compute, meta, group=dist.group, progress=progress
         )
     else:
         build_cache(out / "cache", data.pool.ids, compute, meta, batch_size=1024, progress=progress)
+    if dist.world_size > 1:  # every rank's share of the cache's FLOPs
+        total = torch.tensor([cache_flops], dtype=torch.float64)
+        torch.distributed.all_reduce(total, group=dist.group)
+        cache_flops = int(total.item())
     info = {
         "model_fingerprint": model_fingerprint,
         "data_fingerprint": data.fingerprint,
@@ -131,7 +170,8 @@ def train_reference(
         "curated_size": len(data.curated),
         "final": trainer.summary()["final"],
     }
-    if dist.is_main:  # cache_flops: rank 0's share under torchrun
+    if dist.is_main:
+        building.unlink()
         write_json_atomic(info, out / "reference.json")
     return info
 

@@ -1,0 +1,218 @@
+"""Fault injection: `jestkit reference` and `jestkit train` killed with SIGKILL at random
+points and run again, damaged checkpoints and caches, a full disk. Every case ends in the
+uninterrupted run's exact result or in a clear refusal (exit status 2, a message, no
+traceback), and nothing already written is lost.
+
+The runs are real CLI subprocesses on the training tests' small slice (helpers.POOL, MODEL,
+TINY-sized), one torch thread each so that results compare bit for bit."""
+
+import json
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from helpers import LIMIT, MODEL, POOL
+
+from jestkit.training.checkpoint import load_checkpoint
+
+DATA = ["--data.limit", str(LIMIT), "--data.curated_size", str(POOL.curated_size)]
+MODEL_FLAGS = [f"--model.{k}={v}" for k, v in vars(MODEL).items()]
+REFERENCE = [*DATA, *MODEL_FLAGS, "--reference.steps", "40", "--reference.batch_size", "64",
+             "--quiet"]  # fmt: skip
+TRAIN = [*DATA, *MODEL_FLAGS, "--training.batch_size", "16", "--selection.n_chunks", "4",
+         "--training.steps", "12", "--training.eval_every", "4", "--training.checkpoint_every",
+         "1", "--quiet"]  # fmt: skip
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def jestkit(*args, preexec_fn=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jestkit.cli", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        preexec_fn=preexec_fn,
+        timeout=timeout,
+    )
+
+
+def killed(args, ready, delay: float) -> bool:
+    """Start `jestkit args`, wait until `ready()` (or the end), then `delay` seconds more, and
+    SIGKILL it. True if it was killed, False if it had finished."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jestkit.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
+    deadline = time.monotonic() + 600
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(delay)
+    alive = proc.poll() is None
+    if alive:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return alive
+
+
+def refused(result: subprocess.CompletedProcess, *words: str) -> None:
+    """A clear refusal: exit status 2, a one-line message with `words`, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "error:" in result.stderr
+    for w in words:
+        assert w in result.stderr, (w, result.stderr)
+
+
+def model_state(path):
+    return load_checkpoint(path)["model"] if path.name == "checkpoint.pt" else torch.load(
+        path, weights_only=True
+    )["model"]
+
+
+def same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted reference, and how long it took."""
+    out = tmp_path_factory.mktemp("faults") / "reference"
+    start = time.monotonic()
+    result = jestkit("reference", *REFERENCE, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def straight(reference, tmp_path_factory):
+    """The uninterrupted learner run."""
+    out = tmp_path_factory.mktemp("faults") / "straight"
+    result = jestkit("train", *TRAIN, "--reference_dir", str(reference[0]), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reference_killed_anywhere_resumes_to_the_same_reference(reference, tmp_path, seed):
+    ref, seconds = reference
+    out = tmp_path / "reference"
+    delay = random.Random(seed).uniform(0.0, seconds)  # training, caching or writing
+    was_killed = killed(["reference", *REFERENCE, "--out", str(out)], lambda: False, delay)
+    if was_killed:  # never a half reference in OUT: none, or the whole one
+        assert not out.exists() or (out / "reference.json").exists()
+    again = jestkit("reference", *REFERENCE, "--out", str(out))
+    if (out / "reference.json").exists() and again.returncode == 2:  # it had finished
+        refused(again, "--overwrite true")
+    else:
+        assert again.returncode == 0, again.stderr[-3000:]
+    want = json.loads((ref / "reference.json").read_text())
+    got = json.loads((out / "reference.json").read_text())
+    assert got["model_fingerprint"] == want["model_fingerprint"]
+    assert got["final"] == want["final"]
+    assert same_state(model_state(out / "model.pt"), model_state(ref / "model.pt"))
+    assert (out / "cache" / "manifest.json").read_text() == (
+        ref / "cache" / "manifest.json"
+    ).read_text()  # the same parts, byte for byte (their sha256 are in the manifest)
+    assert not (tmp_path / "reference.partial").exists()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_train_killed_at_a_random_step_resumes_exactly(reference, straight, tmp_path, seed):
+    out = tmp_path / "run"
+    args = ["train", *TRAIN, "--reference_dir", str(reference[0]), "--out", str(out)]
+    delay = random.Random(seed).uniform(0.0, 3.0)
+    killed(args, lambda: (out / "checkpoint.pt").exists(), delay)
+    assert (out / "checkpoint.pt").exists()
+    refused(jestkit(*args), "--resume true", "--overwrite true")  # never started afresh
+    resumed = jestkit(*args, "--resume", "true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want = json.loads((straight / "result.json").read_text())
+    got = json.loads((out / "result.json").read_text())
+    for key in ("steps", "history", "final", "flops", "selected_noise_fraction"):
+        assert got[key] == want[key], key
+    assert same_state(model_state(out / "checkpoint.pt"), model_state(straight / "checkpoint.pt"))
+
+
+def test_damaged_checkpoints_are_refused_and_kept(reference, straight, tmp_path):
+    args = ["train", *TRAIN, "--reference_dir", str(reference[0]), "--resume", "true"]
+    good = (straight / "checkpoint.pt").read_bytes()
+    damages = {
+        "empty": b"",
+        "truncated": good[: len(good) // 3],
+        "not a checkpoint": b"just some text\n" * 10,
+        "tail cut": good[:-100],
+        "a byte flipped": good[: len(good) // 2] + bytes([good[len(good) // 2] ^ 1])
+        + good[len(good) // 2 + 1 :],
+    }
+    for name, content in damages.items():
+        out = tmp_path / name.replace(" ", "_")
+        out.mkdir()
+        (out / "checkpoint.pt").write_bytes(content)
+        refused(jestkit(*args, "--out", str(out)), "checkpoint.pt")
+        assert (out / "checkpoint.pt").read_bytes() == content  # left for the user to look at
+
+
+def test_resume_with_changed_settings_names_the_setting(reference, straight, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes((straight / "checkpoint.pt").read_bytes())
+    base = ["train", *TRAIN, "--reference_dir", str(reference[0]), "--out", str(out)]
+    base += ["--resume", "true"]
+    refused(jestkit(*base, "--training.steps", "30"), "training.steps")
+    refused(jestkit(*base, "--data.seed", "3"), "other data")
+
+
+def test_damaged_cache_stops_training_before_any_step(reference, tmp_path):
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    for p in reference[0].rglob("*"):
+        target = ref / p.relative_to(reference[0])
+        if p.is_dir():
+            target.mkdir(exist_ok=True)
+        else:
+            target.write_bytes(p.read_bytes())
+    part = next((ref / "cache").glob("part-*.parquet"))
+    raw = bytearray(part.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    part.write_bytes(bytes(raw))
+    out = tmp_path / "run"
+    refused(jestkit("train", *TRAIN, "--reference_dir", str(ref), "--out", str(out)), "damaged")
+    assert not (out / "checkpoint.pt").exists()
+    (ref / "cache" / "manifest.json").write_text("{not json")
+    refused(jestkit("train", *TRAIN, "--reference_dir", str(ref), "--out", str(out)), "manifest")
+
+
+def _full_disk(limit: int):
+    """A file-size limit: writes past `limit` bytes fail with EFBIG, as on a full disk."""
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_full_disk_is_a_message_and_loses_nothing(reference, straight, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", *TRAIN, "--reference_dir", str(reference[0]), "--out", str(out)]
+    killed(args, lambda: (out / "checkpoint.pt").exists(), 0.0)  # a checkpoint part-way
+    before = (out / "checkpoint.pt").read_bytes()
+    assert load_checkpoint(out / "checkpoint.pt")["step"] < 12
+    # the next checkpoint cannot be written: the run stops with a message, the last one is kept
+    result = jestkit(*args, "--resume", "true", preexec_fn=_full_disk(len(before) // 2))
+    refused(result)
+    assert "File too large" in result.stderr or "No space" in result.stderr, result.stderr
+    assert (out / "checkpoint.pt").read_bytes() == before
+    rerun = jestkit(*args, "--resume", "true")  # room again: the same run as if nothing happened
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    want = json.loads((straight / "result.json").read_text())
+    got = json.loads((out / "result.json").read_text())
+    assert got["history"] == want["history"] and got["final"] == want["final"]
