@@ -12,9 +12,10 @@ filter ratio, the reference's strength, and the policy variant:
 
     uniform      b of the pool at random, no scoring
     jest         learnability-joint, scoring at full resolution
-    flexi        Flexi-JEST: the image tower scores at patch 14 (4 tokens instead of 16) and
-                 half of each sub-batch trains at patch 14
-    flexi-text   flexi, and the text tower scores half of each caption's positions (pads first)
+    flexi        Flexi-JEST's image view only: the image tower scores at patch 14 (4 tokens
+                 instead of 16) and half of each sub-batch trains at patch 14
+    flexi-text   flexi, and the text tower scores half of each caption's positions (pads
+                 first): what the `flexi-` run names now mean, kept because it measured better
 
 Learning rate: at one budget per pool (uniform 400 steps, JEST 100 steps) a 3-point grid
 {1e-3, 2e-3, 4e-3} is run for uniform and for jest; the best of each is then used for every
@@ -60,6 +61,7 @@ from jestkit.training.evaluate import evaluator
 from jestkit.training.frontier import Speedup, speedup
 from jestkit.training.learner import train_learner
 from jestkit.training.reference import train_reference
+from jestkit.training.report import COSTS, run_cost, uniform_frontier
 
 RESULTS = Path("benchmarks/results")
 RUNS = RESULTS / "frontier"
@@ -76,7 +78,7 @@ REFERENCES = {"default": {"steps": 300}, "strong": {"steps": 1200}}
 VARIANTS = {  # name -> (the run name, ScoringConfig fields)
     "uniform": ("uniform", {}),
     "jest": ("learnability-joint", {}),
-    "flexi": ("flexi-learnability-joint", {}),
+    "flexi": ("flexi-learnability-joint", {"text_token_drop": 0.0}),  # the image view only
     "flexi-text": ("flexi-learnability-joint", {"text_token_drop": 0.5}),
 }
 UNIFORM_BUDGETS = (100, 200, 400, 800, 1600, 3200)
@@ -327,23 +329,6 @@ def _spread(values: list[float]) -> dict:
     }
 
 
-def _uniform_frontier(runs: list[dict], cost: str) -> list[tuple[float, float]]:
-    """(cost, final zero-shot) per uniform budget, each the mean over the seeds run there."""
-    by_budget: dict[int, list[dict]] = {}
-    for r in runs:
-        by_budget.setdefault(r["run"]["budget"], []).append(r)
-    return [
-        (statistics.fmean(_cost(r, cost) for r in rs),
-         statistics.fmean(r["final"]["zero_shot"] for r in rs))
-        for _, rs in sorted(by_budget.items())
-    ]
-
-
-def _cost(r: dict, cost: str) -> float:
-    return {"flops": r["total_flops"], "steps": r["run"]["budget"],
-            "seconds": r["train_seconds"]}[cost]
-
-
 def _combine(speedups: list[Speedup]) -> dict:
     """Mean and spread over seeds; the bound is kept when any seed's value is a bound."""
     bounds = {s.bound for s in speedups}
@@ -376,7 +361,7 @@ def summarise(results: dict[str, dict]) -> dict:
             continue
         ref = refs.get(f"reference_{pool}_{reference}")
         ref_flops = ref["train_flops"] + ref["cache_flops"] if ref else 0
-        frontiers = {c: _uniform_frontier(uniform, c) for c in ("flops", "steps", "seconds")}
+        frontiers = {c: uniform_frontier(uniform, c) for c in COSTS}
         by_variant_budget: dict[tuple, list[dict]] = {}
         for r in rs:
             by_variant_budget.setdefault((r["run"]["variant"], r["run"]["budget"]), []).append(r)
@@ -385,7 +370,7 @@ def summarise(results: dict[str, dict]) -> dict:
 
             def ups(cost, extra=0.0, group=group, frontiers=frontiers):
                 return _combine([
-                    speedup(frontiers[cost], r["final"]["zero_shot"], _cost(r, cost) + extra)
+                    speedup(frontiers[cost], r["final"]["zero_shot"], run_cost(r, cost) + extra)
                     for r in group
                 ])
 
@@ -408,8 +393,8 @@ def summarise(results: dict[str, dict]) -> dict:
         if ratio is None:
             for budget, acc, tflops in (
                 (int(s), a, f / 1e12)
-                for (s, a), (f, _) in zip(_uniform_frontier(rs, "steps"),
-                                          _uniform_frontier(rs, "flops"), strict=True)
+                for (s, a), (f, _) in zip(uniform_frontier(rs, "steps"),
+                                          uniform_frontier(rs, "flops"), strict=True)
             ):
                 frontier_rows.append({"pool": pool, "budget": budget, "zero_shot": acc,
                                       "total_tflops": tflops, "lr": rs[0]["run"]["lr"]})

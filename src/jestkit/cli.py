@@ -56,8 +56,8 @@ class _Learner(_DataAndModel):
 
     Attributes:
         selection: how the learners select (the demo's run names set policy and method)
-        scoring: the learners' scoring view (Flexi-JEST: patch_size 14, multires_fraction 0.5;
-            the demo's flexi- run names set them)
+        scoring: the learners' scoring view (Flexi-JEST: patch_size 14, text_token_drop 0.5,
+            multires_fraction 0.5; the demo's flexi- run names set them)
         training: how the learners train
     """
 
