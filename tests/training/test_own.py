@@ -13,6 +13,7 @@ from jestkit.cli import main as cli_main
 from jestkit.data.prepare import MAX_LEN
 from jestkit.data.shards import ShardPool
 from jestkit.data.stream import HashedWords, ShardsConfig, StreamSource, grayscale
+from jestkit.training.checkpoint import load_checkpoint
 from jestkit.training.learner import train_learner
 from jestkit.training.loop import Trainer
 from jestkit.training.own import OwnModel, OwnRun, build_learner, build_source, train_own
@@ -93,7 +94,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path):
 
 
 def _selected(run_dir):
-    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["stats"]["selected_ids"]
+    return load_checkpoint(run_dir / "checkpoint.pt")["stats"]["selected_ids"]
 
 
 def test_fashion_mnist_is_one_source_among_others(data, reference_dir, tmp_path):

@@ -22,6 +22,7 @@ from jestkit.data.stream import ShardsConfig  # noqa: E402
 from jestkit.dropin.cache import CacheError, load_datacomp_subset  # noqa: E402
 from jestkit.dropin.openclip import create_model  # noqa: E402
 from jestkit.models.openclip import open_clip_inputs  # noqa: E402
+from jestkit.training.checkpoint import load_checkpoint  # noqa: E402
 from jestkit.training.own import OwnModel, OwnRun, train_own  # noqa: E402
 from jestkit.training.score import export_subset, score_shards  # noqa: E402
 
@@ -54,7 +55,7 @@ def _run(files, reference=None):
 
 
 def _selected(run_dir):
-    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(run_dir / "checkpoint.pt")
     return state["stats"]["selected_ids"]
 
 
