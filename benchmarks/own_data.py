@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -32,17 +31,9 @@ from torchvision_ops import import_torchvision  # noqa: E402
 import_torchvision()
 
 import torch  # noqa: E402
-from shard_files import is_noisy, write_shards  # noqa: E402
+from shard_files import TINY_SIG, is_noisy, write_shards  # noqa: E402
 
 from jestkit.cli import main as jestkit  # noqa: E402
-
-TINY_SIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-    "init_logit_scale": math.log(10.0),
-    "init_logit_bias": -10.0,
-}
 
 
 def run(*argv: str) -> float:

@@ -7,7 +7,7 @@ caption's positions), each in float32 and under bfloat16 autocast. Reports FLOPs
 variant sees the same machine load, and each variant's time as a ratio to full fp32 scoring
 (median and spread of the per-repeat ratios).
 
-    python benchmarks/scoring.py [--batch 1280] [--repeats 7] [--threads 2]
+    python benchmarks/scoring.py [--batch 640] [--repeats 7] [--threads 2]
 
 Writes benchmarks/results/scoring.json and prints a table.
 """
@@ -27,7 +27,7 @@ from jestkit.training.flops import count_no_grad_flops
 
 MODELS = {
     "demo (dim 96, depth 3+1)": ModelConfig(),
-    "larger (dim 384, depth 6+4)": ModelConfig(dim=384, depth=6, text_depth=4, heads=6,
+    "larger (dim 256, depth 6+2)": ModelConfig(dim=256, depth=6, text_depth=2, heads=4,
                                                embed_dim=256),
 }
 VIEWS = {
@@ -39,7 +39,7 @@ VIEWS = {
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--batch", type=int, default=1280, help="B, candidates scored")
+    p.add_argument("--batch", type=int, default=640, help="B, candidates scored (b = 128 at 0.8)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results/scoring.json")

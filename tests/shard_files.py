@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tarfile
 from pathlib import Path
 
@@ -15,6 +16,16 @@ from PIL import Image
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220),
            "yellow": (230, 220, 40)}  # fmt: skip
 SHAPES = ("square", "stripe", "dot")
+
+
+# a two-layer open_clip SigLIP config small enough for tests and the own-data benchmark
+TINY_SIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    "init_logit_scale": math.log(10.0),
+    "init_logit_bias": -10.0,
+}
 
 
 def is_noisy(i: int) -> bool:

@@ -6,14 +6,13 @@ is the brute-force top of the reference's image-text similarities, and bad choic
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
 
 import pytest
 import torch
 from dropin.torchvision_ops import import_open_clip
 from helpers import MODEL, TINY
-from shard_files import write_shards
+from shard_files import TINY_SIG, write_shards
 
 open_clip = import_open_clip()  # the test-only torchvision workaround acts first if needed
 
@@ -26,13 +25,6 @@ from jestkit.training.checkpoint import load_checkpoint  # noqa: E402
 from jestkit.training.own import OwnModel, OwnRun, train_own  # noqa: E402
 from jestkit.training.score import export_subset, score_shards  # noqa: E402
 
-TINY_SIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-    "init_logit_scale": math.log(10.0),
-    "init_logit_bias": -10.0,
-}
 JOINT = TINY.with_name("learnability-joint")  # b = 16, B = 80, 4 chunks, 6 steps
 
 

@@ -6,27 +6,19 @@ that importing open_clip needs on this project's machines)."""
 from __future__ import annotations
 
 import json
-import math
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from shard_files import write_shards
+from shard_files import TINY_SIG, write_shards
 
 from jestkit.dropin.cache import load_datacomp_subset
 from jestkit.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "tests" / "dropin" / "run_jestkit.py"
-TINY_SIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-    "init_logit_scale": math.log(10.0),
-    "init_logit_bias": -10.0,
-}
 
 
 def readme_commands() -> list[list[str]]:

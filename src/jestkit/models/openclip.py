@@ -101,17 +101,16 @@ def open_clip_model(spec: str, checkpoint: str | os.PathLike | None = None) -> O
     return OpenClipDual(create_model(spec, checkpoint))
 
 
-def open_clip_reference(spec: str, checkpoint: str | os.PathLike) -> OpenClipDual:
+def open_clip_reference(
+    spec: str, checkpoint: str | os.PathLike | None = None, state_dict: dict | None = None
+) -> OpenClipDual:
     """A frozen reference (eval mode, no gradients) from an open_clip checkpoint (epoch_N.pt, a
-    state dict, .safetensors) or from the checkpoint.pt of a `jestkit train` run of an
-    open_clip learner (e.g. a uniform run on your curated shards)."""
-    path = Path(checkpoint)
-    if path.suffix == ".pt" and path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state and "step" in state:  # jestkit's
-            model = OpenClipDual(create_model(spec))
-            model.load_state_dict(state["model"])
-            return freeze(model)
+    state dict, .safetensors), or from `state_dict`, the weights of an OpenClipDual (e.g. the
+    'model' of a `jestkit train` checkpoint of an open_clip learner)."""
+    if state_dict is not None:
+        model = OpenClipDual(create_model(spec))
+        model.load_state_dict(state_dict)
+        return freeze(model)
     return OpenClipDual(load_reference(spec, checkpoint))
 
 

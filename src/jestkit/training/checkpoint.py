@@ -80,6 +80,13 @@ def load_checkpoint(path: Path) -> dict:
 _FIX = "delete it to start afresh (or pass --overwrite true), or restore a good copy"
 
 
+def is_checkpoint(path: Path) -> bool:
+    """Whether `path` is a checkpoint jestkit wrote (rather than, say, an open_clip one), read
+    as data (weights_only=True); load it with load_checkpoint."""
+    state = _load(path)
+    return isinstance(state, dict) and state.get("format") == FORMAT
+
+
 def _load(path: Path, source=None):
     try:
         return torch.load(source or path, map_location="cpu", weights_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -72,13 +73,21 @@ def _train(data, model_config, config, reference_dir, out, resume, progress, dis
         dist=dist,
         run_info=run_info,
     )
+    return run_and_record(trainer, resume, out, lambda: {"model_config": asdict(model_config)})
+
+
+def run_and_record(trainer: Trainer, resume: bool, out: Path, extra=None) -> dict:
+    """Resume `trainer` from its checkpoint if asked, run it, and return its summary with the
+    wall time, the training time (without evaluations) and what extra() gives after the run,
+    also written to OUT/result.json by rank 0."""
+    dist = trainer.dist
     if resume and trainer.resume() and dist.is_main:
-        print(f"resumed {config.name()} from {trainer.checkpoint_path} at step {trainer.step}")
+        print(f"resumed {trainer.desc} from {trainer.checkpoint_path} at step {trainer.step}")
     start = time.perf_counter()
     result = trainer.run()
     result["wall_seconds"] = time.perf_counter() - start
     result["train_seconds"] = result["wall_seconds"] - result["eval_seconds"]
-    result["model_config"] = asdict(model_config)
+    result.update(extra() if extra is not None else {})
     if dist.is_main:
         write_json_atomic(result, out / "result.json")
     return result

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -34,8 +33,9 @@ from torch import nn
 from jestkit.data.stream import HashedWords, ShardsConfig, StreamSource, grayscale
 from jestkit.dropin.distributed import Distributed
 from jestkit.models.factory import ModelConfig, build_model
-from jestkit.training.checkpoint import write_json_atomic
+from jestkit.training.checkpoint import is_checkpoint, load_checkpoint
 from jestkit.training.config import TrainConfig
+from jestkit.training.learner import run_and_record
 from jestkit.training.loop import Trainer
 
 OUR_IMAGE_SIZE = 28  # jestkit's ViT (jestkit.models.vit.ViTConfig) sees 28 x 28 grayscale
@@ -94,10 +94,19 @@ def bf16_autocast(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
-def _open_clip_reference(spec: str, checkpoint: str, learner_spec: str | None, learner):
+def open_clip_reference_file(spec: str, checkpoint: str | os.PathLike):
+    """A frozen open_clip reference from an open_clip checkpoint file or from the checkpoint.pt
+    of a `jestkit train` run of an open_clip learner (e.g. uniform on your curated shards)."""
     from jestkit.models.openclip import open_clip_reference
 
-    reference = open_clip_reference(spec, checkpoint)
+    path = Path(checkpoint)
+    if path.suffix == ".pt" and path.is_file() and is_checkpoint(path):  # jestkit's
+        return open_clip_reference(spec, state_dict=load_checkpoint(path)["model"])
+    return open_clip_reference(spec, checkpoint)
+
+
+def _open_clip_reference(spec: str, checkpoint: str, learner_spec: str | None, learner):
+    reference = open_clip_reference_file(spec, checkpoint)
     if learner_spec is not None and spec != learner_spec:
         import open_clip
 
@@ -218,21 +227,14 @@ def train_own(
     out = Path(out_dir)
     trainer = Trainer(model, config, source, reference, evaluate, out, progress=progress,
                       dist=dist, autocast=bf16_autocast(device))  # fmt: skip
-    if resume and trainer.resume() and dist.is_main:
-        print(f"resumed {config.name()} from {trainer.checkpoint_path} at step {trainer.step}")
-    start = time.perf_counter()
-    result = trainer.run()
-    result["wall_seconds"] = time.perf_counter() - start
-    result["train_seconds"] = result["wall_seconds"] - result["eval_seconds"]
-    result["model_config"] = asdict(model_config)
-    result["data"] = run.shards.pattern or "fashion-mnist"
-    result["model"] = run.own.open_clip or "jestkit"
-    result["device"] = str(device)
-    result["bf16"] = trainer.autocast
-    result["skipped"] = getattr(source, "skipped", {})
-    if dist.is_main:
-        write_json_atomic(result, out / "result.json")
-    return result
+    return run_and_record(trainer, resume, out, lambda: {
+        "model_config": asdict(model_config),
+        "data": run.shards.pattern or "fashion-mnist",
+        "model": run.own.open_clip or "jestkit",
+        "device": str(device),
+        "bf16": trainer.autocast,
+        "skipped": getattr(source, "skipped", {}),
+    })  # fmt: skip
 
 
 __all__ = ["OwnModel", "OwnRun", "bf16_autocast", "resolve_device", "train_own"]

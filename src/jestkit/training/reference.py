@@ -176,21 +176,25 @@ def _build(data, model_config, config, loss, out: Path, evaluate, progress, dist
     return info
 
 
-def load_reference(ref_dir: str | os.PathLike, data: CaptionData, loss: str) -> ReferenceOutputs:
-    """The cached reference for `data`; refuses a missing, stale or mismatched one."""
-    ref = Path(ref_dir)
+def read_reference_info(ref: Path, loss: str, build: str) -> dict:
+    """reference.json of the reference folder `ref`, refusing a missing one or one made with
+    another loss; `build` is the command that makes one (for the message)."""
     info_path = ref / "reference.json"
     if not info_path.exists():
-        raise CacheError(
-            f"no reference at {ref} (missing reference.json); build it with "
-            f"`jestkit reference --out {ref}`"
-        )
+        raise CacheError(f"no reference at {ref} (missing reference.json); build it with {build}")
     info = json.loads(info_path.read_text())
     if info["loss"] != loss:
         raise CacheError(
-            f"the reference at {ref} was trained with loss={info['loss']!r}, this run uses "
+            f"the reference at {ref} scores with loss={info['loss']!r}, this run uses "
             f"loss={loss!r}; build a reference with the same loss"
         )
+    return info
+
+
+def load_reference(ref_dir: str | os.PathLike, data: CaptionData, loss: str) -> ReferenceOutputs:
+    """The cached reference for `data`; refuses a missing, stale or mismatched one."""
+    ref = Path(ref_dir)
+    info = read_reference_info(ref, loss, f"`jestkit reference --out {ref}`")
     cache = ReferenceCache.open(ref / "cache", info["model_fingerprint"], data.fingerprint)
     return ReferenceOutputs(cache, info["logit_scale"], info["logit_bias"])
 

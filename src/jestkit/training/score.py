@@ -53,9 +53,9 @@ from jestkit.dropin.cache import (
 )
 from jestkit.dropin.distributed import Distributed, build_cache_sharded
 from jestkit.models.factory import ModelConfig, build_model
-from jestkit.training.checkpoint import write_json_atomic
-from jestkit.training.own import OwnRun
-from jestkit.training.reference import ReferenceOutputs
+from jestkit.training.checkpoint import is_checkpoint, load_checkpoint, write_json_atomic
+from jestkit.training.own import OwnRun, open_clip_reference_file
+from jestkit.training.reference import ReferenceOutputs, read_reference_info
 
 
 def shards_fingerprint(shards: ShardsConfig) -> str:
@@ -72,21 +72,19 @@ def _reference_model(run: OwnRun, model_config: ModelConfig, loss: str) -> tuple
             f"--reference must be the reference model's checkpoint file, got {path!r}"
         )
     if run.own.open_clip is not None:
-        from jestkit.models.openclip import open_clip_reference
-
-        reference = open_clip_reference(run.own.open_clip, path)
+        reference = open_clip_reference_file(run.own.open_clip, path)
         if reference.loss_name != loss:
             raise ValueError(
                 f"the reference {run.own.open_clip!r} is a {reference.loss_name} model: set "
                 f"--loss {reference.loss_name}"
             )
         return reference, f"open_clip {run.own.open_clip}"
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "model" not in state:
+    if not is_checkpoint(Path(path)):
         raise ValueError(
-            f"{path} is not a jestkit checkpoint (no 'model'): give an open_clip config with "
-            "--open_clip for an open_clip checkpoint"
+            f"{path} is not a jestkit checkpoint: give an open_clip config with --open_clip "
+            "for an open_clip checkpoint"
         )
+    state = load_checkpoint(Path(path))
     model = build_model(model_config, run.shards.vocab_size, loss)
     try:
         model.load_state_dict(state["model"])
@@ -190,18 +188,8 @@ def load_stream_reference(ref_dir: str | os.PathLike, source: StreamSource | Non
     """The cached reference of a shard folder built by score_shards; refuses a missing one, one
     of other shards or another loss."""
     ref = Path(ref_dir)
-    info_path = ref / "reference.json"
-    if not info_path.exists():
-        raise CacheError(
-            f"no reference at {ref} (missing reference.json); build it with `jestkit score "
-            f"--shards.pattern ... --reference CHECKPOINT --out {ref}`"
-        )
-    info = json.loads(info_path.read_text())
-    if info["loss"] != loss:
-        raise CacheError(
-            f"the reference at {ref} scores with loss={info['loss']!r}, this run uses "
-            f"loss={loss!r}; score with the same loss"
-        )
+    build = f"`jestkit score --shards.pattern ... --reference CHECKPOINT --out {ref}`"
+    info = read_reference_info(ref, loss, build)
     shards = ShardsConfig(pattern=",".join(source.pool.shards)) if source is not None else None
     data_fp = shards_fingerprint(shards) if shards is not None else info["data_fingerprint"]
     if data_fp != info.get("data_fingerprint"):
