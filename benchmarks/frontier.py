@@ -430,6 +430,7 @@ def table(summary: dict) -> str:
 
 def plot(summary: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -471,6 +472,8 @@ def plot(summary: dict, path: Path) -> None:
                             color=line[0].get_color(), ms=5)
     ax.axhline(1.0, color="grey", lw=1)
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g×"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g×"))
     ax.set_xlabel("clean share of the pool (%)")
     ax.set_ylabel(f"× fewer total FLOPs than uniform, {PLOT_BUDGET}-step runs")
     ax.set_title("when JEST pays (▲: lower bound)")
