@@ -104,6 +104,7 @@ def plot(uniform: list[dict], runs: dict[str, dict], path: str | Path, title: st
     point per budget) and each policy's run (its evaluations along the way, dashed, ending at
     its final point); and each run's FLOPs by where they were spent."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -123,6 +124,9 @@ def plot(uniform: list[dict], runs: dict[str, dict], path: str | Path, title: st
             ax.plot(run_cost(run, cost) / scale, run["final"][METRIC], "o", ms=6,
                     color=line[0].get_color(), label=name)  # fmt: skip
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel("zero-shot top-1 (test)")
         ax.grid(alpha=0.3)
