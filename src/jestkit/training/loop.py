@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from jestkit.core import Embeddings, Selector
-from jestkit.data.source import DataSource
+from jestkit.data.source import DataSource, Examples
 from jestkit.dropin.distributed import (
     Distributed,
     GlobalSelector,
@@ -54,8 +54,8 @@ def lr_schedule(warmup: int, total: int) -> Callable[[int], float]:
 class Trainer:
     """Trains `model` on `source` (a jestkit.data.source.DataSource) with the config's policy.
 
-    reference: ids -> jestkit.Embeddings, the cached reference, or a frozen model with
-        `embeddings(images, tokens)` run on every super-batch (None for policies without it).
+    reference: Examples -> jestkit.Embeddings: the cached reference (ReferenceOutputs) or a
+        frozen model scoring every super-batch (ModelReference); None for policies without it.
     evaluate: model -> dict of metrics, called every eval_every steps and at the end.
     out_dir: where checkpoint.pt is written; None keeps nothing on disk.
     dist: this process's place under torchrun (jestkit.dropin.distributed.setup()); default one
@@ -72,7 +72,7 @@ class Trainer:
         model: DualEncoder,
         config: TrainConfig,
         source: DataSource,
-        reference: Callable[[torch.Tensor], Embeddings] | torch.nn.Module | None = None,
+        reference: Callable[[Examples], Embeddings] | None = None,
         evaluate: Callable[[DualEncoder], dict] | None = None,
         out_dir: str | os.PathLike | None = None,
         progress: bool = True,

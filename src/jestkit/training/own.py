@@ -37,6 +37,7 @@ from jestkit.training.checkpoint import is_checkpoint, load_checkpoint
 from jestkit.training.config import TrainConfig
 from jestkit.training.learner import run_and_record
 from jestkit.training.loop import Trainer
+from jestkit.training.reference import ModelReference, load_reference
 
 OUR_IMAGE_SIZE = 28  # jestkit's ViT (jestkit.models.vit.ViTConfig) sees 28 x 28 grayscale
 
@@ -140,13 +141,11 @@ def load_any_reference(run: OwnRun, reference_dir: str, loss: str, learner: nn.M
                 f"the reference {spec!r} is a {reference.loss_name} model, this run selects with "
                 f"loss={loss!r}"
             )
-        return reference.to(device or "cpu")
+        return ModelReference(reference.to(device or "cpu"))
     if run.shards.pattern:
         from jestkit.training.score import load_stream_reference
 
         return load_stream_reference(path, source, loss)
-    from jestkit.training.reference import load_reference
-
     return load_reference(path, data, loss)
 
 

@@ -27,7 +27,7 @@ import torch
 
 from jestkit.core import Embeddings, SelectionConfig
 from jestkit.data.prepare import CaptionData
-from jestkit.data.source import pixels
+from jestkit.data.source import Examples, pixels
 from jestkit.dropin.cache import (
     CacheError,
     CacheMeta,
@@ -52,9 +52,22 @@ class ReferenceOutputs:
     logit_scale: float
     logit_bias: float
 
-    def __call__(self, ids: torch.Tensor) -> Embeddings:
-        rows = self.cache.lookup(ids, ["image", "text"])
-        return Embeddings(rows["image"], rows["text"], self.logit_scale, self.logit_bias)
+    def __call__(self, batch: Examples) -> Embeddings:
+        """The cached embeddings of the batch's examples (looked up by id), on its device."""
+        rows = self.cache.lookup(batch.ids, ["image", "text"])
+        image, text = (rows[k].to(batch.images.device) for k in ("image", "text"))
+        return Embeddings(image, text, self.logit_scale, self.logit_bias)
+
+
+class ModelReference:
+    """A frozen reference model that scores every super-batch itself (no cache): the loop
+    counts its FLOPs as reference scoring."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, batch: Examples) -> Embeddings:
+        return self.model.embeddings(batch.images, batch.tokens)
 
 
 def _cache_meta(model_fingerprint: str, data: CaptionData, embed_dim: int) -> CacheMeta:

@@ -7,7 +7,6 @@ torchrun each rank scores its shard, all select alike, and each trains on b / wo
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,8 +27,8 @@ def train_step(t: Trainer) -> float:
         with torch.autocast(t.device.type, torch.bfloat16, t.config.scoring.bf16):
             learner = t.flops.run("learner_score", t.model.embeddings, mine.images, mine.tokens,
                                   **t.config.scoring.view(t.view_generator))  # fmt: skip
-    if t.config.policy.uses_reference:
-        reference = score_reference(t, mine)
+    if t.config.policy.uses_reference:  # cached: no FLOPs; a reference model: its forward
+        reference = t.flops.run("reference_score", t.reference, mine)
     if t.config.policy.scored:  # select
         positions = t.selector(learner, reference)
     else:
@@ -45,18 +44,6 @@ def train_step(t: Trainer) -> float:
     t.stats.add(chosen)  # account
     t.step += 1
     return loss.item()
-
-
-def score_reference(t: Trainer, batch: Examples):
-    """The reference's embeddings of the batch: read from its cache by id, or, for a reference
-    model (one with `embeddings`, e.g. an open_clip checkpoint), its forward pass, counted as
-    reference scoring FLOPs."""
-    if hasattr(t.reference, "embeddings"):
-        return t.flops.run("reference_score", t.reference.embeddings, batch.images, batch.tokens)
-    cached = t.reference(batch.ids)  # read on the CPU
-    if cached.image.device == t.device:
-        return cached
-    return replace(cached, image=cached.image.to(t.device), text=cached.text.to(t.device))
 
 
 def shard(batch: Examples, rank: int, world_size: int) -> Examples:
