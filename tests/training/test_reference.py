@@ -9,6 +9,7 @@ import torch
 from helpers import MODEL, POOL
 
 from jestkit.data.prepare import prepare_caption_data
+from jestkit.data.source import Examples, pixels
 from jestkit.dropin.cache import CacheError
 from jestkit.models.factory import build_model
 from jestkit.training.config import TrainingConfig
@@ -26,7 +27,8 @@ def test_reference_folder_and_cache_round_trip(data, reference_dir):
     model.load_state_dict(state["model"])
     model.eval()
     rows = torch.tensor([5, 0, 17, len(data.pool) - 1])
-    out = ref(data.pool.ids[rows])
+    batch = Examples(data.pool.ids[rows], pixels(data.pool.images[rows]), data.pool_tokens[rows])
+    out = ref(batch)  # looked up by id
     img, txt = model(data.pool.images[rows].unsqueeze(1).float() / 255, data.pool_tokens[rows])
     assert torch.allclose(out.image, img, atol=1e-5) and torch.allclose(out.text, txt, atol=1e-5)
     assert out.logit_scale == pytest.approx(model.logit_scale.item())
