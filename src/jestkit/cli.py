@@ -243,7 +243,7 @@ def _run(cmd, save_config, progress: bool) -> int:
     # imported here so that `jestkit --help` stays fast
     from jestkit.data.prepare import prepare_caption_data
     from jestkit.dropin.distributed import setup, teardown
-    from jestkit.training.demo import demo_configs, run_demo
+    from jestkit.training.demo import run_demo
     from jestkit.training.evaluate import evaluator
     from jestkit.training.learner import train_learner
     from jestkit.training.reference import train_reference
@@ -252,7 +252,6 @@ def _run(cmd, save_config, progress: bool) -> int:
     if isinstance(cmd, Demo):
         config = cmd.train_config()
         _check_demo_selection(cmd.selection)
-        demo_configs(config, tuple(cmd.policies), tuple(cmd.uniform_budgets))  # fails before work
         run_demo(cmd.out, cmd.data, cmd.model, cmd.reference, config, tuple(cmd.policies),
                  tuple(cmd.uniform_budgets), progress, overwrite=cmd.overwrite,
                  write_config=save_config)  # fmt: skip

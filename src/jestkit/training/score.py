@@ -54,7 +54,7 @@ from jestkit.dropin.cache import (
 from jestkit.dropin.distributed import Distributed, build_cache_sharded
 from jestkit.models.factory import ModelConfig, build_model
 from jestkit.training.checkpoint import is_checkpoint, load_checkpoint, write_json_atomic
-from jestkit.training.own import OwnRun, open_clip_reference_file
+from jestkit.training.own import OwnRun, build_source, open_clip_reference_file, resolve_device
 from jestkit.training.reference import ReferenceOutputs, read_reference_info
 
 
@@ -141,8 +141,6 @@ def score_shards(
 ) -> dict:
     """Build OUT/cache and OUT/reference.json for run.shards with the reference checkpoint
     run.own.reference (see the module docstring); returns reference.json's contents."""
-    from jestkit.training.own import build_source, resolve_device
-
     dist = dist or Distributed()
     device = resolve_device(run.own.device)
     model, inputs = _reference_model(run, model_config, loss)
