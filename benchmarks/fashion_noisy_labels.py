@@ -48,8 +48,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.flop_counter import FlopCounterMode
 
 from jestkit import SelectionConfig
-from jestkit.data.fashion_mnist import load_fashion_mnist
-from jestkit.data.label_noise import add_label_noise
 from jestkit.dropin import CachedReference, SelectiveLoader
 from jestkit.dropin.cache import (
     CacheMeta,
@@ -59,6 +57,8 @@ from jestkit.dropin.cache import (
     fingerprint_state_dict,
 )
 from jestkit.dropin.holdout import ReferenceTraining, fit_reference, per_example_losses
+from jestkit.fashion.fashion_mnist import load_fashion_mnist
+from jestkit.fashion.label_noise import add_label_noise
 from jestkit.models.cnn import SmallCNN
 
 POLICIES = ("uniform", "hard_learner", "easy_reference", "learnability", "infobatch")

@@ -53,15 +53,15 @@ from pathlib import Path
 
 import torch
 
-from jestkit.data.captions import PoolConfig
-from jestkit.data.prepare import CaptionData, prepare_caption_data
+from jestkit.engine.config import TrainConfig, reference_training
+from jestkit.fashion.captions import PoolConfig
+from jestkit.fashion.evaluate import evaluator
+from jestkit.fashion.learner import train_learner
+from jestkit.fashion.prepare import CaptionData, prepare_caption_data
+from jestkit.fashion.reference import train_reference
 from jestkit.models.factory import ModelConfig
-from jestkit.training.config import TrainConfig, reference_training
-from jestkit.training.evaluate import evaluator
-from jestkit.training.frontier import Speedup, speedup
-from jestkit.training.learner import train_learner
-from jestkit.training.reference import train_reference
-from jestkit.training.report import COSTS, run_cost, uniform_frontier
+from jestkit.payoff.frontier import Speedup, speedup
+from jestkit.payoff.report import COSTS, run_cost, uniform_frontier
 
 RESULTS = Path("benchmarks/results")
 RUNS = RESULTS / "frontier"

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
+from jestkit.engine.flops import count_no_grad_flops
 from jestkit.models.factory import ModelConfig, build_model
-from jestkit.training.flops import count_no_grad_flops
 
 MODELS = {
     "demo (dim 96, depth 3+1)": ModelConfig(),

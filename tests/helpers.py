@@ -9,9 +9,9 @@ import torch
 
 from jestkit import Embeddings, SelectionConfig
 from jestkit.core import naive
-from jestkit.data.captions import PoolConfig
+from jestkit.engine.config import TrainConfig, TrainingConfig
+from jestkit.fashion.captions import PoolConfig
 from jestkit.models.factory import ModelConfig
-from jestkit.training.config import TrainConfig, TrainingConfig
 
 LIMIT = 1500  # train and test images of the training tests
 POOL = PoolConfig(curated_size=400, limit=LIMIT)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from helpers import LIMIT, MODEL, POOL
 
-from jestkit.training.checkpoint import load_checkpoint
+from jestkit.engine.checkpoint import load_checkpoint
 
 DATA = ["--data.limit", str(LIMIT), "--data.curated_size", str(POOL.curated_size)]
 MODEL_FLAGS = [f"--model.{k}={v}" for k, v in vars(MODEL).items()]

@@ -1,13 +1,13 @@
 """The `jestkit` command: demo, train and reference.
 
-Every setting is a field of a dataclass section (jestkit.data.captions.PoolConfig as `data`,
+Every setting is a field of a dataclass section (jestkit.fashion.captions.PoolConfig as `data`,
 jestkit.models.factory.ModelConfig as `model`, jestkit.SelectionConfig as `selection`,
-jestkit.training.config.ScoringConfig and TrainingConfig as `scoring`, `training` and
+jestkit.engine.config.ScoringConfig and TrainingConfig as `scoring`, `training` and
 `reference`), turned into flags by jsonargparse: `--selection.filter_ratio 0.9`, each with the
 line of help its class documents. Every run writes its whole configuration to OUT/config.yaml;
 `--config OUT/config.yaml` replays it (later flags override the file).
 
-Every value is checked, and the output folder too (jestkit.training.rundir: not a file, not a
+Every value is checked, and the output folder too (jestkit.engine.rundir: not a file, not a
 finished run unless --resume or --overwrite, locked while a run uses it), before any work.
 """
 
@@ -22,12 +22,10 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from jestkit.core.losses import CONTRASTIVE_LOSSES
 from jestkit.core.policies import SelectionConfig
-from jestkit.data.captions import PoolConfig
 from jestkit.data.shards import DuplicateIdError, TooManyBadSamples
 from jestkit.data.stream import ShardsConfig
 from jestkit.dropin.cache import CacheError
-from jestkit.models.factory import ModelConfig
-from jestkit.training.config import (
+from jestkit.engine.config import (
     DEMO_POLICIES,
     UNIFORM_BUDGETS,
     ScoringConfig,
@@ -35,6 +33,8 @@ from jestkit.training.config import (
     TrainingConfig,
     reference_training,
 )
+from jestkit.fashion.captions import PoolConfig
+from jestkit.models.factory import ModelConfig
 
 
 @dataclass
@@ -141,8 +141,8 @@ class Train(_Learner):
     device: Literal["cpu", "cuda"] = "cpu"
 
     def own_run(self):
-        """The data, model, reference and device choices (jestkit.training.own)."""
-        from jestkit.training.own import OwnModel, OwnRun
+        """The data, model, reference and device choices (jestkit.own.train)."""
+        from jestkit.own.run import OwnModel, OwnRun
 
         own = OwnModel(self.open_clip, self.reference, self.reference_model, self.device)
         return OwnRun(self.shards, own)
@@ -241,13 +241,13 @@ def _check_demo_selection(selection: SelectionConfig) -> None:
 
 def _run(cmd, save_config, progress: bool) -> int:
     # imported here so that `jestkit --help` stays fast
-    from jestkit.data.prepare import prepare_caption_data
     from jestkit.dropin.distributed import setup, teardown
-    from jestkit.training.demo import run_demo
-    from jestkit.training.evaluate import evaluator
-    from jestkit.training.learner import train_learner
-    from jestkit.training.reference import train_reference
-    from jestkit.training.rundir import check_reference_dir, check_run_dir
+    from jestkit.engine.rundir import check_reference_dir, check_run_dir
+    from jestkit.fashion.demo import run_demo
+    from jestkit.fashion.evaluate import evaluator
+    from jestkit.fashion.learner import train_learner
+    from jestkit.fashion.prepare import prepare_caption_data
+    from jestkit.fashion.reference import train_reference
 
     if isinstance(cmd, Demo):
         config = cmd.train_config()
@@ -298,11 +298,12 @@ def _run(cmd, save_config, progress: bool) -> int:
 
 
 def _train_own(cmd: Train, save_config, progress: bool) -> int:
-    """`jestkit train` on your own data, model, reference or device (jestkit.training.own)."""
-    from jestkit.data.prepare import prepare_caption_data
+    """`jestkit train` on your own data, model, reference or device (jestkit.own.train)."""
     from jestkit.dropin.distributed import setup, teardown
-    from jestkit.training.own import resolve_device, train_own
-    from jestkit.training.rundir import check_run_dir, claimed_run
+    from jestkit.engine.device import resolve_device
+    from jestkit.engine.rundir import check_run_dir, claimed_run
+    from jestkit.fashion.prepare import prepare_caption_data
+    from jestkit.own.train import train_own
 
     run, config = cmd.own_run(), cmd.train_config()
     device = resolve_device(run.own.device)  # a clear error before any work
@@ -331,10 +332,11 @@ def _train_own(cmd: Train, save_config, progress: bool) -> int:
 
 
 def _score(cmd: Score, save_config, progress: bool) -> int:
-    """`jestkit score` (jestkit.training.score)."""
+    """`jestkit score` (jestkit.own.score)."""
     from jestkit.dropin.distributed import setup, teardown
-    from jestkit.training.own import OwnModel, OwnRun, resolve_device
-    from jestkit.training.score import export_subset, score_shards
+    from jestkit.engine.device import resolve_device
+    from jestkit.own.run import OwnModel, OwnRun
+    from jestkit.own.score import export_subset, score_shards
 
     if (cmd.keep is None) != (cmd.subset is None):
         raise ValueError("--keep and --subset go together: the share to keep, and where to")

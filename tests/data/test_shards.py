@@ -18,7 +18,6 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from jestkit import SelectionConfig
-from jestkit.data.fashion_mnist import CLASSES
 from jestkit.data.shards import (
     DuplicateIdError,
     ShardPool,
@@ -28,6 +27,7 @@ from jestkit.data.shards import (
     list_shards,
 )
 from jestkit.dropin import SelectiveLoader
+from jestkit.fashion.fashion_mnist import CLASSES
 
 N = 120
 SIZES = (35, 25, 40, 20)  # unequal shards

@@ -350,11 +350,11 @@ def test_ddp_steps_match_one_process(two_ranks):
 
 def _trainer_steps(ctx):
     """Two steps of jestkit's own training loop (hard_learner, sigmoid, joint) on real data."""
-    from jestkit.data.captions import PoolConfig
-    from jestkit.data.prepare import prepare_caption_data
+    from jestkit.engine.config import TrainConfig, TrainingConfig
+    from jestkit.engine.loop import Trainer
+    from jestkit.fashion.captions import PoolConfig
+    from jestkit.fashion.prepare import prepare_caption_data
     from jestkit.models.factory import ModelConfig, build_model
-    from jestkit.training.config import TrainConfig, TrainingConfig
-    from jestkit.training.loop import Trainer
 
     data = prepare_caption_data(PoolConfig(curated_size=100, limit=400))
     torch.manual_seed(0)
@@ -507,9 +507,9 @@ def test_failing_rank_makes_the_others_raise(two_ranks):
 def _reference_on_ranks(ctx, out):
     from helpers import MODEL, POOL
 
-    from jestkit.data.prepare import prepare_caption_data
-    from jestkit.training.config import TrainingConfig
-    from jestkit.training.reference import train_reference
+    from jestkit.engine.config import TrainingConfig
+    from jestkit.fashion.prepare import prepare_caption_data
+    from jestkit.fashion.reference import train_reference
 
     config = TrainingConfig(steps=2, batch_size=16, eval_every=None)
     info = train_reference(prepare_caption_data(POOL), MODEL, config, "sigmoid", out,
@@ -521,9 +521,9 @@ def test_reference_cache_flops_count_every_rank(tmp_path):
     """Under torchrun each rank caches its share of the pool; reference.json counts them all."""
     from helpers import MODEL, POOL
 
-    from jestkit.data.prepare import prepare_caption_data
-    from jestkit.training.config import TrainingConfig
-    from jestkit.training.reference import train_reference
+    from jestkit.engine.config import TrainingConfig
+    from jestkit.fashion.prepare import prepare_caption_data
+    from jestkit.fashion.reference import train_reference
 
     results = spawn(_reference_on_ranks, 2, tmp_path, tmp_path / "two", timeout_s=60,
                     deadline_s=300)  # fmt: skip

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from jestkit.data.label_noise import add_label_noise
 from jestkit.dropin.holdout import (
     ReferenceTraining,
     holdout_reference_losses,
@@ -13,6 +12,7 @@ from jestkit.dropin.holdout import (
     two_halves_reference_losses,
     unpacked,
 )
+from jestkit.fashion.label_noise import add_label_noise
 from jestkit.models.cnn import SmallCNN
 
 loss_fn = unpacked(lambda m, x, y: F.cross_entropy(m(x), y, reduction="none"))

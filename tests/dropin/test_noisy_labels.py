@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from jestkit import SelectionConfig
-from jestkit.data.label_noise import add_label_noise
 from jestkit.dropin import SelectiveLoader
 from jestkit.dropin.holdout import ReferenceTraining, fit_reference, unpacked
+from jestkit.fashion.label_noise import add_label_noise
 from jestkit.models.cnn import SmallCNN
 
 RATE = 0.4

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from jestkit import Embeddings, SelectionConfig, select
+from jestkit.engine.flops import count_no_grad_flops
 from jestkit.models.factory import ModelConfig, build_model
 from jestkit.models.text import TextConfig, TextTower, drop_text_tokens
-from jestkit.training.flops import count_no_grad_flops
 
 
 def _tower(max_len=16):

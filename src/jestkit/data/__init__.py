@@ -1,1 +1,2 @@
-"""Data: the real Fashion-MNIST files, the image-caption pool and label noise."""
+"""Data any application reads: the batch the loop draws (source: Examples, DataSource),
+WebDataset / Parquet shard pools (shards) streamed as a source (stream), a word tokenizer."""

@@ -1,12 +1,12 @@
 """Data sources: what the training loop draws its super-batches from.
 
-The loop (jestkit.training.step) knows only this interface: a source draws a super-batch of
+The loop (jestkit.engine.step) knows only this interface: a source draws a super-batch of
 `size` examples with a generator, as `Examples` (the dual encoder's inputs, the examples' ids,
 and optional per-example metadata such as noise labels). Two kinds of source:
 
-* in memory (`CaptionSource`, the Fashion-MNIST captions): a length, and `draw` picks `size`
-  distinct examples at random with the loop's generator; the generator's state is all a
-  checkpoint needs;
+* in memory (`jestkit.fashion.source.CaptionSource`, the Fashion-MNIST captions): a length,
+  and `draw` picks `size` distinct examples at random with the loop's generator; the
+  generator's state is all a checkpoint needs;
 * streamed (`jestkit.data.stream.StreamSource`, WebDataset / Parquet shards): `draw` takes the
   next `size` samples of a shuffled stream, ignoring the generator (the stream has its own
   seeded one), and the source has `state_dict()` / `load_state_dict()`, which the loop saves in
@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-
-from jestkit.data.captions import NOISE_TYPES, CaptionSet
 
 
 @dataclass
@@ -75,28 +73,3 @@ class DataSource(Protocol):
         """`size` distinct examples: drawn at random with `generator` (in memory), or the next
         `size` of the stream (streamed: state_dict()/load_state_dict() hold its position)."""
         ...
-
-
-def pixels(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1], as the image tower takes them."""
-    return images_uint8.unsqueeze(1).float().div_(255)
-
-
-class CaptionSource:
-    """A CaptionSet and its tokenised captions as a data source, with its noise labels as meta."""
-
-    categories = {"noise": NOISE_TYPES}
-
-    def __init__(self, examples: CaptionSet, tokens: torch.Tensor):
-        if len(tokens) != len(examples):
-            raise ValueError(f"{len(tokens)} token rows for {len(examples)} examples")
-        self.examples, self.tokens = examples, tokens
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def draw(self, size: int, generator: torch.Generator) -> Examples:
-        rows = torch.randperm(len(self), generator=generator)[:size]
-        data = self.examples
-        meta = {"noise": data.noise[rows]}
-        return Examples(data.ids[rows], pixels(data.images[rows]), self.tokens[rows], meta)

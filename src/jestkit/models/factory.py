@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jestkit.data.prepare import MAX_LEN
 from jestkit.models.dual import DualEncoder
 from jestkit.models.text import TextConfig, TextTower
 from jestkit.models.vit import ImageTower, ViTConfig
+
+MAX_LEN = 16  # the text tower's context: tokens per caption (the longest Fashion caption has 16)
 
 IMAGE_SIZE = ViTConfig.image_size  # Fashion-MNIST's 28 x 28
 

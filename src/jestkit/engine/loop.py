@@ -1,0 +1,256 @@
+"""The training loop around the step (jestkit.engine.step): evaluation, progress, checkpoints.
+
+FLOPs are measured with torch.utils.flop_counter on the first step of each kind and split into
+training, learner scoring and reference scoring (zero: the reference comes from its cache); see
+jestkit.engine.flops. Under torchrun (jestkit.dropin.distributed, gloo on CPU) the FLOPs are
+those of all ranks together, and rank 0 evaluates and writes the files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from jestkit.core import Embeddings, Selector
+from jestkit.data.source import DataSource, Examples
+from jestkit.dropin.distributed import (
+    Distributed,
+    GlobalSelector,
+    broadcast_parameters,
+    per_rank_batch,
+)
+from jestkit.engine.checkpoint import (
+    CheckpointError,
+    check_same_config,
+    load_checkpoint,
+    save_checkpoint,
+)
+from jestkit.engine.config import TrainConfig
+from jestkit.engine.flops import FlopMeter
+from jestkit.engine.stats import SelectionStats
+from jestkit.engine.step import train_step
+from jestkit.models.dual import DualEncoder
+
+
+def lr_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to zero at `total` steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class Trainer:
+    """Trains `model` on `source` (a jestkit.data.source.DataSource) with the config's policy.
+
+    reference: Examples -> jestkit.Embeddings: the cached reference (ReferenceOutputs) or a
+        frozen model scoring every super-batch (ModelReference); None for policies without it.
+    evaluate: model -> dict of metrics, called every eval_every steps and at the end.
+    out_dir: where checkpoint.pt is written; None keeps nothing on disk.
+    dist: this process's place under torchrun (jestkit.dropin.distributed.setup()); default one
+    process. The model's device is where batches go; autocast: the training forward pass under
+    bfloat16 autocast (the loss in float32). A streamed source (one with state_dict) is saved in
+    the checkpoints and restored on resume. Seeds: training.seed for the data order, + 1 for
+    selection, + 2 for scoring views.
+    run_info: what else the run depends on (model config, data and reference fingerprints),
+    saved in the checkpoint and compared on resume like the config.
+    """
+
+    def __init__(
+        self,
+        model: DualEncoder,
+        config: TrainConfig,
+        source: DataSource,
+        reference: Callable[[Examples], Embeddings] | None = None,
+        evaluate: Callable[[DualEncoder], dict] | None = None,
+        out_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+        desc: str | None = None,
+        dist: Distributed | None = None,
+        autocast: bool = False,
+        run_info: dict | None = None,
+    ):
+        if config.policy.uses_reference and reference is None:
+            raise ValueError(f"policy {config.name()!r} needs the reference (its cache)")
+        if hasattr(source, "__len__") and len(source) < config.super_batch_size():
+            raise ValueError(
+                f"the super-batch ({config.super_batch_size()}) is larger than the data "
+                f"({len(source)} examples); lower batch_size or filter_ratio"
+            )
+        self.dist = dist or Distributed()
+        per_rank_batch(config.super_batch_size(), self.dist.world_size)  # B and b split evenly
+        per_rank_batch(config.training.batch_size, self.dist.world_size)
+        if self.dist.world_size > 1:
+            broadcast_parameters(model, self.dist.group)
+        self.model, self.config, self.source = model, config, source
+        self.device = next(model.parameters()).device  # batches are moved here
+        self.autocast = autocast  # train the forward pass under bfloat16 autocast
+        self.reference, self.evaluate = reference, evaluate
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress, self.desc = progress, desc or config.name()
+        self.run_info = dict(run_info or {})
+        train = config.training
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=train.lr, weight_decay=train.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_schedule(train.warmup_steps, train.steps)
+        )
+        if self.dist.world_size == 1:
+            self.selector = Selector(config.selection, seed=train.seed + 1)
+        else:
+            self.selector = GlobalSelector(
+                config.selection, seed=train.seed + 1, group=self.dist.group
+            )
+        self.data_generator = torch.Generator().manual_seed(train.seed)
+        self.view_generator = torch.Generator().manual_seed(train.seed + 2)
+        self.step = 0
+        self.history: list[dict] = []
+        self.losses: list[float] = []  # the training loss of every step
+        self.eval_seconds = 0.0  # wall time spent evaluating, in this process's run
+        self.flops = FlopMeter(self.dist.world_size)
+        self.stats = SelectionStats(source.categories)
+
+    @property
+    def selected_ids(self) -> list[torch.Tensor]:
+        """The ids trained on, one tensor per step."""
+        return self.stats.selected_ids
+
+    def _record_eval(self) -> None:
+        if self.evaluate is None or not self.dist.is_main:  # rank 0 evaluates and records
+            return
+        if self.history and self.history[-1]["step"] == self.step:
+            return
+        record = {"step": self.step, "flops": self.flops.sum(), **self.flops.total}
+        start = time.perf_counter()
+        record.update(self.evaluate(self.model))
+        self.eval_seconds += time.perf_counter() - start
+        self.history.append(record)
+
+    def run(self, stop_at: int | None = None) -> dict:
+        """Train to training.steps (or stop after `stop_at` steps, checkpointed, to resume)."""
+        train = self.config.training
+        last = train.steps if stop_at is None else min(stop_at, train.steps)
+        if self.step == 0:
+            self._record_eval()
+        bar = tqdm(
+            total=last,
+            initial=self.step,
+            desc=self.desc,
+            disable=not self.progress or not self.dist.is_main,
+            dynamic_ncols=True,
+            leave=False,
+        )
+        while self.step < last:
+            loss = train_step(self)
+            self.losses.append(loss)
+            bar.update(1)
+            postfix = {"loss": f"{loss:.3f}"}
+            if self.step % train.eval_interval == 0 or self.step == train.steps:
+                self._record_eval()
+                if self.history:
+                    postfix["zero_shot"] = f"{self.history[-1]['zero_shot']:.3f}"
+            bar.set_postfix(postfix)
+            if self.step % train.checkpoint_every == 0 or self.step == last:
+                self.save()
+        bar.close()
+        return self.summary()
+
+    def summary(self) -> dict:
+        final = self.history[-1] if self.history else {}
+        result = {
+            "policy": self.config.name(),
+            "config": asdict(self.config),
+            "steps": self.step,
+            "flops": dict(self.flops.total),
+            "flops_per_step": dict(self.flops.per_step),
+            "final": {k: final[k] for k in ("zero_shot", "i2t_r1", "t2i_r1") if k in final},
+            "history": self.history,
+            "eval_seconds": self.eval_seconds,
+            "losses": self.losses,
+        }
+        for name in self.stats.categories:  # e.g. selected_noise_fraction
+            result[f"selected_{name}_fraction"] = self.stats.fractions(name)
+        return result
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "run": self.run_info,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "selector": self.selector.state_dict(),
+            "data_generator": self.data_generator.get_state(),
+            "view_generator": self.view_generator.get_state(),
+            "history": self.history,
+            **self.flops.state_dict(),
+            "stats": self.stats.state_dict(),
+            "losses": self.losses,
+            **({"source": self.source.state_dict()} if self._streamed else {}),
+        }
+
+    @property
+    def _streamed(self) -> bool:
+        return hasattr(self.source, "state_dict")
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state`; a ValueError names the first setting that differs from the
+        run that wrote it (every setting must match: resume continues exactly, never with a
+        stretched schedule or other data)."""
+        check_same_config(state.get("run", {}), self.run_info)
+        check_same_config(state["config"], asdict(self.config))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.selector.load_state_dict(state["selector"])
+        self.data_generator.set_state(state["data_generator"])
+        self.view_generator.set_state(state["view_generator"])
+        self.step, self.history = state["step"], state["history"]
+        self.flops.load_state_dict(state)
+        self.stats.load_state_dict(state["stats"])
+        self.losses = list(state.get("losses", []))
+        if self._streamed:
+            if "source" not in state:
+                raise ValueError("this checkpoint has no data-stream position: it was written by "
+                                 "a run on another data source")  # fmt: skip
+            self.source.load_state_dict(state["source"])
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.out_dir is None else self.out_dir / "checkpoint.pt"
+
+    def save(self) -> None:
+        if self.checkpoint_path is not None and self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(self.state_dict(), self.checkpoint_path)
+
+    def resume(self) -> bool:
+        """Load out_dir/checkpoint.pt if it exists; True if it did. The file is loaded with
+        torch.load(weights_only=True): a checkpoint that would run code, or a damaged one, is
+        refused with a CheckpointError, as are other settings (ValueError)."""
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return False
+        state = load_checkpoint(path)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise CheckpointError(
+                f"{path} does not fit this run ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                f"resume with the settings that wrote it, or start afresh with --overwrite true"
+            ) from None
+        return True

@@ -1,0 +1,149 @@
+"""An open_clip model as the training loop's learner or reference (`pip install
+'jestkit[open_clip]'`): `OpenClipDual` gives the loop what it uses from jestkit's DualEncoder.
+
+    encode_image(images)      (N, 3, H, W), open_clip's preprocessing -> (N, D), unit norm
+    encode_text(tokens)       (N, L), open_clip's tokenizer -> (N, D), unit norm
+    logit_scale, logit_bias   t = exp(open_clip's logit_scale), clamped at 100 as open_clip_train
+                              clamps it; the bias of SigLIP configs, else 0
+    loss(img, txt)            jestkit's contrastive loss (sigmoid for a model with a logit_bias,
+                              else softmax): the same function as open_clip's SigLipLoss / ClipLoss
+                              (tests/dropin/test_openclip.py checks it)
+    embeddings(images, tokens)  jestkit.Embeddings for the selection, no gradients, float32
+
+Scoring views (Flexi-JEST's patch sizes and token drops) and multi-resolution training are
+jestkit's ViT's; an open_clip model refuses them with an error. `open_clip_inputs(spec, model)`
+gives the image transform and the tokenizer the model was made for.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jestkit.core.losses import contrastive_loss
+from jestkit.core.outputs import Embeddings
+from jestkit.engine.checkpoint import is_checkpoint, load_checkpoint
+from jestkit.openclip.model import create_model, freeze, load_reference, read_config, selection_loss
+
+MAX_LOGIT_SCALE = 100.0
+
+
+class OpenClipDual(nn.Module):
+    """An open_clip CLIP/SigLIP model behind the interface of jestkit.models.dual.DualEncoder."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.loss_name = selection_loss(model)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.clamp(max=math.log(MAX_LOGIT_SCALE)).exp()
+
+    @property
+    def logit_bias(self) -> torch.Tensor:
+        bias = getattr(self.model, "logit_bias", None)
+        return torch.zeros((), device=self.model.logit_scale.device) if bias is None else bias
+
+    @staticmethod
+    def _no_view(view: dict) -> None:
+        used = {k: v for k, v in view.items() if k != "generator" and v}
+        if used:
+            raise ValueError(
+                f"an open_clip model has no scoring views ({sorted(used)}): scoring.patch_size, "
+                "token_drop, text_token_drop and multires_fraction are for jestkit's own ViT"
+            )
+
+    def encode_image(self, images: torch.Tensor, **view) -> torch.Tensor:
+        self._no_view(view)
+        return F.normalize(self.model.encode_image(images), dim=-1)
+
+    def encode_image_multires(self, images, patch_size, fraction_coarse=0.5):
+        self._no_view({"patch_size": patch_size})
+
+    def encode_text(self, tokens: torch.Tensor, token_drop: float = 0.0, generator=None):
+        self._no_view({"text_token_drop": token_drop})
+        return F.normalize(self.model.encode_text(tokens), dim=-1)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, **view):
+        return self.encode_image(images, **view), self.encode_text(tokens)
+
+    def loss(self, img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
+        return contrastive_loss(self.loss_name, img_emb, txt_emb, self.logit_scale, self.logit_bias)
+
+    @torch.no_grad()
+    def embeddings(self, images: torch.Tensor, tokens: torch.Tensor, text_token_drop=0.0, **view):
+        self._no_view({**view, "text_token_drop": text_token_drop})
+        return Embeddings(
+            image=self.encode_image(images).float(),
+            text=self.encode_text(tokens).float(),
+            logit_scale=float(self.logit_scale),
+            logit_bias=float(self.logit_bias),
+        )
+
+
+def open_clip_model(spec: str, checkpoint: str | os.PathLike | None = None) -> OpenClipDual:
+    """The open_clip model `spec` (a config name open_clip knows, or a JSON config file) with
+    the weights of `checkpoint` (None: random, from torch's current seed)."""
+    return OpenClipDual(create_model(spec, checkpoint))
+
+
+def open_clip_reference(
+    spec: str, checkpoint: str | os.PathLike | None = None, state_dict: dict | None = None
+) -> OpenClipDual:
+    """A frozen reference (eval mode, no gradients) from an open_clip checkpoint (epoch_N.pt, a
+    state dict, .safetensors), or from `state_dict`, the weights of an OpenClipDual (e.g. the
+    'model' of a `jestkit train` checkpoint of an open_clip learner)."""
+    if state_dict is not None:
+        model = OpenClipDual(create_model(spec))
+        model.load_state_dict(state_dict)
+        return freeze(model)
+    return OpenClipDual(load_reference(spec, checkpoint))
+
+
+def open_clip_inputs(spec: str, model: OpenClipDual) -> tuple[Callable, Callable]:
+    """(image transform: PIL image -> (3, H, W) tensor, tokenizer: captions -> (n, L) ids), as
+    open_clip makes them for the model: its preprocessing config, its config's tokenizer."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = open_clip.get_model_preprocess_cfg(model.model)
+    transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+    config = read_config(spec) if str(spec).endswith(".json") else None
+    if config is None:
+        return transform, open_clip.get_tokenizer(spec)
+    with tempfile.TemporaryDirectory() as tmp:  # open_clip reads a JSON config from a folder
+        (Path(tmp) / "open_clip_config.json").write_text(json.dumps({"model_cfg": config}))
+        return transform, open_clip.get_tokenizer(f"local-dir:{tmp}")
+
+
+def open_clip_reference_file(spec: str, checkpoint: str | os.PathLike):
+    """A frozen open_clip reference from an open_clip checkpoint file or from the checkpoint.pt
+    of a `jestkit train` run of an open_clip learner (e.g. uniform on your curated shards)."""
+    path = Path(checkpoint)
+    if path.suffix == ".pt" and path.is_file() and is_checkpoint(path):  # jestkit's
+        return open_clip_reference(spec, state_dict=load_checkpoint(path)["model"])
+    return open_clip_reference(spec, checkpoint)
+
+
+def matching_reference(spec: str, checkpoint: str, learner_spec: str | None, learner):
+    reference = open_clip_reference_file(spec, checkpoint)
+    if learner_spec is not None and spec != learner_spec:
+        mine = open_clip.get_model_preprocess_cfg(learner.model)
+        theirs = open_clip.get_model_preprocess_cfg(reference.model)
+        ctx = [getattr(m.model, "context_length", None) for m in (learner, reference)]
+        if mine != theirs or ctx[0] != ctx[1]:
+            raise ValueError(
+                f"the reference {spec!r} takes other inputs than the learner {learner_spec!r} "
+                f"(preprocessing {theirs} vs {mine}, context length {ctx[1]} vs {ctx[0]}): both "
+                "score the same tensors, so their image preprocessing and tokenizer must match"
+            )
+    return reference

@@ -1,0 +1,145 @@
+"""What a run on your own data is made of, chosen by the CLI's flags (`jestkit train`,
+`jestkit score`):
+
+    data       --shards.pattern: WebDataset tar / Parquet shards streamed by ShardPool
+               (jestkit.data.stream.StreamSource)
+    model      --open_clip NAME|JSON: an open_clip config (jestkit.openclip.dual.OpenClipDual,
+               its own image preprocessing and tokenizer); none: jestkit's dual encoder (--model.*:
+               grayscale 28 x 28 images and hashed word ids)
+    reference  --reference PATH: a reference folder (reference.json + cache/, by `jestkit
+               score` for shards or `jestkit reference` for Fashion-MNIST), or an open_clip
+               checkpoint file (the reference model then runs in the loop on every super-batch,
+               its FLOPs counted as reference scoring; --reference_model names its config when it
+               is not the learner's)
+    device     --device cpu|cuda (jestkit.engine.device)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from jestkit.data.shards import list_shards
+from jestkit.data.stream import HashedWords, ShardsConfig, StreamSource, grayscale
+from jestkit.dropin.cache import CacheError, ReferenceCache, fingerprint_ids
+from jestkit.engine.reference import ModelReference, ReferenceOutputs, read_reference_info
+from jestkit.fashion.reference import load_reference as load_fashion_reference
+from jestkit.models.factory import IMAGE_SIZE, MAX_LEN, ModelConfig, build_model
+
+
+@dataclass
+class OwnModel:
+    """Your own model, reference and device (`jestkit train`).
+
+    Attributes:
+        open_clip: an open_clip model config: a name open_clip knows (built-in, or registered
+            with open_clip.add_model_config) or a JSON config file; None: jestkit's dual encoder
+            (--model.*)
+        reference: a reference folder (reference.json + cache/) or an open_clip checkpoint file;
+            None: --reference_dir
+        reference_model: the open_clip config of a reference checkpoint (default: --open_clip)
+        device: where the model trains: cpu, or cuda (under torchrun: cuda:LOCAL_RANK, NCCL)
+    """
+
+    open_clip: str | None = None
+    reference: str | None = None
+    reference_model: str | None = None
+    device: Literal["cpu", "cuda"] = "cpu"
+
+
+@dataclass
+class OwnRun:
+    """The choices that make a run `own` (see the module docstring)."""
+
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    own: OwnModel = field(default_factory=OwnModel)
+
+    @property
+    def is_own(self) -> bool:
+        o = self.own
+        return bool(self.shards.pattern or o.open_clip or o.reference or o.device != "cpu")
+
+
+def load_any_reference(run: OwnRun, reference_dir: str, loss: str, learner: nn.Module,
+                       data=None, source=None, device: torch.device | None = None):  # fmt: skip
+    """The reference: cached embeddings by id (a folder), or a frozen open_clip model (a
+    file). Its loss must be the run's."""
+    path = Path(run.own.reference or reference_dir)
+    if path.is_file():
+        spec = run.own.reference_model or run.own.open_clip
+        if spec is None:
+            raise ValueError(
+                f"--reference {path} is a checkpoint file: name its open_clip config with "
+                "--reference_model (or --open_clip for the learner's)"
+            )
+        from jestkit.openclip.dual import matching_reference  # open_clip is optional
+
+        reference = matching_reference(spec, str(path), run.own.open_clip, learner)
+        if reference.loss_name != loss:
+            raise ValueError(
+                f"the reference {spec!r} is a {reference.loss_name} model, this run selects with "
+                f"loss={loss!r}"
+            )
+        return ModelReference(reference.to(device or "cpu"))
+    if run.shards.pattern:
+        return load_stream_reference(path, source, loss)
+    return load_fashion_reference(path, data, loss)
+
+
+def build_learner(run: OwnRun, model_config: ModelConfig, loss: str, vocab_size: int | None,
+                  seed: int):  # fmt: skip
+    """The learner, from `seed`'s random weights: open_clip's config or jestkit's encoder."""
+    torch.manual_seed(seed)
+    if run.own.open_clip is None:
+        return build_model(model_config, vocab_size or run.shards.vocab_size, loss)
+    from jestkit.openclip.dual import open_clip_model  # open_clip is optional
+
+    model = open_clip_model(run.own.open_clip)
+    if model.loss_name != loss:
+        raise ValueError(
+            f"the open_clip model {run.own.open_clip!r} trains with the {model.loss_name} loss "
+            f"(SigLIP configs have a logit_bias): set --selection.loss {model.loss_name}"
+        )
+    return model
+
+
+def build_source(run: OwnRun, model: nn.Module) -> StreamSource:
+    """The shards as a streamed source, with the learner's image transform and tokenizer."""
+    if run.own.open_clip is None:
+        transform = grayscale(IMAGE_SIZE)
+        tokenize = HashedWords(run.shards.vocab_size, MAX_LEN)
+    else:
+        from jestkit.openclip.dual import open_clip_inputs  # open_clip is optional
+
+        transform, tokenize = open_clip_inputs(run.own.open_clip, model)
+    return StreamSource(run.shards.pool(transform), tokenize)
+
+
+def shards_fingerprint(shards: ShardsConfig) -> str:
+    """The data fingerprint of a shard cache: the shard files' names and sizes, in order."""
+    files = [f"{Path(p).name}:{os.path.getsize(p)}" for p in list_shards(shards.shards())]
+    return fingerprint_ids(files, "jestkit shards v1")
+
+
+def load_stream_reference(ref_dir: str | os.PathLike, source: StreamSource | None,
+                          loss: str) -> ReferenceOutputs:  # fmt: skip
+    """The cached reference of a shard folder built by score_shards; refuses a missing one, one
+    of other shards or another loss."""
+    ref = Path(ref_dir)
+    build = f"`jestkit score --shards.pattern ... --reference CHECKPOINT --out {ref}`"
+    info = read_reference_info(ref, loss, build)
+    shards = ShardsConfig(pattern=",".join(source.pool.shards)) if source is not None else None
+    data_fp = shards_fingerprint(shards) if shards is not None else info["data_fingerprint"]
+    if data_fp != info.get("data_fingerprint"):
+        raise CacheError(
+            f"the reference cache at {ref} was built for other shards ({info.get('shards')}): "
+            f"these ({shards.pattern[:200]}) have other file names or sizes; score them with "
+            "`jestkit score`"
+        )
+    cache = ReferenceCache.open(ref / "cache", info["model_fingerprint"], data_fp)
+    return ReferenceOutputs(cache, info["logit_scale"], info["logit_bias"])

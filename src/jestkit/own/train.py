@@ -1,0 +1,84 @@
+"""`jestkit train` on your own data and model: the run's pieces (jestkit.own.run, chosen by the
+CLI's flags), then the same Trainer (jestkit.engine.loop) as the Fashion-MNIST job.
+
+With --device cuda the model and every batch live on the GPU; on a GPU with bfloat16 the
+training forward pass and the learner's scoring run under bf16 autocast.
+
+Evaluation: Fashion-MNIST's test set (zero-shot, retrieval) applies only to the Fashion-MNIST
+source; on your own data there is no evaluation, and result.json records the training loss of
+every step, the FLOPs and the bad samples skipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from jestkit.dropin.distributed import Distributed
+from jestkit.engine.config import TrainConfig
+from jestkit.engine.device import bf16_autocast, resolve_device
+from jestkit.engine.loop import Trainer
+from jestkit.engine.record import run_and_record
+from jestkit.models.factory import ModelConfig
+from jestkit.own.run import OwnRun, build_learner, build_source, load_any_reference
+
+
+def _on_cpu(evaluate):
+    """Fashion-MNIST's evaluation on a CPU float32 copy of a model trained elsewhere."""
+    return lambda model: evaluate(copy.deepcopy(model).float().cpu())
+
+
+def train_own(
+    run: OwnRun,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    reference_dir: str,
+    out_dir: str | os.PathLike,
+    data=None,
+    resume: bool = False,
+    progress: bool = True,
+    dist: Distributed | None = None,
+) -> dict:
+    """One learner run on the data, model, reference and device of `run`; data: the prepared
+    Fashion-MNIST captions when run.shards.pattern is None. Writes OUT/checkpoint.pt as it goes
+    and OUT/result.json (train_learner's keys, plus 'losses', 'data', 'model', 'device',
+    'skipped': the bad samples skipped, by reason)."""
+    dist = dist or Distributed()
+    device = resolve_device(run.own.device)
+    loss = config.selection.loss
+    if run.shards.pattern is None:
+        if data is None:
+            raise ValueError("no data: give --shards.pattern, or the Fashion-MNIST captions")
+        if run.own.open_clip is not None:
+            raise ValueError(
+                "an open_clip model trains on image-caption shards (--shards.pattern): the "
+                "Fashion-MNIST source is tokenised for jestkit's own text tower"
+            )
+    vocab = None if data is None or run.shards.pattern else len(data.vocab)
+    model = build_learner(run, model_config, loss, vocab, config.training.seed).to(device)
+    if run.shards.pattern:
+        source, evaluate = build_source(run, model), None
+    else:
+        from jestkit.fashion.evaluate import evaluator
+
+        source = data.pool_source()
+        evaluate = evaluator(data) if device.type == "cpu" else _on_cpu(evaluator(data))
+    reference = None
+    if config.policy.uses_reference:
+        reference = load_any_reference(run, reference_dir, loss, model, data, source, device)
+    out = Path(out_dir)
+    trainer = Trainer(model, config, source, reference, evaluate, out, progress=progress,
+                      dist=dist, autocast=bf16_autocast(device))  # fmt: skip
+    return run_and_record(trainer, resume, out, lambda: {
+        "model_config": asdict(model_config),
+        "data": run.shards.pattern or "fashion-mnist",
+        "model": run.own.open_clip or "jestkit",
+        "device": str(device),
+        "bf16": trainer.autocast,
+        "skipped": getattr(source, "skipped", {}),
+    })  # fmt: skip
+
+
+__all__ = ["train_own"]

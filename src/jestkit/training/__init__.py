@@ -1,1 +1,0 @@
-"""The jestkit application: configs, the training step and loop, reference, demo, reports."""
