@@ -13,6 +13,7 @@ finished run unless --resume or --overwrite, locked while a run uses it), before
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,6 +23,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from jestkit.core.losses import CONTRASTIVE_LOSSES
 from jestkit.core.policies import SelectionConfig
+from jestkit.data.parallel import StreamStopped
 from jestkit.data.shards import DuplicateIdError, TooManyBadSamples
 from jestkit.data.stream import ShardsConfig
 from jestkit.dropin.cache import CacheError
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command, sub, quiet = _command(parser, args)
         return _run(command, lambda out: _save_config(sub, args[args.command], out), not quiet)
-    except (ValueError, OSError, CacheError, KeyError, TooManyBadSamples) as e:
+    except (ValueError, OSError, CacheError, KeyError, TooManyBadSamples, StreamStopped) as e:
         if isinstance(e, KeyError | DuplicateIdError):  # a KeyError's message is quoted
             e = e.args[0] if e.args else e
         print(f"jestkit {args.command}: error: {e}", file=sys.stderr)
@@ -335,6 +337,7 @@ def _score(cmd: Score, save_config, progress: bool) -> int:
     """`jestkit score` (jestkit.own.score)."""
     from jestkit.dropin.distributed import setup, teardown
     from jestkit.engine.device import resolve_device
+    from jestkit.engine.rundir import run_lock
     from jestkit.own.run import OwnModel, OwnRun
     from jestkit.own.score import export_subset, score_shards
 
@@ -344,9 +347,10 @@ def _score(cmd: Score, save_config, progress: bool) -> int:
     device = resolve_device(cmd.device)
     dist = setup(backend="nccl" if device.type == "cuda" else "gloo", device=device)
     try:
-        if dist.is_main:
-            save_config(Path(cmd.out))
-        info = score_shards(run, cmd.model, cmd.loss, cmd.out, cmd.batch_size, progress, dist)
+        with run_lock(cmd.out) if dist.is_main else contextlib.nullcontext():  # one scorer
+            if dist.is_main:
+                save_config(Path(cmd.out))
+            info = score_shards(run, cmd.model, cmd.loss, cmd.out, cmd.batch_size, progress, dist)
     finally:
         teardown(dist)
     if not dist.is_main:

@@ -10,7 +10,7 @@ from helpers import MODEL, TINY
 from shard_files import write_shards
 
 from jestkit.cli import main as cli_main
-from jestkit.data.shards import ShardPool
+from jestkit.data.shards import ShardPool, ShardPoolConfig, epoch_shards
 from jestkit.data.stream import HashedWords, ShardsConfig, StreamSource, grayscale
 from jestkit.engine.checkpoint import load_checkpoint
 from jestkit.engine.loop import Trainer
@@ -177,5 +177,7 @@ def test_a_run_on_parquet_tables(tmp_path):
     result = train_own(run, MODEL, config, "unused", tmp_path / "run", progress=False)
     assert result["steps"] == 6 and result["skipped"] == {}
     selected = _selected(tmp_path / "run")
-    first_draw = {f"{n:032x}" for n in range(80)}  # no shuffle buffer: the first 80 rows
+    order = epoch_shards(2, ShardPoolConfig(seed=0, shuffle_shards=True), epoch=0)
+    rows = [f"{t * 60 + i:032x}" for t in order for i in range(60)]
+    first_draw = set(rows[:80])  # no shuffle buffer: the first 80 rows, in epoch 0's shard order
     assert set(selected[0]) <= first_draw and len(set(selected[0])) == 16

@@ -110,6 +110,11 @@ class ShardPoolConfig:
         image|jpg|png|webp|image_path|path, caption|text|txt and uid|key|id.
     decode_threads: threads decoding a super-batch in super_batches() (0: in this thread).
     parquet_batch_rows: rows read from a Parquet file at a time.
+    stream / streams: read only the shards of stream `stream` of `streams`: each epoch's shard
+        order (see shuffle_shards) dealt round-robin, order[stream::streams]
+        (jestkit.data.parallel); a stream needs at least one shard.
+    shuffle_shards: each epoch, the shards in an order drawn from (seed, epoch), the same for
+        every stream and rank (open_clip_train's detshuffle); False: the given order.
     """
 
     buffer_size: int = 1000
@@ -125,6 +130,9 @@ class ShardPoolConfig:
     id_column: str | None = None
     decode_threads: int = 0
     parquet_batch_rows: int = 256
+    stream: int = 0
+    streams: int = 1
+    shuffle_shards: bool = False
 
     def __post_init__(self):
         if self.buffer_size < 0:
@@ -141,6 +149,20 @@ class ShardPoolConfig:
             raise ValueError("set rank and world_size together (or neither)")
         if self.world_size is not None and not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
+        if not 0 <= self.stream < self.streams:
+            raise ValueError(f"stream {self.stream} is not in [0, streams={self.streams})")
+
+
+def epoch_shards(n_shards: int, config: ShardPoolConfig, epoch: int) -> list[int]:
+    """The shard indices stream config.stream reads in `epoch`, in reading order: the epoch's
+    shard order (a permutation drawn from (seed, epoch) when shuffle_shards, else 0..n-1),
+    dealt round-robin over the streams."""
+    order = list(range(n_shards))
+    if config.shuffle_shards:
+        seed = np.random.SeedSequence([config.seed, epoch, 0x5EED]).generate_state(1)
+        order = torch.randperm(n_shards, generator=torch.Generator().manual_seed(int(seed[0])))
+        order = order.tolist()
+    return order[config.stream :: config.streams]
 
 
 # --- shard lists ---------------------------------------------------------------------------
@@ -380,6 +402,11 @@ class ShardPool(IterableDataset):
             config = ShardPoolConfig(**{**asdict(config), **overrides})
         self.config = config
         self.shards = list_shards(source)
+        if len(self.shards) < config.streams:
+            raise ValueError(
+                f"{len(self.shards)} shards cannot feed {config.streams} streams: each stream "
+                f"reads whole shards; use at most {len(self.shards)} streams or more shards"
+            )
         self.transform = transform
         if config.rank is None:
             self.rank, self.world_size = _default_rank()
@@ -395,7 +422,12 @@ class ShardPool(IterableDataset):
         self._buffer: list[Record] = []
         self._reader: Iterator[Record] | None = None
         self._seen_ids: dict[str, int] = {}
-        seed = np.random.SeedSequence([self.config.seed, epoch, self.rank]).generate_state(1)
+        self._order = epoch_shards(len(self.shards), self.config, epoch)
+        self._epoch_good = 0  # good samples drawn this epoch
+        entropy = [self.config.seed, epoch, self.rank]
+        if self.config.streams > 1:
+            entropy.append(self.config.stream)
+        seed = np.random.SeedSequence(entropy).generate_state(1)
         self._generator = torch.Generator().manual_seed(int(seed[0]))
         if epoch == 0:
             self.good = 0
@@ -421,30 +453,38 @@ class ShardPool(IterableDataset):
             "world_size": self.world_size,
             "seed": self.config.seed,
             "buffer_size": self.config.buffer_size,
+            "stream": self.config.stream,
+            "streams": self.config.streams,
+            "shuffle_shards": self.config.shuffle_shards,
             "epoch": self.epoch,
             "position": [self._shard, self._record, self._global],
             "buffer": [tuple(r) for r in self._buffer],
             "generator": self._generator.get_state(),
             "good": self.good,
+            "epoch_good": self._epoch_good,
             "skipped": dict(self.skipped),
             "skipped_by_shard": dict(self.skipped_by_shard),
             "seen_ids": dict(self._seen_ids),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        c = self.config
         mine = {"shards": list(self.shards), "rank": self.rank, "world_size": self.world_size,
-                "seed": self.config.seed, "buffer_size": self.config.buffer_size}  # fmt: skip
+                "seed": c.seed, "buffer_size": c.buffer_size, "stream": c.stream,
+                "streams": c.streams, "shuffle_shards": c.shuffle_shards}  # fmt: skip
+        defaults = {"stream": 0, "streams": 1, "shuffle_shards": False}  # older states
         for name, value in mine.items():
-            if state[name] != value:
+            if state.get(name, defaults.get(name)) != value:
                 raise ValueError(
-                    f"this state was saved by a pool with {name} = {state[name]!r}, this pool has "
-                    f"{value!r}: resuming would not continue the same stream"
+                    f"this state was saved by a pool with {name} = {state.get(name)!r}, this pool "
+                    f"has {value!r}: resuming would not continue the same stream"
                 )
         self._start_epoch(state["epoch"])
         self._shard, self._record, self._global = state["position"]
         self._buffer = [Record(*r) for r in state["buffer"]]
         self._generator.set_state(state["generator"])
         self.good = state["good"]
+        self._epoch_good = state.get("epoch_good", 1)
         self.skipped = Counter(state["skipped"])
         self.skipped_by_shard = Counter(state["skipped_by_shard"])
         self._seen_ids = dict(state["seen_ids"])
@@ -467,9 +507,9 @@ class ShardPool(IterableDataset):
 
     def _next_owned(self) -> Record | None:
         """The next record of this rank's slice, or None at the end of the stream."""
-        while self._shard < len(self.shards):
+        while self._shard < len(self._order):
             if self._reader is None:
-                self._reader = self._open_shard(self._shard, self._record)
+                self._reader = self._open_shard(self._order[self._shard], self._record)
             rec = next(self._reader, None)
             if rec is None:
                 self._reader = None
@@ -512,6 +552,15 @@ class ShardPool(IterableDataset):
         self._buffer[i] = self._buffer[-1]
         self._buffer.pop()
         return rec
+
+    def records(self, index: int) -> Iterator[Record]:
+        """The raw (not decoded) records of shard `index`, bad ones included, in file order."""
+        return self._open_shard(index, 0)
+
+    def decode(self, rec: Record) -> dict | str:
+        """A raw record as a sample {'image', 'caption', 'id'} (through the transform), or the
+        reason it is bad; counts nothing."""
+        return self._decode(rec)
 
     def _decode(self, rec: Record) -> dict | str:
         """The sample, or the reason it is skipped."""
@@ -572,6 +621,7 @@ class ShardPool(IterableDataset):
                     self._count_bad(rec, sample)
                 else:
                     self.good += 1
+                    self._epoch_good += 1
                     out.append(sample)
         return out
 
@@ -614,6 +664,25 @@ class ShardPool(IterableDataset):
         finally:
             if executor is not None:
                 executor.shutdown()
+
+    def take(self, n: int, executor: ThreadPoolExecutor | None = None) -> list[dict]:
+        """The next n good samples, continuing into the next epoch (reshuffled) when this one
+        ends, so never fewer; each sample also holds its 'epoch'. Unlike iteration, this runs
+        in a DataLoader worker (jestkit.data.parallel keeps one pool per stream there)."""
+        out: list[dict] = []
+        while len(out) < n:
+            got = self._take(n - len(out), executor)
+            for sample in got:
+                sample["epoch"] = self.epoch
+            out += got
+            if len(out) < n:  # the epoch ended
+                if self._epoch_good == 0:
+                    raise ValueError(
+                        f"no good sample in a whole pass over the shards of stream "
+                        f"{self.config.stream} ({', '.join(self.shards[i] for i in self._order)})"
+                    )
+                self._start_epoch(self.epoch + 1)
+        return out
 
 
 __all__ = [

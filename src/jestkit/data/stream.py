@@ -1,5 +1,7 @@
 """Your own image-caption data as the training loop's source: WebDataset tar shards or Parquet
-tables, streamed by jestkit.data.shards.ShardPool.
+tables, streamed by jestkit.data.shards.ShardPool. `jestkit train` reads them in parallel
+(jestkit.data.parallel.ParallelSource, built by ShardsConfig.parallel: streams split over ranks and
+DataLoader workers); `StreamSource` is the one-process reader of one pool, for your own loops.
 
 `StreamSource` is a DataSource (jestkit.data.source) of the streamed kind: `draw(B)` is the next
 B good samples of the pool's shuffled stream (the loop's generator is not used), images through
@@ -11,10 +13,9 @@ raw records, its generator, the skip counters and the epoch's ids); the Trainer 
 checkpoint and load_state_dict() continues at that sample boundary, so a resumed run draws
 exactly the super-batches the uninterrupted one would.
 
-Under torchrun every rank reads and decodes the *whole* stream (the pool is built with rank 0 of
-1): every rank draws the same super-batch, as the loop's in-memory sources do, and the loop
-shards it. Decoding is repeated on every rank; reading shards per rank would need a super-batch
-assembled across ranks, which the loop does not do.
+A StreamSource under torchrun reads and decodes the *whole* stream on every rank (the pool is
+built with rank 0 of 1): every rank draws the same super-batch and the loop shards it.
+ParallelSource instead has each rank read only its own shards.
 
 Tokenizers for our own dual encoder (`HashedWords`): captions from the web have no fixed
 vocabulary, so a word's id is a hash of it (crc32, modulo the vocabulary size): no pass over the
@@ -45,9 +46,14 @@ class ShardsConfig:
         seed: the shuffle's seed (each epoch reshuffles from it)
         max_bad_fraction: stop the run when more than this share of the samples read were bad
             (undecodable image, truncated shard; past 10 bad samples)
-        decode_threads: threads decoding images (0: in the training process's thread)
+        decode_threads: threads decoding images in each reader (0: in its own thread)
         vocab_size: our dual encoder's word ids on shards (hashed words; open_clip models use
             their own tokenizer)
+        workers: DataLoader worker processes per rank decoding the shards (0: the training
+            process decodes); their positions are in every checkpoint (exact resume)
+        streams: how many streams the shards are dealt to, split over ranks then workers; the
+            super-batches depend on it, not on the ranks or workers (None: ranks x workers)
+        shuffle_shards: each epoch, reshuffle the shard order (seed + epoch) before dealing it
     """
 
     pattern: str | None = None
@@ -56,10 +62,17 @@ class ShardsConfig:
     max_bad_fraction: float = 0.01
     decode_threads: int = 0
     vocab_size: int = 8192
+    workers: int = 0
+    streams: int | None = None
+    shuffle_shards: bool = True
 
     def __post_init__(self):
         if self.vocab_size <= len(SPECIALS):
             raise ValueError(f"vocab_size must be > {len(SPECIALS)}, got {self.vocab_size}")
+        if self.workers < 0:
+            raise ValueError(f"--shards.workers must be >= 0, got {self.workers}")
+        if self.streams is not None and self.streams < 1:
+            raise ValueError(f"--shards.streams must be >= 1, got {self.streams}")
 
     def shards(self) -> list[str]:
         """The pattern's parts (comma-separated)."""
@@ -79,6 +92,25 @@ class ShardsConfig:
             world_size=1,
         )
         return ShardPool(self.shards(), config, transform=transform)
+
+    def parallel(self, transform: Callable, tokenize: Callable, rank: int = 0,
+                 world_size: int = 1, group=None, pin_memory: bool = False,
+                 snapshot_every: int = 1, mode: str | None = "RGB"):  # fmt: skip
+        """The parallel reader `jestkit train` uses (jestkit.data.parallel.ParallelSource)."""
+        from jestkit.data.parallel import ParallelSource
+
+        config = ShardPoolConfig(
+            buffer_size=self.buffer_size,
+            seed=self.seed,
+            mode=mode,
+            max_bad_fraction=self.max_bad_fraction,
+            decode_threads=self.decode_threads,
+            shuffle_shards=self.shuffle_shards,
+        )
+        return ParallelSource(self.shards(), config, transform, tokenize, streams=self.streams,
+                              workers=self.workers, rank=rank, world_size=world_size,
+                              group=group, pin_memory=pin_memory,
+                              snapshot_every=snapshot_every)  # fmt: skip
 
 
 class HashedWords:
@@ -123,6 +155,10 @@ class StreamSource:
         self.pool, self.tokenize = pool, tokenize
         self._batches = None
         self._size: int | None = None
+
+    @property
+    def shards(self) -> list[str]:
+        return self.pool.shards
 
     def draw(self, size: int, generator: torch.Generator | None = None) -> Examples:
         """The next `size` samples of the stream (into the next epoch when this one ends)."""

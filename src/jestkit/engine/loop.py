@@ -2,7 +2,10 @@
 
 FLOPs are measured with torch.utils.flop_counter on the first step of each kind and split into
 training, learner scoring and reference scoring (zero: the reference comes from its cache); see
-jestkit.engine.flops. Under torchrun (jestkit.dropin.distributed, gloo on CPU) the FLOPs are
+jestkit.engine.flops. The data wait (seconds each step spent in the source's draw, waiting for
+decoded samples) is kept per step with each step's wall time; the progress bar shows its share
+of the step time over the last 20 steps, result.json its total share (`data_wait_share`; on
+rank 0, under torchrun). Under torchrun (jestkit.dropin.distributed, gloo on CPU) the FLOPs are
 those of all ranks together, and rank 0 evaluates and writes the files.
 """
 
@@ -118,6 +121,8 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.losses: list[float] = []  # the training loss of every step
+        self.data_wait: list[float] = []  # seconds each step waited in source.draw
+        self.step_seconds: list[float] = []  # each step's wall time (data wait included)
         self.eval_seconds = 0.0  # wall time spent evaluating, in this process's run
         self.flops = FlopMeter(self.dist.world_size)
         self.stats = SelectionStats(source.categories)
@@ -153,10 +158,12 @@ class Trainer:
             leave=False,
         )
         while self.step < last:
+            start = time.perf_counter()
             loss = train_step(self)
+            self.step_seconds.append(time.perf_counter() - start)
             self.losses.append(loss)
             bar.update(1)
-            postfix = {"loss": f"{loss:.3f}"}
+            postfix = {"loss": f"{loss:.3f}", "data": f"{self._wait_share(20):.0%}"}
             if self.step % train.eval_interval == 0 or self.step == train.steps:
                 self._record_eval()
                 if self.history:
@@ -166,6 +173,11 @@ class Trainer:
                 self.save()
         bar.close()
         return self.summary()
+
+    def _wait_share(self, last: int | None = None) -> float:
+        """The share of the step time spent waiting for data (over the last `last` steps)."""
+        waits, steps = self.data_wait[-(last or 0):], self.step_seconds[-(last or 0):]
+        return sum(waits) / max(sum(steps), 1e-12)
 
     def summary(self) -> dict:
         final = self.history[-1] if self.history else {}
@@ -179,6 +191,10 @@ class Trainer:
             "history": self.history,
             "eval_seconds": self.eval_seconds,
             "losses": self.losses,
+            "data_wait_seconds": sum(self.data_wait),
+            "data_wait_share": self._wait_share(),
+            "data_wait": self.data_wait,
+            "step_seconds": self.step_seconds,
         }
         for name in self.stats.categories:  # e.g. selected_noise_fraction
             result[f"selected_{name}_fraction"] = self.stats.fractions(name)
@@ -200,6 +216,8 @@ class Trainer:
             **self.flops.state_dict(),
             "stats": self.stats.state_dict(),
             "losses": self.losses,
+            "data_wait": self.data_wait,
+            "step_seconds": self.step_seconds,
             **({"source": self.source.state_dict()} if self._streamed else {}),
         }
 
@@ -223,6 +241,8 @@ class Trainer:
         self.flops.load_state_dict(state)
         self.stats.load_state_dict(state["stats"])
         self.losses = list(state.get("losses", []))
+        self.data_wait = list(state.get("data_wait", []))
+        self.step_seconds = list(state.get("step_seconds", []))
         if self._streamed:
             if "source" not in state:
                 raise ValueError("this checkpoint has no data-stream position: it was written by "
@@ -234,9 +254,14 @@ class Trainer:
         return None if self.out_dir is None else self.out_dir / "checkpoint.pt"
 
     def save(self) -> None:
-        if self.checkpoint_path is not None and self.dist.is_main:
+        """Rank 0 writes the checkpoint; every rank builds the state (a streamed source that
+        reads per rank gathers every rank's position there)."""
+        if self.checkpoint_path is None:
+            return
+        state = self.state_dict() if self.dist.is_main or self._streamed else None
+        if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(self.state_dict(), self.checkpoint_path)
+            save_checkpoint(state, self.checkpoint_path)
 
     def resume(self) -> bool:
         """Load out_dir/checkpoint.pt if it exists; True if it did. The file is loaded with

@@ -2,17 +2,28 @@
 
 Uniform draws b and scores nothing; the others draw B = b / (1 - filter_ratio), score them (the
 learner through its scoring view, the reference from its cache), select b and train on them. Under
-torchrun each rank scores its shard, all select alike, and each trains on b / world_size.
+torchrun each rank scores its shard, all select alike, and each trains on b / world_size. A source
+that draws the whole super-batch on every rank (in memory) is sliced here; one that draws each
+rank's own B / world_size (`per_rank`, jestkit.data.parallel) has its selected examples moved to
+the ranks that train on them (redistribute: the same examples, in the same order, as slicing the
+whole super-batch would give). The time spent in draw is the step's data wait.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import torch
+import torch.distributed as dist
 
 from jestkit.data.source import Examples
-from jestkit.dropin.distributed import all_gather_with_grad, average_gradients, rank_positions
+from jestkit.dropin.distributed import (
+    all_gather_with_grad,
+    average_gradients,
+    rank_positions,
+    redistribute,
+)
 
 if TYPE_CHECKING:
     from jestkit.engine.loop import Trainer
@@ -20,8 +31,15 @@ if TYPE_CHECKING:
 
 def train_step(t: Trainer) -> float:
     """One optimizer step of trainer `t`; returns the loss."""
-    batch = t.source.draw(t.config.super_batch_size(), t.data_generator).to(t.device)  # draw
-    mine = shard(batch, t.dist.rank, t.dist.world_size)
+    start = time.perf_counter()  # draw
+    drawn = t.source.draw(t.config.super_batch_size(), t.data_generator)
+    t.data_wait.append(time.perf_counter() - start)
+    drawn = drawn.to(t.device)
+    if getattr(t.source, "per_rank", False) and t.dist.world_size > 1:
+        batch, mine = None, drawn  # this rank's B / world_size
+    else:
+        batch = drawn
+        mine = shard(batch, t.dist.rank, t.dist.world_size)
     learner = reference = None  # score
     if t.config.policy.uses_learner:
         with torch.autocast(t.device.type, torch.bfloat16, t.config.scoring.bf16):
@@ -32,11 +50,15 @@ def train_step(t: Trainer) -> float:
     if t.config.policy.scored:  # select
         positions = t.selector(learner, reference)
     else:
-        positions = torch.arange(len(batch))
-    chosen = batch[positions]
+        positions = torch.arange(len(mine) * t.dist.world_size)
+    if batch is not None:
+        chosen = batch[positions]
+        share = my_share(chosen, positions, len(mine), t)
+    else:
+        chosen, share = moved_share(mine, positions, t)
     t.model.train()  # train
     t.optimizer.zero_grad(set_to_none=True)
-    loss = t.flops.run("train", forward_backward, t, my_share(chosen, positions, len(mine), t))
+    loss = t.flops.run("train", forward_backward, t, share)
     if t.dist.world_size > 1:
         average_gradients(t.model, t.dist.group)
     t.optimizer.step()
@@ -57,6 +79,36 @@ def my_share(chosen: Examples, positions: torch.Tensor, n: int, t: Trainer) -> E
     if t.dist.world_size == 1:
         return chosen
     return chosen[rank_positions(positions, n, t.dist.rank, t.dist.world_size)]
+
+
+def moved_share(mine: Examples, positions: torch.Tensor, t: Trainer
+                ) -> tuple[Examples, Examples]:  # fmt: skip
+    """From each rank's own candidates: the whole selection's ids and metadata (every rank's,
+    in selection order: what the stats count) and this rank's b / world_size selected
+    examples, moved from the ranks that drew them (the rows my_share would give)."""
+    group, W = t.dist.group, t.dist.world_size
+    data = {"images": mine.images, "tokens": mine.tokens}
+    here = redistribute(data, positions.to(mine.images.device), group)
+    ids = [None] * W
+    dist.all_gather_object(ids, list(mine.ids) if isinstance(mine.ids, list) else mine.ids.tolist(),
+                           group=group)  # fmt: skip
+    every = [i for part in ids for i in part]
+    order = positions.tolist()
+    meta = {}
+    for name, values in mine.meta.items():
+        gathered = values.new_empty((W * len(values),))
+        dist.all_gather_into_tensor(gathered, values.contiguous(), group=group)
+        meta[name] = gathered[positions.to(gathered.device)]
+    chosen_ids = [every[p] for p in order]
+    if not isinstance(mine.ids, list):
+        chosen_ids = torch.tensor(chosen_ids)
+    chosen = Examples(chosen_ids, mine.images[:0], mine.tokens[:0], meta)
+    rows = rank_positions(positions.cpu(), len(mine), t.dist.rank, W)
+    mine_ids = chosen_ids[rows] if torch.is_tensor(chosen_ids) else \
+        [chosen_ids[i] for i in rows.tolist()]  # fmt: skip
+    share = Examples(mine_ids, here["images"], here["tokens"],
+                     {k: v[rows.to(v.device)] for k, v in meta.items()})  # fmt: skip
+    return chosen, share
 
 
 def forward_backward(t: Trainer, batch: Examples) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """What a run on your own data is made of, chosen by the CLI's flags (`jestkit train`,
 `jestkit score`):
 
-    data       --shards.pattern: WebDataset tar / Parquet shards streamed by ShardPool
-               (jestkit.data.stream.StreamSource)
+    data       --shards.pattern: WebDataset tar / Parquet shards, each rank reading its own
+               streams in --shards.workers processes (jestkit.data.parallel.ParallelSource)
     model      --open_clip NAME|JSON: an open_clip config (jestkit.openclip.dual.OpenClipDual,
                its own image preprocessing and tokenizer); none: jestkit's dual encoder (--model.*:
                grayscale 28 x 28 images and hashed word ids)
@@ -24,9 +24,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from jestkit.data.parallel import ParallelSource
 from jestkit.data.shards import list_shards
 from jestkit.data.stream import HashedWords, ShardsConfig, StreamSource, grayscale
 from jestkit.dropin.cache import CacheError, ReferenceCache, fingerprint_ids
+from jestkit.dropin.distributed import Distributed
 from jestkit.engine.reference import ModelReference, ReferenceOutputs, read_reference_info
 from jestkit.fashion.reference import load_reference as load_fashion_reference
 from jestkit.models.factory import IMAGE_SIZE, MAX_LEN, ModelConfig, build_model
@@ -108,8 +110,8 @@ def build_learner(run: OwnRun, model_config: ModelConfig, loss: str, vocab_size:
     return model
 
 
-def build_source(run: OwnRun, model: nn.Module) -> StreamSource:
-    """The shards as a streamed source, with the learner's image transform and tokenizer."""
+def model_inputs(run: OwnRun, model: nn.Module):
+    """The learner's image transform and tokenizer."""
     if run.own.open_clip is None:
         transform = grayscale(IMAGE_SIZE)
         tokenize = HashedWords(run.shards.vocab_size, MAX_LEN)
@@ -117,7 +119,18 @@ def build_source(run: OwnRun, model: nn.Module) -> StreamSource:
         from jestkit.openclip.dual import open_clip_inputs  # open_clip is optional
 
         transform, tokenize = open_clip_inputs(run.own.open_clip, model)
-    return StreamSource(run.shards.pool(transform), tokenize)
+    return transform, tokenize
+
+
+def build_source(run: OwnRun, model: nn.Module, dist: Distributed | None = None,
+                 snapshot_every: int = 1) -> ParallelSource:  # fmt: skip
+    """The shards read in parallel (each rank its own streams, --shards.workers processes),
+    with the learner's image transform and tokenizer."""
+    dist = dist or Distributed()
+    transform, tokenize = model_inputs(run, model)
+    return run.shards.parallel(transform, tokenize, dist.rank, dist.world_size, dist.group,
+                               pin_memory=dist.device.type == "cuda",
+                               snapshot_every=snapshot_every)  # fmt: skip
 
 
 def shards_fingerprint(shards: ShardsConfig) -> str:
@@ -126,14 +139,15 @@ def shards_fingerprint(shards: ShardsConfig) -> str:
     return fingerprint_ids(files, "jestkit shards v1")
 
 
-def load_stream_reference(ref_dir: str | os.PathLike, source: StreamSource | None,
+def load_stream_reference(ref_dir: str | os.PathLike,
+                          source: StreamSource | ParallelSource | None,
                           loss: str) -> ReferenceOutputs:  # fmt: skip
     """The cached reference of a shard folder built by score_shards; refuses a missing one, one
     of other shards or another loss."""
     ref = Path(ref_dir)
     build = f"`jestkit score --shards.pattern ... --reference CHECKPOINT --out {ref}`"
     info = read_reference_info(ref, loss, build)
-    shards = ShardsConfig(pattern=",".join(source.pool.shards)) if source is not None else None
+    shards = ShardsConfig(pattern=",".join(source.shards)) if source is not None else None
     data_fp = shards_fingerprint(shards) if shards is not None else info["data_fingerprint"]
     if data_fp != info.get("data_fingerprint"):
         raise CacheError(

@@ -6,13 +6,16 @@ A reference folder for shards holds, like `jestkit reference`'s for Fashion-MNIS
     cache/           its image and text embeddings of every good sample, keyed by the sample's
                      id (a string: the json's uid or the WebDataset key; jestkit.dropin.cache)
 
-How it is built. The shards are read twice in stream order (ShardPool with no shuffle buffer):
-once to list the ids of the samples that decode (a duplicated id stops the build naming both
-shards; bad samples are skipped and counted, as in training), then again to score them, batch by
-batch, in the order of the cache's parts. The build is resumable (complete parts are kept; a
-resumed build reads, without scoring, the samples of the parts already done) and, under
-torchrun, sharded over the ranks (jestkit.dropin.distributed.build_cache_sharded: part k on
-rank k % world size).
+How it is built. The shards are read twice, the work split over torchrun's ranks. First every
+shard is listed, shard i by rank i % world_size: the ids of its samples that decode, in file
+order (bad samples are skipped and counted, as in training); the ranks share their lists, and a
+duplicated id stops the build naming both shards. The cache's ids are these lists in shard order,
+cut into parts (jestkit.dropin.distributed.build_cache_sharded: part k on rank k % world_size).
+Then each rank scores its parts: it reads only the shards that hold their ids, forward, and
+decodes only those samples. So each sample is decoded once to list it and once to score it,
+on one rank each time. The build is resumable (complete parts are kept and not read again), on
+any number of ranks. The folder is locked while `jestkit score` writes it (as `jestkit train`
+locks its run folder): a second scorer on the same --out is refused at once.
 
 What is checked when training reads it (load_stream_reference): the reference.json's model
 fingerprint against the cache's, the loss against the run's, and the data: the cache's data
@@ -33,15 +36,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from jestkit.data.shards import ShardPool
-from jestkit.data.stream import StreamSource
+from jestkit.data.shards import DuplicateIdError, ShardPool
 from jestkit.dropin.cache import (
     CacheError,
     CacheMeta,
@@ -54,7 +56,7 @@ from jestkit.dropin.distributed import Distributed, build_cache_sharded
 from jestkit.engine.checkpoint import is_checkpoint, load_checkpoint, write_json_atomic
 from jestkit.engine.device import resolve_device
 from jestkit.models.factory import ModelConfig, build_model
-from jestkit.own.run import OwnRun, build_source, shards_fingerprint
+from jestkit.own.run import OwnRun, model_inputs, shards_fingerprint
 
 
 def _reference_model(run: OwnRun, model_config: ModelConfig, loss: str) -> tuple[nn.Module, str]:
@@ -92,35 +94,69 @@ def _reference_model(run: OwnRun, model_config: ModelConfig, loss: str) -> tuple
     return model, f"jestkit {asdict(model_config)} vocab {run.shards.vocab_size}"
 
 
-def _in_order(source: StreamSource, transform="same") -> ShardPool:
-    """A fresh pool over the source's shards in stream order (no shuffle buffer)."""
-    pool = source.pool
-    transform = pool.transform if transform == "same" else transform
-    return ShardPool(pool.shards, pool.config, transform=transform, buffer_size=0)
+def _list_shards(pool: ShardPool, dist: Distributed) -> tuple[list[str], list[int], dict]:
+    """The ids of the good samples of every shard, in stream order, with each one's shard and
+    the bad samples skipped by reason. Shard i is listed (read and decoded, not transformed) by
+    rank i % world_size; the ranks then share their lists."""
+    listed = {}
+    for i in range(dist.rank, len(pool.shards), dist.world_size):
+        one = ShardPool([pool.shards[i]], pool.config, transform=lambda image: 0, buffer_size=0,
+                        rank=0, world_size=1, stream=0, streams=1, shuffle_shards=False)
+        listed[i] = ([s["id"] for s in one], dict(one.skipped))  # fmt: skip
+    if dist.world_size > 1:
+        every = [None] * dist.world_size
+        torch.distributed.all_gather_object(every, listed, group=dist.group)
+        listed = {i: v for part in every for i, v in part.items()}
+    ids, where, skipped, first = [], [], Counter(), {}
+    for i in range(len(pool.shards)):
+        shard_ids, bad = listed[i]
+        for uid in shard_ids:
+            if uid in first:
+                raise DuplicateIdError(
+                    f"id {uid!r} appears twice in the stream: in {pool.shards[first[uid]]} and "
+                    f"in {pool.shards[i]}; ids must be unique"
+                )
+            first[uid] = i
+        ids += shard_ids
+        where += [i] * len(shard_ids)
+        skipped.update(bad)
+    return ids, where, dict(skipped)
 
 
-class _InOrder:
-    """compute(ids) for build_cache: reads the stream forward to the asked ids and scores them."""
+class _Scorer:
+    """compute(ids) for build_cache: reads, forward, only the shards holding the asked ids and
+    decodes only those samples, then scores them."""
 
-    def __init__(self, source: StreamSource, model: nn.Module, device: torch.device):
-        self.samples: Iterator[dict] = iter(source.pool)
-        self.source, self.model, self.device = source, model, device
+    def __init__(self, pool: ShardPool, where: dict[str, int], tokenize, model: nn.Module,
+                 device: torch.device):  # fmt: skip
+        self.pool, self.where, self.tokenize = pool, where, tokenize
+        self.model, self.device = model, device
+        self._shard, self._reader = None, iter(())
+
+    def _find(self, uid: str) -> dict:
+        shard = self.where[uid]
+        if shard != self._shard:
+            self._shard, self._reader = shard, self.pool.records(shard)
+        for rec in self._reader:
+            if rec.id == uid and rec.bad is None:
+                sample = self.pool.decode(rec)
+                if isinstance(sample, str):
+                    raise CacheError(
+                        f"the shards changed while scoring: {uid!r} in "
+                        f"{self.pool.shards[shard]} is now bad ({sample})"
+                    )
+                return sample
+        self._shard = None  # the next id reopens its shard
+        raise CacheError(f"the shards changed while scoring: {uid!r} not found in "
+                         f"{self.pool.shards[shard]} where it was listed")  # fmt: skip
+
+    def inputs(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        got = [self._find(uid) for uid in ids]
+        images = torch.stack([s["image"] for s in got]).to(self.device)
+        return images, self.tokenize([s["caption"] for s in got]).to(self.device)
 
     def __call__(self, ids: list[str]) -> dict[str, torch.Tensor]:
-        got = []
-        for sample in self.samples:
-            if sample["id"] == ids[len(got)]:
-                got.append(sample)
-                if len(got) == len(ids):
-                    break
-            elif got:
-                raise CacheError(f"the shards changed while scoring: {sample['id']!r} came "
-                                 f"where {ids[len(got)]!r} was listed")  # fmt: skip
-        if len(got) < len(ids):
-            raise CacheError(f"the shards changed while scoring: {ids[len(got)]!r} not found")
-        images = torch.stack([s["image"] for s in got]).to(self.device)
-        tokens = self.source.tokenize([s["caption"] for s in got]).to(self.device)
-        emb = self.model.embeddings(images, tokens)
+        emb = self.model.embeddings(*self.inputs(ids))
         return {"image": emb.image.cpu(), "text": emb.text.cpu()}
 
 
@@ -140,17 +176,20 @@ def score_shards(
     device = resolve_device(run.own.device)
     model, inputs = _reference_model(run, model_config, loss)
     model = model.to(device)
-    source = build_source(run, model)
-    listing = _in_order(source, transform=lambda image: 0)  # decoded, not transformed
-    ids = [s["id"] for s in listing]
+    transform, tokenize = model_inputs(run, model)
+    pool = run.shards.pool(transform)
+    ids, where, skipped = _list_shards(pool, dist)
+    if not ids:
+        raise ValueError(f"no good sample in {', '.join(pool.shards[:3])}")
     out = Path(out_dir)
     fingerprint = fingerprint_state_dict(model.state_dict())
-    emb = model.embeddings(*_probe(source, device))
+    emb = model.embeddings(*_Scorer(pool, {ids[0]: where[0]}, tokenize, model, device)
+                           .inputs(ids[:1]))  # one sample: the embedding widths
     meta = CacheMeta(fingerprint, shards_fingerprint(run.shards),
                      {"image": [emb.image.shape[1]], "text": [emb.text.shape[1]]})  # fmt: skip
-    source.pool = _in_order(source)
-    build_cache_sharded(out / "cache", ids, _InOrder(source, model, device), meta,
-                        group=dist.group, batch_size=batch_size, rows_per_part=rows_per_part,
+    scorer = _Scorer(pool, dict(zip(ids, where, strict=True)), tokenize, model, device)
+    build_cache_sharded(out / "cache", ids, scorer, meta, group=dist.group,
+                        batch_size=batch_size, rows_per_part=rows_per_part,
                         progress=progress)  # fmt: skip
     info = {
         "model_fingerprint": fingerprint,
@@ -161,19 +200,11 @@ def score_shards(
         "inputs": inputs,
         "shards": run.shards.shards(),
         "samples": len(ids),
-        "skipped": dict(listing.skipped),
+        "skipped": skipped,
     }
     if dist.is_main:
         write_json_atomic(info, out / "reference.json")
     return info
-
-
-def _probe(source: StreamSource, device: torch.device):
-    """One sample's inputs, to learn the embedding width."""
-    sample = next(iter(_in_order(source)), None)
-    if sample is None:
-        raise ValueError(f"no good sample in {source.pool.shards}")
-    return sample["image"][None].to(device), source.tokenize([sample["caption"]]).to(device)
 
 
 def export_subset(ref_dir: str | os.PathLike, keep: float, path: str | os.PathLike) -> dict:

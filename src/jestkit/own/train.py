@@ -44,7 +44,8 @@ def train_own(
     """One learner run on the data, model, reference and device of `run`; data: the prepared
     Fashion-MNIST captions when run.shards.pattern is None. Writes OUT/checkpoint.pt as it goes
     and OUT/result.json (train_learner's keys, plus 'losses', 'data', 'model', 'device',
-    'skipped': the bad samples skipped, by reason)."""
+    'skipped': the bad samples skipped, by reason, over every rank; on shards 'streams',
+    'workers', 'ranks')."""
     dist = dist or Distributed()
     device = resolve_device(run.own.device)
     loss = config.selection.loss
@@ -59,7 +60,8 @@ def train_own(
     vocab = None if data is None or run.shards.pattern else len(data.vocab)
     model = build_learner(run, model_config, loss, vocab, config.training.seed).to(device)
     if run.shards.pattern:
-        source, evaluate = build_source(run, model), None
+        source = build_source(run, model, dist, config.training.checkpoint_every)
+        evaluate = None
     else:
         from jestkit.fashion.evaluate import evaluator
 
@@ -71,14 +73,20 @@ def train_own(
     out = Path(out_dir)
     trainer = Trainer(model, config, source, reference, evaluate, out, progress=progress,
                       dist=dist, autocast=bf16_autocast(device))  # fmt: skip
-    return run_and_record(trainer, resume, out, lambda: {
-        "model_config": asdict(model_config),
-        "data": run.shards.pattern or "fashion-mnist",
-        "model": run.own.open_clip or "jestkit",
-        "device": str(device),
-        "bf16": trainer.autocast,
-        "skipped": getattr(source, "skipped", {}),
-    })  # fmt: skip
+    try:
+        return run_and_record(trainer, resume, out, lambda: {
+            "model_config": asdict(model_config),
+            "data": run.shards.pattern or "fashion-mnist",
+            "model": run.own.open_clip or "jestkit",
+            "device": str(device),
+            "bf16": trainer.autocast,
+            "skipped": source.all_skipped() if hasattr(source, "all_skipped") else {},
+            **({"streams": source.plan.streams, "workers": source.workers,
+                "ranks": dist.world_size} if hasattr(source, "plan") else {}),
+        })  # fmt: skip
+    finally:
+        if hasattr(source, "close"):
+            source.close()
 
 
 __all__ = ["train_own"]
