@@ -13,7 +13,7 @@ import pytest
 import torch
 from shard_files import sample, write_shards
 
-from jestkit.data.parallel import ParallelSource, StreamPlan
+from jestkit.data.parallel import StreamPlan
 from jestkit.data.shards import ShardPoolConfig, TooManyBadSamples, epoch_shards
 from jestkit.data.stream import HashedWords, ShardsConfig, grayscale
 
