@@ -132,16 +132,19 @@ class HashedWords:
         return out
 
 
-def grayscale(size: int) -> Callable:
-    """Our ViT's image transform: a PIL image -> float (1, size, size) in [0, 1]."""
-    import numpy as np
-    from PIL import Image
+class grayscale:  # noqa: N801 - used as the function it was: grayscale(28)(image)
+    """Our ViT's image transform: a PIL image -> float (1, size, size) in [0, 1]. A class, so
+    that it pickles into DataLoader workers started with spawn."""
 
-    def transform(image) -> torch.Tensor:
-        image = image.convert("L").resize((size, size), Image.Resampling.BILINEAR)
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image) -> torch.Tensor:
+        import numpy as np
+        from PIL import Image
+
+        image = image.convert("L").resize((self.size, self.size), Image.Resampling.BILINEAR)
         return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).unsqueeze(0)
-
-    return transform
 
 
 class StreamSource:
