@@ -16,10 +16,12 @@ from jestkit import SelectionConfig
 from jestkit.data.parallel import StreamStopped
 from jestkit.data.shards import TooManyBadSamples
 from jestkit.data.stream import ShardsConfig
+from jestkit.dropin.cache import ReferenceCache
 from jestkit.dropin.distributed import Distributed
 from jestkit.engine.config import TrainConfig, TrainingConfig
 from jestkit.engine.loop import Trainer
-from jestkit.own.run import OwnRun, build_learner, build_source
+from jestkit.own.run import OwnModel, OwnRun, build_learner, build_source
+from jestkit.own.score import score_shards
 from jestkit.own.train import train_own
 
 # b = 12 of B = 60: both split over 1, 2 and 3 ranks, and B over 6 streams (10 each)
@@ -72,9 +74,19 @@ def _like_torchrun():
     multiprocessing.set_start_method("fork", force=True)
 
 
+def _score(ctx, pattern, checkpoint, out):
+    """`jestkit score`'s build with a jestkit checkpoint as the reference."""
+    run = OwnRun(ShardsConfig(pattern=pattern, vocab_size=512), OwnModel(reference=checkpoint))
+    return score_shards(run, MODEL, "sigmoid", out, batch_size=16, progress=False, dist=ctx,
+                        rows_per_part=32)  # fmt: skip
+
+
 def _on_2(ctx, pattern, bad_pattern, out):
     _like_torchrun()
-    return {"resumed": _train(ctx, pattern, 1, out, stop_at=2),
+    resumed = _train(ctx, pattern, 1, out, stop_at=2)
+    torch.distributed.barrier()  # rank 0 has written the final checkpoint, scored next
+    return {"resumed": resumed,
+            "score": _score(ctx, pattern, str(out / "checkpoint.pt"), out / "ref"),
             "bad": _bad_rank(ctx, bad_pattern, out / "bad")}  # fmt: skip
 
 
@@ -91,10 +103,15 @@ def shards(tmp_path_factory):
     return good, bad, folder
 
 
-def test_ranks_and_workers_select_and_train_as_one_process(shards):
+@pytest.fixture(scope="module")
+def two(shards):
+    good, bad, folder = shards
+    return values_of(spawn(_on_2, 2, folder, good, bad, folder / "two", deadline_s=150))
+
+
+def test_ranks_and_workers_select_and_train_as_one_process(shards, two):
     good, bad, folder = shards
     one = _train(Distributed(), good, 0, folder / "one")
-    two = values_of(spawn(_on_2, 2, folder, good, bad, folder / "two", deadline_s=150))
     three = values_of(spawn(_on_3, 3, folder, good, folder / "three", deadline_s=150))
     want_ids, want_losses, want_state = one
     assert len(want_ids) == 4 and len({i for ids in want_ids for i in ids}) > 12
@@ -111,3 +128,20 @@ def test_ranks_and_workers_select_and_train_as_one_process(shards):
     assert kind1 == "TooManyBadSamples" and "shards-0001.tar" in msg1
     assert kind0 == "StreamStopped" and msg0.startswith("the data stream of rank 1 failed")
     assert msg1 in msg0  # one message on every rank
+
+
+def test_score_on_2_ranks_builds_the_one_process_cache(shards, two):
+    """The 2-rank build (each rank listing half the shards, then scoring its parts) writes the
+    cache one process writes, row for row."""
+    good, _, folder = shards
+    checkpoint = str(folder / "two" / "checkpoint.pt")
+    info = _score(Distributed(), good, checkpoint, folder / "ref1")
+    assert [r["score"] for r in two] == [info, info] and info["samples"] == 120
+    one = ReferenceCache.open(folder / "ref1" / "cache", info["model_fingerprint"],
+                              info["data_fingerprint"])  # fmt: skip
+    both = ReferenceCache.open(folder / "two" / "ref" / "cache", info["model_fingerprint"],
+                               info["data_fingerprint"])  # fmt: skip
+    ids = list(one.ids())
+    assert ids == list(both.ids()) and len(ids) == 120
+    for name, column in one.lookup(ids, ["image", "text"]).items():
+        torch.testing.assert_close(both.lookup(ids, [name])[name], column, atol=1e-6, rtol=1e-5)

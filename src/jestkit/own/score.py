@@ -94,33 +94,45 @@ def _reference_model(run: OwnRun, model_config: ModelConfig, loss: str) -> tuple
     return model, f"jestkit {asdict(model_config)} vocab {run.shards.vocab_size}"
 
 
-def _list_shards(pool: ShardPool, dist: Distributed) -> tuple[list[str], list[int], dict]:
-    """The ids of the good samples of every shard, in stream order, with each one's shard and
-    the bad samples skipped by reason. Shard i is listed (read and decoded, not transformed) by
-    rank i % world_size; the ranks then share their lists."""
+def list_my_shards(pool: ShardPool, rank: int = 0, world_size: int = 1) -> dict:
+    """{shard index: (ids of its good samples in file order, bad samples by reason)} of the
+    shards i with i % world_size == rank, each read and decoded (not transformed) here."""
     listed = {}
-    for i in range(dist.rank, len(pool.shards), dist.world_size):
+    for i in range(rank, len(pool.shards), world_size):
         one = ShardPool([pool.shards[i]], pool.config, transform=lambda image: 0, buffer_size=0,
                         rank=0, world_size=1, stream=0, streams=1, shuffle_shards=False)
         listed[i] = ([s["id"] for s in one], dict(one.skipped))  # fmt: skip
-    if dist.world_size > 1:
-        every = [None] * dist.world_size
-        torch.distributed.all_gather_object(every, listed, group=dist.group)
-        listed = {i: v for part in every for i, v in part.items()}
+    return listed
+
+
+def merge_lists(shards: list[str], listed: dict) -> tuple[list[str], list[int], dict]:
+    """Every rank's list_my_shards merged: the ids in stream order (shard by shard), each one's
+    shard, and the bad samples by reason; an id in two shards raises DuplicateIdError naming
+    both."""
     ids, where, skipped, first = [], [], Counter(), {}
-    for i in range(len(pool.shards)):
+    for i in range(len(shards)):
         shard_ids, bad = listed[i]
         for uid in shard_ids:
             if uid in first:
                 raise DuplicateIdError(
-                    f"id {uid!r} appears twice in the stream: in {pool.shards[first[uid]]} and "
-                    f"in {pool.shards[i]}; ids must be unique"
+                    f"id {uid!r} appears twice in the stream: in {shards[first[uid]]} and in "
+                    f"{shards[i]}; ids must be unique"
                 )
             first[uid] = i
         ids += shard_ids
         where += [i] * len(shard_ids)
         skipped.update(bad)
     return ids, where, dict(skipped)
+
+
+def _list_shards(pool: ShardPool, dist: Distributed) -> tuple[list[str], list[int], dict]:
+    """The listing, shard i on rank i % world_size, shared by every rank."""
+    listed = list_my_shards(pool, dist.rank, dist.world_size)
+    if dist.world_size > 1:
+        every = [None] * dist.world_size
+        torch.distributed.all_gather_object(every, listed, group=dist.group)
+        listed = {i: v for part in every for i, v in part.items()}
+    return merge_lists(pool.shards, listed)
 
 
 class _Scorer:
@@ -132,11 +144,13 @@ class _Scorer:
         self.pool, self.where, self.tokenize = pool, where, tokenize
         self.model, self.device = model, device
         self._shard, self._reader = None, iter(())
+        self.opened: list[int] = []  # the shards read, in order (a shard may be reopened)
 
     def _find(self, uid: str) -> dict:
         shard = self.where[uid]
         if shard != self._shard:
             self._shard, self._reader = shard, self.pool.records(shard)
+            self.opened.append(shard)
         for rec in self._reader:
             if rec.id == uid and rec.bad is None:
                 sample = self.pool.decode(rec)
