@@ -19,9 +19,10 @@ captions into 16 tar shards (img2dataset's layout), then:
    throughput of one worker gives the seconds of one worker's decoding per step, so the number
    of workers a node needs for a given step time.
 
-Each measurement is repeated (--repeats 3) and reported as the median and the range. On this
-project's shared 2-core machine run it under `nice -n 19`; results go to
-benchmarks/results/data_loading.{json,txt}.
+Each measurement is repeated (--repeats 3) and reported as the median and the range, with the
+machine's 1-minute load average when it started (`load`: on a shared 2-core machine other jobs
+take cores from the workers, and throughput with more processes than free cores does not grow).
+Run it under `nice -n 19` there; results go to benchmarks/results/data_loading.{json,txt}.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import io
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import tarfile
@@ -160,10 +162,11 @@ def main() -> None:
     pattern = write_jpeg_shards(tmp / "shards")
     cases = [(1, 0, False), (1, 1, False), (1, 2, False), (2, 0, False), (2, 1, False),
              (2, 2, False), (2, 0, True)]  # fmt: skip
-    rows = {case: {"rates": [], "reads": None} for case in cases}
+    rows = {case: {"rates": [], "reads": None, "load": []} for case in cases}
     waits = {k: [] for k in (0, 1, 2)}
     for _ in range(args.repeats):  # each repeat measures every case: load falls on all alike
         for case in cases:
+            rows[case]["load"].append(os.getloadavg()[0])
             got = throughput(pattern, *case)
             rows[case]["rates"].append(got["samples_per_s"])
             rows[case]["reads"] = got["reads_per_rank"]
@@ -172,8 +175,8 @@ def main() -> None:
     one = statistics.median(rows[(1, 1, False)]["rates"])
     lines = [f"{N_SHARDS * PER_SHARD} 224-px JPEGs in {N_SHARDS} tar shards; B = {B}, "
              f"{STREAMS} streams; ViT-B/32 eval transform; median (min-max) of {args.repeats}",
-             "", "reader   ranks workers  samples/s (min-max)    vs 1 worker  reads per rank",
-             "-------- ----- -------  ---------------------  -----------  --------------"]
+             "", "reader   ranks workers  samples/s (min-max)    vs 1 worker  reads per rank  load",
+             "-------- ----- -------  ---------------------  -----------  --------------  ----"]
     out = {"samples": N_SHARDS * PER_SHARD, "shards": N_SHARDS, "B": B, "streams": STREAMS,
            "repeats": args.repeats, "throughput": [], "data_wait_share": {}}  # fmt: skip
     for (W, K, before), row in rows.items():
@@ -181,9 +184,10 @@ def main() -> None:
         reads = " ".join(f"{r:.2f}" for r in row["reads"])
         lines.append(f"{'before' if before else 'parallel':8s} {W:5d} {K:7d}  {s['median']:7.0f} "
                      f"({s['min']:.0f}-{s['max']:.0f}){'':6s} {s['median'] / one:9.2f}x  "
-                     f"{reads}")  # fmt: skip
+                     f"{reads:14s}  {statistics.median(row['load']):4.1f}")  # fmt: skip
         out["throughput"].append({"ranks": W, "workers": K, "before": before, **s,
-                                  "reads_per_rank": row["reads"]})  # fmt: skip
+                                  "reads_per_rank": row["reads"],
+                                  "load_average": row["load"]})  # fmt: skip
     lines += ["", "data wait of the tiny open_clip learner (share of step time, steps 3-12)",
               "workers  share (min-max)"]  # fmt: skip
     for k, v in waits.items():

@@ -11,6 +11,8 @@ and optional per-example metadata such as noise labels). Two kinds of source:
   next `size` samples of a shuffled stream, ignoring the generator (the stream has its own
   seeded one), and the source has `state_dict()` / `load_state_dict()`, which the loop saves in
   its checkpoints and restores on resume. It has no `__len__` (a stream's length is unknown).
+  A streamed source may draw per rank (`per_rank = True`, jestkit.data.parallel.ParallelSource):
+  under torchrun its draw(B) is this rank's B / world_size candidates, not the whole super-batch.
 """
 
 from __future__ import annotations
