@@ -22,9 +22,8 @@ g % W == r; every rank reads (but does not decode) the whole stream and keeps it
 record belongs to exactly one rank, never two, never none, whatever the shard sizes. The owned
 records pass through a shuffle buffer of `buffer_size` raw records (bytes, not decoded): each
 draw fills the buffer, then takes a uniformly random entry (a torch.Generator seeded from seed,
-epoch and rank). Drawn images are decoded to `mode` (JPEGs by simplejpeg, others by Pillow:
-decode_image), then the user's `transform` runs on the PIL image (without one: a uint8 (C, H, W)
-tensor). One pass is one epoch; the next pass reshuffles with the next epoch's seed. A
+epoch and rank). Drawn images are decoded with Pillow (`mode`, then the user's `transform` on the
+PIL image; without one a uint8 (C, H, W) tensor). One pass is one epoch; the next pass reshuffles with the next epoch's seed. A
 super-batch is the next B decoded samples: super_batches(B) and DataLoader(pool, batch_size=B)
 give the same ones.
 
@@ -52,7 +51,7 @@ Iterating a pool in DataLoader workers is refused (a clear error): the counters,
 and the exact resume live in the pool object, which workers would copy. jestkit.data.parallel
 is the way to use workers (one pool per stream, each in one worker, their states collected by
 torchdata's StatefulDataLoader). Within a process, decode in parallel with `decode_threads`
-(Pillow and simplejpeg release the GIL); the samples and their order do not change with it.
+(Pillow releases the GIL while decoding); the samples and their order do not change with it.
 """
 
 from __future__ import annotations
@@ -123,7 +122,6 @@ class ShardPoolConfig:
         (jestkit.data.parallel); a stream needs at least one shard.
     shuffle_shards: each epoch, the shards in an order drawn from (seed, epoch), the same for
         every stream and rank (open_clip_train's detshuffle); False: the given order.
-    fast_jpeg: decode JPEGs with simplejpeg (decode_image); False: Pillow for every image.
     """
 
     buffer_size: int = 1000
@@ -142,7 +140,6 @@ class ShardPoolConfig:
     stream: int = 0
     streams: int = 1
     shuffle_shards: bool = False
-    fast_jpeg: bool = True
 
     def __post_init__(self):
         if self.buffer_size < 0:
@@ -385,30 +382,6 @@ def _read_parquet(path: str, shard: int, config: ShardPoolConfig, skip: int = 0
                          f"was saved: it changed")  # fmt: skip
 
 
-# --- decoding ----------------------------------------------------------------------------------
-
-
-def decode_image(data: bytes, mode: str | None, fast_jpeg: bool = True):
-    """Encoded image bytes -> a PIL image in `mode` (None: the file's). A JPEG decoded to RGB or
-    L goes through simplejpeg (libjpeg-turbo; about twice Pillow's images/s, see
-    benchmarks/jpeg_decode.py) when fast_jpeg; any other image, or a JPEG simplejpeg refuses
-    (CMYK, a warning from a damaged file), goes through Pillow, which raises on a bad one."""
-    from PIL import Image
-
-    if fast_jpeg and mode in ("RGB", "L") and data[:3] == b"\xff\xd8\xff":
-        import simplejpeg
-
-        try:
-            array = simplejpeg.decode_jpeg(data, colorspace="RGB" if mode == "RGB" else "GRAY")
-        except ValueError:
-            pass
-        else:
-            return Image.fromarray(array if mode == "RGB" else array[:, :, 0])
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return im.convert(mode) if mode else im.copy()
-
-
 # --- the pool --------------------------------------------------------------------------------
 
 
@@ -598,6 +571,8 @@ class ShardPool(IterableDataset):
 
     def _decode(self, rec: Record) -> dict | str:
         """The sample, or the reason it is skipped."""
+        from PIL import Image
+
         if rec.bad is not None:
             return rec.bad
         data = rec.image
@@ -607,7 +582,9 @@ class ShardPool(IterableDataset):
             except OSError:
                 return UNREADABLE_IMAGE
         try:
-            image = decode_image(data, self.config.mode, self.config.fast_jpeg)
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                image = im.convert(self.config.mode) if self.config.mode else im.copy()
         except Exception:  # noqa: BLE001 - whatever Pillow raises on a bad file is a bad sample
             return UNDECODABLE
         if self.transform is not None:
@@ -720,7 +697,6 @@ __all__ = [
     "ShardPool",
     "ShardPoolConfig",
     "TooManyBadSamples",
-    "decode_image",
     "epoch_shards",
     "expand_braces",
     "list_shards",
