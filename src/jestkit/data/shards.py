@@ -23,9 +23,9 @@ record belongs to exactly one rank, never two, never none, whatever the shard si
 records pass through a shuffle buffer of `buffer_size` raw records (bytes, not decoded): each
 draw fills the buffer, then takes a uniformly random entry (a torch.Generator seeded from seed,
 epoch and rank). Drawn images are decoded with Pillow (`mode`, then the user's `transform` on the
-PIL image; without one a uint8 (C, H, W) tensor). One pass is one epoch; the next pass reshuffles with the next epoch's seed. A
-super-batch is the next B decoded samples: super_batches(B) and DataLoader(pool, batch_size=B)
-give the same ones.
+PIL image; without one a uint8 (C, H, W) tensor). One pass is one epoch; the next pass
+reshuffles with the next epoch's seed. A super-batch is the next B decoded samples:
+super_batches(B) and DataLoader(pool, batch_size=B) give the same ones.
 
 Streams. With `streams` S > 1 the pool reads only stream `stream`'s shards: each epoch the shard
 order (reshuffled from seed and epoch with `shuffle_shards`) is dealt round-robin to the S
