@@ -14,9 +14,9 @@ px square: img2dataset's usual resize targets):
 pillow-simd replaces Pillow (the same `PIL` package), so it is measured by running this script
 in another environment. Run it once per environment, then print the table:
 
-    python benchmarks/jpeg_decode.py run --label pillow        # Pillow (+ simplejpeg if present)
-    /tmp/simd/bin/python benchmarks/jpeg_decode.py run --label pillow-simd
-    python benchmarks/jpeg_decode.py table                      # benchmarks/results/jpeg_decode.txt
+    /tmp/plain/bin/python benchmarks/jpeg_decode.py run --label pillow --append  # + simplejpeg
+    /tmp/simd/bin/python benchmarks/jpeg_decode.py run --label pillow-simd --append
+    python benchmarks/jpeg_decode.py table          # benchmarks/results/jpeg_decode.txt
 
 Each measurement decodes all images `--repeats` times (5) and counts images per second of this
 process's CPU time (one thread decodes: a dedicated core's rate, which other jobs on a shared
