@@ -242,12 +242,18 @@ class ParallelSource:
             torch.cat([chunk["tokens"][rows] for chunk, rows in order]),
         )
 
+    def check(self, super_batch: int) -> None:
+        """Refuse a super-batch B that does not split over the ranks and streams (call before
+        any work; draw checks it again)."""
+        if super_batch % self.world_size:
+            raise ValueError(f"the super-batch B = {super_batch} does not split over "
+                             f"{self.world_size} ranks")  # fmt: skip
+        self.plan.per_stream(super_batch)
+
     def _start(self, size: int) -> None:
         from torchdata.stateful_dataloader import StatefulDataLoader
 
-        if size % self.world_size:
-            raise ValueError(f"the super-batch B = {size} does not split over {self.world_size} "
-                             f"ranks")  # fmt: skip
+        self.check(size)
         chunks = StreamChunks(self.shards, self.config, self.transform, self.tokenize,
                               self.plan.rank_streams(self.rank), self.plan.streams,
                               self.plan.per_stream(size))  # fmt: skip

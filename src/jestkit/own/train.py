@@ -61,6 +61,7 @@ def train_own(
     model = build_learner(run, model_config, loss, vocab, config.training.seed).to(device)
     if run.shards.pattern:
         source = build_source(run, model, dist, config.training.checkpoint_every)
+        source.check(config.super_batch_size())  # B splits over the ranks and streams
         evaluate = None
     else:
         from jestkit.fashion.evaluate import evaluator
