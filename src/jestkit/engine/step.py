@@ -84,31 +84,29 @@ def my_share(chosen: Examples, positions: torch.Tensor, n: int, t: Trainer) -> E
 def moved_share(mine: Examples, positions: torch.Tensor, t: Trainer
                 ) -> tuple[Examples, Examples]:  # fmt: skip
     """From each rank's own candidates: the whole selection's ids and metadata (every rank's,
-    in selection order: what the stats count) and this rank's b / world_size selected
-    examples, moved from the ranks that drew them (the rows my_share would give)."""
+    in selection order: what the stats count), and this rank's b / world_size selected
+    examples moved from the ranks that drew them (the rows my_share would give)."""
     group, W = t.dist.group, t.dist.world_size
-    data = {"images": mine.images, "tokens": mine.tokens}
-    here = redistribute(data, positions.to(mine.images.device), group)
-    ids = [None] * W
-    dist.all_gather_object(ids, list(mine.ids) if isinstance(mine.ids, list) else mine.ids.tolist(),
-                           group=group)  # fmt: skip
-    every = [i for part in ids for i in part]
-    order = positions.tolist()
-    meta = {}
-    for name, values in mine.meta.items():
-        gathered = values.new_empty((W * len(values),))
-        dist.all_gather_into_tensor(gathered, values.contiguous(), group=group)
-        meta[name] = gathered[positions.to(gathered.device)]
-    chosen_ids = [every[p] for p in order]
-    if not isinstance(mine.ids, list):
-        chosen_ids = torch.tensor(chosen_ids)
-    chosen = Examples(chosen_ids, mine.images[:0], mine.tokens[:0], meta)
-    rows = rank_positions(positions.cpu(), len(mine), t.dist.rank, W)
-    mine_ids = chosen_ids[rows] if torch.is_tensor(chosen_ids) else \
-        [chosen_ids[i] for i in rows.tolist()]  # fmt: skip
-    share = Examples(mine_ids, here["images"], here["tokens"],
-                     {k: v[rows.to(v.device)] for k, v in meta.items()})  # fmt: skip
-    return chosen, share
+    here = redistribute({"images": mine.images, "tokens": mine.tokens},
+                        positions.to(mine.images.device), group)  # fmt: skip
+    ids = mine.ids if isinstance(mine.ids, list) else mine.ids.tolist()
+    parts = [None] * W  # the ids and metadata are small: every rank's, to every rank
+    dist.all_gather_object(parts, (ids, {k: v.cpu() for k, v in mine.meta.items()}), group=group)
+    every_ids = [i for p in parts for i in p[0]]
+    every_meta = {k: torch.cat([p[1][k] for p in parts]) for k in mine.meta}
+
+    def pick(index: list[int]) -> tuple[list | torch.Tensor, dict[str, torch.Tensor]]:
+        picked = [every_ids[i] for i in index]
+        if not isinstance(mine.ids, list):
+            picked = torch.tensor(picked, dtype=mine.ids.dtype)
+        return picked, {k: v[index] for k, v in every_meta.items()}
+
+    selected = positions.tolist()
+    rows = rank_positions(positions.cpu(), len(mine), t.dist.rank, W).tolist()
+    chosen_ids, chosen_meta = pick(selected)
+    chosen = Examples(chosen_ids, mine.images[:0], mine.tokens[:0], chosen_meta)
+    ours_ids, ours_meta = pick([selected[r] for r in rows])
+    return chosen, Examples(ours_ids, here["images"], here["tokens"], ours_meta)
 
 
 def forward_backward(t: Trainer, batch: Examples) -> torch.Tensor:
