@@ -52,3 +52,12 @@ def test_a_second_scorer_on_the_same_folder_is_refused(tmp_path, capsys):
         code = cli_main(["score", "--shards.pattern", str(tmp_path / "*.tar"), "--reference",
                          str(tmp_path / "model.pt"), "--out", str(out), "--quiet"])  # fmt: skip
     assert code == 2 and "another jestkit run" in capsys.readouterr().err
+
+
+def test_score_refuses_the_training_reader_flags(tmp_path, capsys):
+    pattern = write_shards(tmp_path / "s", shards=1, per_shard=4)
+    model = str(tmp_path / "model.pt")
+    code = cli_main(["score", "--shards.pattern", pattern, "--shards.workers", "2",
+                     "--reference", model, "--out", str(tmp_path / "ref"), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--shards.workers and --shards.streams are for jestkit train" in err

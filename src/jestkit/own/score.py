@@ -187,6 +187,12 @@ def score_shards(
     """Build OUT/cache and OUT/reference.json for run.shards with the reference checkpoint
     run.own.reference (see the module docstring); returns reference.json's contents."""
     dist = dist or Distributed()
+    if run.shards.workers or run.shards.streams is not None:
+        raise ValueError(
+            "--shards.workers and --shards.streams are for jestkit train: jestkit score splits "
+            "the shards over torchrun's ranks itself (each listed by one rank, each part "
+            "scored by one rank)"
+        )
     device = resolve_device(run.own.device)
     model, inputs = _reference_model(run, model_config, loss)
     model = model.to(device)
