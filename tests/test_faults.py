@@ -95,7 +95,7 @@ def reference(tmp_path_factory):
 def straight(reference, tmp_path_factory):
     """The uninterrupted learner run."""
     out = tmp_path_factory.mktemp("faults") / "straight"
-    result = jestkit("train", *TRAIN, "--reference_dir", str(reference[0]), "--out", str(out))
+    result = jestkit("train", *TRAIN, "--reference", str(reference[0]), "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -110,7 +110,7 @@ def test_reference_killed_anywhere_resumes_to_the_same_reference(reference, tmp_
         assert not out.exists() or (out / "reference.json").exists()
     again = jestkit("reference", *REFERENCE, "--out", str(out))
     if (out / "reference.json").exists() and again.returncode == 2:  # it had finished
-        refused(again, "--overwrite true")
+        refused(again, "--overwrite")
     else:
         assert again.returncode == 0, again.stderr[-3000:]
     want = json.loads((ref / "reference.json").read_text())
@@ -127,12 +127,12 @@ def test_reference_killed_anywhere_resumes_to_the_same_reference(reference, tmp_
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_train_killed_at_a_random_step_resumes_exactly(reference, straight, tmp_path, seed):
     out = tmp_path / "run"
-    args = ["train", *TRAIN, "--reference_dir", str(reference[0]), "--out", str(out)]
+    args = ["train", *TRAIN, "--reference", str(reference[0]), "--out", str(out)]
     delay = random.Random(seed).uniform(0.0, 3.0)
     killed(args, lambda: (out / "checkpoint.pt").exists(), delay)
     assert (out / "checkpoint.pt").exists()
-    refused(jestkit(*args), "--resume true", "--overwrite true")  # never started afresh
-    resumed = jestkit(*args, "--resume", "true")
+    refused(jestkit(*args), "--resume", "--overwrite")  # never started afresh
+    resumed = jestkit(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     want = json.loads((straight / "result.json").read_text())
     got = json.loads((out / "result.json").read_text())
@@ -142,7 +142,7 @@ def test_train_killed_at_a_random_step_resumes_exactly(reference, straight, tmp_
 
 
 def test_damaged_checkpoints_are_refused_and_kept(reference, straight, tmp_path):
-    args = ["train", *TRAIN, "--reference_dir", str(reference[0]), "--resume", "true"]
+    args = ["train", *TRAIN, "--reference", str(reference[0]), "--resume"]
     good = (straight / "checkpoint.pt").read_bytes()
     damages = {
         "empty": b"",
@@ -164,8 +164,8 @@ def test_resume_with_changed_settings_names_the_setting(reference, straight, tmp
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes((straight / "checkpoint.pt").read_bytes())
-    base = ["train", *TRAIN, "--reference_dir", str(reference[0]), "--out", str(out)]
-    base += ["--resume", "true"]
+    base = ["train", *TRAIN, "--reference", str(reference[0]), "--out", str(out)]
+    base += ["--resume"]
     refused(jestkit(*base, "--training.steps", "30"), "training.steps")
     refused(jestkit(*base, "--data.seed", "3"), "other data")
 
@@ -184,10 +184,10 @@ def test_damaged_cache_stops_training_before_any_step(reference, tmp_path):
     raw[len(raw) // 2] ^= 0xFF
     part.write_bytes(bytes(raw))
     out = tmp_path / "run"
-    refused(jestkit("train", *TRAIN, "--reference_dir", str(ref), "--out", str(out)), "damaged")
+    refused(jestkit("train", *TRAIN, "--reference", str(ref), "--out", str(out)), "damaged")
     assert not (out / "checkpoint.pt").exists()
     (ref / "cache" / "manifest.json").write_text("{not json")
-    refused(jestkit("train", *TRAIN, "--reference_dir", str(ref), "--out", str(out)), "manifest")
+    refused(jestkit("train", *TRAIN, "--reference", str(ref), "--out", str(out)), "manifest")
 
 
 def _full_disk(limit: int):
@@ -202,16 +202,16 @@ def _full_disk(limit: int):
 
 def test_full_disk_is_a_message_and_loses_nothing(reference, straight, tmp_path):
     out = tmp_path / "run"
-    args = ["train", *TRAIN, "--reference_dir", str(reference[0]), "--out", str(out)]
+    args = ["train", *TRAIN, "--reference", str(reference[0]), "--out", str(out)]
     killed(args, lambda: (out / "checkpoint.pt").exists(), 0.0)  # a checkpoint part-way
     before = (out / "checkpoint.pt").read_bytes()
     assert load_checkpoint(out / "checkpoint.pt")["step"] < 12
     # the next checkpoint cannot be written: the run stops with a message, the last one is kept
-    result = jestkit(*args, "--resume", "true", preexec_fn=_full_disk(len(before) // 2))
+    result = jestkit(*args, "--resume", preexec_fn=_full_disk(len(before) // 2))
     refused(result)
     assert "File too large" in result.stderr or "No space" in result.stderr, result.stderr
     assert (out / "checkpoint.pt").read_bytes() == before
-    rerun = jestkit(*args, "--resume", "true")  # room again: the same run as if nothing happened
+    rerun = jestkit(*args, "--resume")  # room again: the same run as if nothing happened
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     want = json.loads((straight / "result.json").read_text())
     got = json.loads((out / "result.json").read_text())

@@ -60,6 +60,7 @@ class ShardsConfig:
     def __post_init__(self):
         if self.vocab_size <= len(SPECIALS):
             raise ValueError(f"vocab_size must be > {len(SPECIALS)}, got {self.vocab_size}")
+        self.pool_config()  # its checks, before any work
 
     def shards(self) -> list[str]:
         """The pattern's parts (comma-separated)."""
@@ -67,9 +68,9 @@ class ShardsConfig:
             raise ValueError("no shards given (shards.pattern)")
         return [p.strip() for p in self.pattern.split(",") if p.strip()]
 
-    def pool(self, transform: Callable | None, mode: str | None = "RGB") -> ShardPool:
-        """The pool: every rank reads the whole stream (see the module docstring)."""
-        config = ShardPoolConfig(
+    def pool_config(self, mode: str | None = "RGB") -> ShardPoolConfig:
+        """The ShardPoolConfig of these settings (which checks them)."""
+        return ShardPoolConfig(
             buffer_size=self.buffer_size,
             seed=self.seed,
             mode=mode,
@@ -78,7 +79,10 @@ class ShardsConfig:
             rank=0,
             world_size=1,
         )
-        return ShardPool(self.shards(), config, transform=transform)
+
+    def pool(self, transform: Callable | None, mode: str | None = "RGB") -> ShardPool:
+        """The pool: every rank reads the whole stream (see the module docstring)."""
+        return ShardPool(self.shards(), self.pool_config(mode), transform=transform)
 
 
 class HashedWords:

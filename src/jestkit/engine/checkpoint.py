@@ -77,7 +77,7 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-_FIX = "delete it to start afresh (or pass --overwrite true), or restore a good copy"
+_FIX = "delete it to start afresh (or pass --overwrite), or restore a good copy"
 
 
 def is_checkpoint(path: Path) -> bool:

@@ -251,6 +251,6 @@ class Trainer:
         except (KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(
                 f"{path} does not fit this run ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                f"resume with the settings that wrote it, or start afresh with --overwrite true"
+                f"resume with the settings that wrote it, or start afresh with --overwrite"
             ) from None
         return True

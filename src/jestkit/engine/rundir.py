@@ -48,19 +48,19 @@ def check_run_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool 
     Reads only; run_lock then creates the folder and proves it writable."""
     out = Path(out)
     if resume and overwrite:
-        raise RunDirError("--resume true and --overwrite true contradict each other; choose one")
+        raise RunDirError("--resume and --overwrite contradict each other; choose one")
     _check_folder(out)
     has_checkpoint = (out / "checkpoint.pt").exists()
     if resume and not has_checkpoint:
         raise RunDirError(
             f"--resume: there is no checkpoint at {out / 'checkpoint.pt'}; run without "
-            f"--resume true to start afresh"
+            f"--resume to start afresh"
         )
     found = [name for name in RUN_FILES if (out / name).exists()]
     if found and not resume and not overwrite:
         raise RunDirError(
-            f"{out} already holds a run ({', '.join(found)}); pass --resume true to continue "
-            f"it, --overwrite true to replace it, or choose another --out"
+            f"{out} already holds a run ({', '.join(found)}); pass --resume to continue "
+            f"it, --overwrite to replace it, or choose another --out"
         )
 
 
@@ -80,7 +80,7 @@ def check_reference_dir(out: str | os.PathLike, overwrite: bool = False) -> None
     _check_folder(partial_dir(out))
     if (out / "reference.json").exists() and not overwrite:
         raise RunDirError(
-            f"{out} already holds a reference (reference.json); pass --overwrite true to replace "
+            f"{out} already holds a reference (reference.json); pass --overwrite to replace "
             f"it (the new one is built beside it and swapped in when complete), or choose "
             f"another --out"
         )

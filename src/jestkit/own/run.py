@@ -40,8 +40,9 @@ class OwnModel:
         open_clip: an open_clip model config: a name open_clip knows (built-in, or registered
             with open_clip.add_model_config) or a JSON config file; None: jestkit's dual encoder
             (--model.*)
-        reference: a reference folder (reference.json + cache/) or an open_clip checkpoint file;
-            None: --reference_dir
+        reference: a reference folder (reference.json + cache/) or a checkpoint file (open_clip's,
+            or a `jestkit train` run's checkpoint.pt); None: no reference (policies that need
+            one refuse)
         reference_model: the open_clip config of a reference checkpoint (default: --open_clip)
         device: where the model trains: cpu, or cuda (under torchrun: cuda:LOCAL_RANK, NCCL)
     """
@@ -62,14 +63,17 @@ class OwnRun:
     @property
     def is_own(self) -> bool:
         o = self.own
-        return bool(self.shards.pattern or o.open_clip or o.reference or o.device != "cpu")
+        reference_file = o.reference is not None and Path(o.reference).is_file()
+        return bool(self.shards.pattern or o.open_clip or reference_file or o.device != "cpu")
 
 
-def load_any_reference(run: OwnRun, reference_dir: str, loss: str, learner: nn.Module,
-                       data=None, source=None, device: torch.device | None = None):  # fmt: skip
-    """The reference: cached embeddings by id (a folder), or a frozen open_clip model (a
-    file). Its loss must be the run's."""
-    path = Path(run.own.reference or reference_dir)
+def load_any_reference(run: OwnRun, loss: str, learner: nn.Module, data=None, source=None,
+                       device: torch.device | None = None):  # fmt: skip
+    """The reference of run.own.reference: cached embeddings by id (a folder), or a frozen
+    open_clip model (a file). Its loss must be the run's."""
+    if run.own.reference is None:
+        raise ValueError("this policy needs a reference: give --reference (a folder or a file)")
+    path = Path(run.own.reference)
     if path.is_file():
         spec = run.own.reference_model or run.own.open_clip
         if spec is None:

@@ -34,7 +34,6 @@ def train_own(
     run: OwnRun,
     model_config: ModelConfig,
     config: TrainConfig,
-    reference_dir: str,
     out_dir: str | os.PathLike,
     data=None,
     resume: bool = False,
@@ -67,7 +66,7 @@ def train_own(
         evaluate = evaluator(data) if device.type == "cpu" else _on_cpu(evaluator(data))
     reference = None
     if config.policy.uses_reference:
-        reference = load_any_reference(run, reference_dir, loss, model, data, source, device)
+        reference = load_any_reference(run, loss, model, data, source, device)
     out = Path(out_dir)
     trainer = Trainer(model, config, source, reference, evaluate, out, progress=progress,
                       dist=dist, autocast=bf16_autocast(device))  # fmt: skip
