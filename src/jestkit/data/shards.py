@@ -50,6 +50,7 @@ live in the pool object, which workers would copy. Decode in parallel with `deco
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import json
 import os
@@ -351,6 +352,55 @@ def _read_parquet(path: str, shard: int, config: ShardPoolConfig, skip: int = 0
     if skip > start:
         raise ValueError(f"{path} holds {start} rows, fewer than the {skip} read when the state "
                          f"was saved: it changed")  # fmt: skip
+
+
+# --- content digests --------------------------------------------------------------------------
+
+_DIGEST_TEXT = CAPTION_EXTENSIONS + ("json",)
+_DIGEST_MAX_TEXT = 1 << 20  # a longer caption or json is a bad sample: its header is hashed
+
+
+def shard_digest(path: str) -> str:
+    """A digest of what a shard says, without decoding an image: for a tar, every member's
+    header (name, size, mtime) and the bytes of its captions and json; for Parquet, the footer
+    (every column chunk's size, offset and statistics) and the caption and id columns. A
+    shard re-captioned under the same name and size gets another digest. An uncompressed tar is
+    read header by header (images are skipped over, not read); a damaged shard's digest covers
+    what could be read."""
+    h = hashlib.sha256()
+    try:
+        if shard_format(path) == "parquet":
+            _digest_parquet(path, h)
+        else:
+            _digest_tar(path, h)
+    except Exception as e:  # noqa: BLE001 - a damaged shard is counted when read; its digest says so
+        h.update(f"unreadable: {type(e).__name__}".encode())
+    return h.hexdigest()
+
+
+def _digest_tar(path: str, h) -> None:
+    mode = "r:" if path.lower().endswith(".tar") else "r|*"  # random access skips the images
+    with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode=mode) as tar:
+        for member in tar:
+            h.update(f"{member.name}\0{member.type!r}\0{member.size}\0{member.mtime}\0".encode())
+            ext = _split_name(member.name)[1]
+            if member.isfile() and ext in _DIGEST_TEXT and member.size <= _DIGEST_MAX_TEXT:
+                h.update(tar.extractfile(member).read())
+
+
+def _digest_parquet(path: str, h) -> None:
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(path)
+    h.update(json.dumps(table.metadata.to_dict(), sort_keys=True, default=str).encode())
+    names = table.schema_arrow.names
+    columns = [_pick_column(names, None, defaults, what, path)
+               for defaults, what in ((_CAPTION_COLUMNS, "caption"), (_ID_COLUMNS, "id"))]
+    for batch in table.iter_batches(batch_size=4096, columns=list(dict.fromkeys(columns))):
+        for column in batch.columns:
+            for buffer in column.buffers():
+                if buffer is not None:
+                    h.update(memoryview(buffer))
 
 
 # --- the pool --------------------------------------------------------------------------------

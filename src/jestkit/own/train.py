@@ -40,11 +40,13 @@ def train_own(
     resume: bool = False,
     progress: bool = True,
     dist: Distributed | None = None,
+    write_config=None,
 ) -> dict:
     """One learner run on the data, model, reference and device of `run`; data: the prepared
     Fashion-MNIST captions when run.shards.pattern is None. Writes OUT/checkpoint.pt as it goes
     and OUT/result.json (train_learner's keys, plus 'losses', 'data', 'model', 'device',
-    'skipped': the bad samples skipped, by reason)."""
+    'skipped': the bad samples skipped, by reason). write_config(OUT): called once every check
+    passed (the CLI writes config.yaml)."""
     dist = dist or Distributed()
     device = resolve_device(run.own.device)
     loss = config.selection.loss
@@ -78,7 +80,7 @@ def train_own(
         "device": str(device),
         "bf16": trainer.autocast,
         "skipped": getattr(source, "skipped", {}),
-    })  # fmt: skip
+    }, write_config)  # fmt: skip
 
 
 __all__ = ["train_own"]
