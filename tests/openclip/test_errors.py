@@ -73,3 +73,13 @@ def test_a_json_file_or_a_fashion_checkpoint_as_the_reference(files, capsys):
                     str(root / given)), capsys, given)  # fmt: skip
         clear(train(files, "--open_clip", str(root / "tiny.json"), "--reference",
                     str(root / given), "--selection.loss", "sigmoid"), capsys, given)  # fmt: skip
+
+
+def test_scoring_views_an_open_clip_learner_lacks_are_refused_before_any_record(files, capsys):
+    root, _ = files
+    out = root / "train-out"
+    for flags in (["--scoring.patch_size", "8", "--scoring.multires_fraction", "0.5",
+                   "--selection.policy", "uniform"],
+                  ["--scoring.text_token_drop", "0.5", "--selection.policy", "hard_learner"]):
+        clear(train(files, "--open_clip", str(root / "tiny.json"), *flags), capsys, "scoring")
+        assert not (out / "config.yaml").exists()

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from jestkit.dropin.distributed import Distributed
-from jestkit.engine.config import TrainConfig
+from jestkit.engine.config import ScoringConfig, TrainConfig
 from jestkit.engine.device import bf16_autocast, resolve_device
 from jestkit.engine.loop import Trainer
 from jestkit.engine.record import run_and_record
@@ -58,6 +58,11 @@ def train_own(
                 "an open_clip model trains on image-caption shards (--shards.pattern): the "
                 "Fashion-MNIST source is tokenised for jestkit's own text tower"
             )
+    if run.own.open_clip is not None and config.scoring != ScoringConfig():
+        raise ValueError(
+            f"an open_clip model has no scoring views or multi-resolution training: drop "
+            f"--scoring.* ({config.scoring}); they are for jestkit's own ViT"
+        )
     vocab = None if data is None or run.shards.pattern else len(data.vocab)
     model = build_learner(run, model_config, loss, vocab, config.training.seed).to(device)
     if run.shards.pattern:
