@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from jestkit.dropin.distributed import Distributed
@@ -58,7 +58,7 @@ def train_own(
                 "an open_clip model trains on image-caption shards (--shards.pattern): the "
                 "Fashion-MNIST source is tokenised for jestkit's own text tower"
             )
-    if run.own.open_clip is not None and config.scoring != ScoringConfig():
+    if run.own.open_clip is not None and replace(config.scoring, bf16=False) != ScoringConfig():
         raise ValueError(
             f"an open_clip model has no scoring views or multi-resolution training: drop "
             f"--scoring.* ({config.scoring}); they are for jestkit's own ViT"
