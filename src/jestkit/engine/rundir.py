@@ -39,6 +39,8 @@ REFERENCE_FILES = ("model.pt", "reference.json", "config.yaml", "building.json")
 REFERENCE_NAMES = frozenset(
     [LOCK_NAME, "cache", *REFERENCE_FILES, *(name + ".tmp" for name in REFERENCE_FILES)]
 )
+# what a `jestkit score` folder may hold: a reference folder without a model
+SCORE_NAMES = REFERENCE_NAMES - {"model.pt", "model.pt.tmp", "building.json", "building.json.tmp"}
 
 
 class RunDirError(ValueError):
@@ -115,9 +117,6 @@ def _check_reference_names(folder: Path, what: str) -> list[str]:
             f"replaces a reference (model.pt, reference.json, cache/); choose another --out"
         )
     return names
-
-
-SCORE_NAMES = REFERENCE_NAMES - {"model.pt", "model.pt.tmp", "building.json", "building.json.tmp"}
 
 
 def check_score_dir(out: str | os.PathLike) -> None:
