@@ -216,3 +216,74 @@ def test_full_disk_is_a_message_and_loses_nothing(reference, straight, tmp_path)
     want = json.loads((straight / "result.json").read_text())
     got = json.loads((out / "result.json").read_text())
     assert got["history"] == want["history"] and got["final"] == want["final"]
+
+
+# -- issue 16, items 4-5: shards that would exhaust memory or hang, under a memory limit -------
+
+MEMORY_LIMIT = 5 << 30  # address space: a jestkit run needs ~3.5 GiB of it (torch's libraries)
+SHARD_FLAGS = ["--selection.policy", "uniform", "--training.steps", "2", "--training.batch_size",
+               "16", *MODEL_FLAGS, "--shards.vocab_size", "512", "--shards.buffer_size", "0",
+               "--quiet"]  # fmt: skip
+
+
+def _memory_limit():
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def _sparse_tar_member(path, size: int) -> None:
+    """A tar of one good sample and a `size`-byte caption that is a hole in a sparse file (no
+    disk used), then a good sample again."""
+    import io
+    import tarfile
+
+    from shard_files import sample
+
+    png, _ = sample(0, __import__("numpy").random.default_rng(0))
+    with open(path, "wb") as f:
+        with tarfile.open(fileobj=f, mode="w") as tar:
+            for name, data in (("a.png", png), ("a.txt", b"a red square")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            header = tarfile.TarInfo("b.txt")
+            header.size = size
+            f.write(header.tobuf())
+        f.seek(size + (-size) % 512, os.SEEK_CUR)  # the member's bytes: a hole
+        with tarfile.open(fileobj=f, mode="w") as tar:
+            for name, data in (("c.png", png), ("c.txt", b"a red square")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def _parquet_paths(folder, image_path: str) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir()
+    if image_path == "fifo.png":
+        os.mkfifo(folder / image_path)
+    pq.write_table(pa.table({"image_path": [image_path], "caption": ["a red square"],
+                             "uid": ["x"]}), folder / "t.parquet")  # fmt: skip
+    return str(folder / "t.parquet")
+
+
+@pytest.mark.parametrize("kind", ["3 GiB caption", "/dev/zero", "fifo"])
+def test_shards_that_would_exhaust_memory_or_hang(tmp_path, kind):
+    from shard_files import write_shards
+
+    pool = write_shards(tmp_path / "pool", shards=1, per_shard=64)
+    if kind == "3 GiB caption":
+        bad = tmp_path / "bomb.tar"
+        _sparse_tar_member(bad, 3 << 30)
+        bad, reason = str(bad), "caption too long"
+    elif kind == "/dev/zero":
+        bad, reason = _parquet_paths(tmp_path / "t", "/dev/zero"), "outside the table"
+    else:
+        bad, reason = _parquet_paths(tmp_path / "t", "fifo.png"), "not a regular file"
+    out = tmp_path / "run"
+    result = jestkit("train", "--shards.pattern", f"{bad},{pool}", *SHARD_FLAGS, "--out",
+                     str(out), preexec_fn=_memory_limit, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    skipped = json.loads((out / "result.json").read_text())["skipped"]
+    assert sum(skipped.values()) == 1 and reason in next(iter(skipped)), skipped

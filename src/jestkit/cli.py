@@ -301,11 +301,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _save_config(sub: ArgumentParser, args: Namespace, out: Path) -> None:
     """OUT/config.yaml: every setting of this run, replayable with --config."""
+    from jestkit.engine.checkpoint import write_bytes_atomic
+
     out.mkdir(parents=True, exist_ok=True)
     args = args.clone()
     for name in ("config", "quiet", "resume", "overwrite"):  # how to run, not what
         args.pop(name, None)
-    (out / "config.yaml").write_text(sub.dump(args))
+    write_bytes_atomic(sub.dump(args).encode(), out / "config.yaml")
 
 
 def _check_demo_selection(selection: SelectionConfig) -> None:
@@ -393,8 +395,9 @@ def _train_own(cmd: Train, switches: Switches, save_config, progress: bool) -> i
     check_run_dir(out, switches.resume, switches.overwrite)  # before any work
     dist = setup(backend="nccl" if device.type == "cuda" else "gloo", device=device)
     try:
-        with claimed_run(out, switches.resume, switches.overwrite, dist.is_main, save_config):
-            result = train_own(run, cmd.model, config, out, data, switches.resume, progress, dist)
+        with claimed_run(out, switches.resume, switches.overwrite, dist.is_main):
+            result = train_own(run, cmd.model, config, out, data, switches.resume, progress, dist,
+                               save_config)  # fmt: skip
     finally:
         teardown(dist)
     if not dist.is_main:
@@ -415,18 +418,23 @@ def _score(cmd: Score, save_config, progress: bool) -> int:
     """`jestkit score` (jestkit.own.score)."""
     from jestkit.dropin.distributed import setup, teardown
     from jestkit.engine.device import resolve_device
+    from jestkit.engine.rundir import check_score_dir
     from jestkit.own.run import OwnModel, OwnRun
     from jestkit.own.score import export_subset, score_shards
 
     if (cmd.keep is None) != (cmd.subset is None):
         raise ValueError("--keep and --subset go together: the share to keep, and where to")
+    if cmd.keep is not None and not 0.0 < cmd.keep <= 1.0:
+        raise ValueError(f"--keep must be in (0, 1], got {cmd.keep}")
+    if cmd.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {cmd.batch_size}")
+    check_score_dir(cmd.out)  # before any work
     run = OwnRun(cmd.shards, OwnModel(cmd.open_clip, cmd.reference, None, cmd.device))
     device = resolve_device(cmd.device)
     dist = setup(backend="nccl" if device.type == "cuda" else "gloo", device=device)
     try:
-        if dist.is_main:
-            save_config(Path(cmd.out))
-        info = score_shards(run, cmd.model, cmd.loss, cmd.out, cmd.batch_size, progress, dist)
+        info = score_shards(run, cmd.model, cmd.loss, cmd.out, cmd.batch_size, progress, dist,
+                            write_config=save_config)  # fmt: skip
     finally:
         teardown(dist)
     if not dist.is_main:

@@ -48,6 +48,10 @@ class ShardsConfig:
         decode_threads: threads decoding images (0: in the training process's thread)
         vocab_size: our dual encoder's word ids on shards (hashed words; open_clip models use
             their own tokenizer)
+        max_sample_bytes: a sample whose files hold more bytes is bad (skipped and counted)
+        max_caption_chars: a sample whose caption has more characters is bad
+        max_image_pixels: a sample whose image has more pixels (width x height, from its header)
+            is bad, never decoded
     """
 
     pattern: str | None = None
@@ -56,6 +60,9 @@ class ShardsConfig:
     max_bad_fraction: float = 0.01
     decode_threads: int = 0
     vocab_size: int = 8192
+    max_sample_bytes: int = 32 << 20
+    max_caption_chars: int = 16384
+    max_image_pixels: int = 64_000_000
 
     def __post_init__(self):
         if self.vocab_size <= len(SPECIALS):
@@ -76,6 +83,9 @@ class ShardsConfig:
             mode=mode,
             max_bad_fraction=self.max_bad_fraction,
             decode_threads=self.decode_threads,
+            max_sample_bytes=self.max_sample_bytes,
+            max_caption_chars=self.max_caption_chars,
+            max_image_pixels=self.max_image_pixels,
             rank=0,
             world_size=1,
         )

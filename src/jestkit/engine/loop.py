@@ -105,7 +105,7 @@ class Trainer:
             model.parameters(), lr=train.lr, weight_decay=train.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_schedule(train.warmup_steps, train.steps)
+            self.optimizer, lr_schedule(train.warmup, train.steps)
         )
         if self.dist.world_size == 1:
             self.selector = Selector(config.selection, seed=train.seed + 1)

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from jestkit.data.shards import list_shards
+from jestkit.data.shards import list_shards, shard_digest
 from jestkit.data.stream import HashedWords, ShardsConfig, StreamSource, grayscale
 from jestkit.dropin.cache import CacheError, ReferenceCache, fingerprint_ids
 from jestkit.engine.reference import ModelReference, ReferenceOutputs, read_reference_info
@@ -125,9 +125,12 @@ def build_source(run: OwnRun, model: nn.Module) -> StreamSource:
 
 
 def shards_fingerprint(shards: ShardsConfig) -> str:
-    """The data fingerprint of a shard cache: the shard files' names and sizes, in order."""
-    files = [f"{Path(p).name}:{os.path.getsize(p)}" for p in list_shards(shards.shards())]
-    return fingerprint_ids(files, "jestkit shards v1")
+    """The data fingerprint of a shard cache: the shard files' names, sizes and contents
+    (jestkit.data.shards.shard_digest: member headers and caption bytes, or a Parquet footer and
+    its caption and id columns; no image is decoded), in order."""
+    files = [f"{Path(p).name}:{os.path.getsize(p)}:{shard_digest(p)}"
+             for p in list_shards(shards.shards())]  # fmt: skip
+    return fingerprint_ids(files, "jestkit shards v2")
 
 
 def load_stream_reference(ref_dir: str | os.PathLike, source: StreamSource | None,
@@ -142,8 +145,8 @@ def load_stream_reference(ref_dir: str | os.PathLike, source: StreamSource | Non
     if data_fp != info.get("data_fingerprint"):
         raise CacheError(
             f"the reference cache at {ref} was built for other shards ({info.get('shards')}): "
-            f"these ({shards.pattern[:200]}) have other file names or sizes; score them with "
-            "`jestkit score`"
+            f"these ({shards.pattern[:200]}) have other file names, sizes or contents; score "
+            "them with `jestkit score` (into another --out)"
         )
     cache = ReferenceCache.open(ref / "cache", info["model_fingerprint"], data_fp)
     return ReferenceOutputs(cache, info["logit_scale"], info["logit_bias"])
