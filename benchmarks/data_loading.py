@@ -144,7 +144,7 @@ def data_wait(pattern: str, workers: int, out: Path) -> float:
         selection=SelectionConfig(policy="hard_learner", method="joint", filter_ratio=0.8),
         training=TrainingConfig(batch_size=32, steps=12, eval_every=12, checkpoint_every=12),
     )
-    result = train_own(run, ModelConfig(), config, "unused", out / f"run-{workers}",
+    result = train_own(run, ModelConfig(), config, out / f"run-{workers}",
                        progress=False)  # fmt: skip
     waits, steps = result["data_wait"][2:], result["step_seconds"][2:]
     return sum(waits) / sum(steps)

@@ -59,7 +59,7 @@ def _bad_rank(ctx, pattern, out):
     run = OwnRun(ShardsConfig(pattern=pattern, buffer_size=0, workers=1, shuffle_shards=False,
                               vocab_size=512))  # fmt: skip
     try:
-        train_own(run, MODEL, CONFIG, "unused", out, progress=False, dist=ctx)
+        train_own(run, MODEL, CONFIG, out, progress=False, dist=ctx)
     except (StreamStopped, TooManyBadSamples) as e:
         return type(e).__name__, str(e)
     return "no error", ""

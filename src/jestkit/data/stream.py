@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -49,6 +49,10 @@ class ShardsConfig:
         decode_threads: threads decoding images in each reader (0: in its own thread)
         vocab_size: our dual encoder's word ids on shards (hashed words; open_clip models use
             their own tokenizer)
+        max_sample_bytes: a sample whose files hold more bytes is bad (skipped and counted)
+        max_caption_chars: a sample whose caption has more characters is bad
+        max_image_pixels: a sample whose image has more pixels (width x height, from its header)
+            is bad, never decoded
         workers: DataLoader worker processes per rank decoding the shards (0: the training
             process decodes); their positions are in every checkpoint (exact resume)
         streams: how many streams the shards are dealt to, split over ranks then workers; the
@@ -62,6 +66,9 @@ class ShardsConfig:
     max_bad_fraction: float = 0.01
     decode_threads: int = 0
     vocab_size: int = 8192
+    max_sample_bytes: int = 32 << 20
+    max_caption_chars: int = 16384
+    max_image_pixels: int = 64_000_000
     workers: int = 0
     streams: int | None = None
     shuffle_shards: bool = True
@@ -69,6 +76,7 @@ class ShardsConfig:
     def __post_init__(self):
         if self.vocab_size <= len(SPECIALS):
             raise ValueError(f"vocab_size must be > {len(SPECIALS)}, got {self.vocab_size}")
+        self.pool_config()  # its checks, before any work
         if self.workers < 0:
             raise ValueError(f"--shards.workers must be >= 0, got {self.workers}")
         if self.streams is not None and self.streams < 1:
@@ -80,18 +88,24 @@ class ShardsConfig:
             raise ValueError("no shards given (shards.pattern)")
         return [p.strip() for p in self.pattern.split(",") if p.strip()]
 
-    def pool(self, transform: Callable | None, mode: str | None = "RGB") -> ShardPool:
-        """The pool: every rank reads the whole stream (see the module docstring)."""
-        config = ShardPoolConfig(
+    def pool_config(self, mode: str | None = "RGB") -> ShardPoolConfig:
+        """The ShardPoolConfig of these settings (which checks them)."""
+        return ShardPoolConfig(
             buffer_size=self.buffer_size,
             seed=self.seed,
             mode=mode,
             max_bad_fraction=self.max_bad_fraction,
             decode_threads=self.decode_threads,
+            max_sample_bytes=self.max_sample_bytes,
+            max_caption_chars=self.max_caption_chars,
+            max_image_pixels=self.max_image_pixels,
             rank=0,
             world_size=1,
         )
-        return ShardPool(self.shards(), config, transform=transform)
+
+    def pool(self, transform: Callable | None, mode: str | None = "RGB") -> ShardPool:
+        """The pool: every rank reads the whole stream (see the module docstring)."""
+        return ShardPool(self.shards(), self.pool_config(mode), transform=transform)
 
     def parallel(self, transform: Callable, tokenize: Callable, rank: int = 0,
                  world_size: int = 1, group=None, pin_memory: bool = False,
@@ -99,14 +113,7 @@ class ShardsConfig:
         """The parallel reader `jestkit train` uses (jestkit.data.parallel.ParallelSource)."""
         from jestkit.data.parallel import ParallelSource
 
-        config = ShardPoolConfig(
-            buffer_size=self.buffer_size,
-            seed=self.seed,
-            mode=mode,
-            max_bad_fraction=self.max_bad_fraction,
-            decode_threads=self.decode_threads,
-            shuffle_shards=self.shuffle_shards,
-        )
+        config = replace(self.pool_config(mode), shuffle_shards=self.shuffle_shards)
         return ParallelSource(self.shards(), config, transform, tokenize, streams=self.streams,
                               workers=self.workers, rank=rank, world_size=world_size,
                               group=group, pin_memory=pin_memory,

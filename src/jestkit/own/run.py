@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from jestkit.data.parallel import ParallelSource
-from jestkit.data.shards import list_shards
+from jestkit.data.shards import list_shards, shard_digest
 from jestkit.data.stream import HashedWords, ShardsConfig, StreamSource, grayscale
 from jestkit.dropin.cache import CacheError, ReferenceCache, fingerprint_ids
 from jestkit.dropin.distributed import Distributed
@@ -42,8 +42,9 @@ class OwnModel:
         open_clip: an open_clip model config: a name open_clip knows (built-in, or registered
             with open_clip.add_model_config) or a JSON config file; None: jestkit's dual encoder
             (--model.*)
-        reference: a reference folder (reference.json + cache/) or an open_clip checkpoint file;
-            None: --reference_dir
+        reference: a reference folder (reference.json + cache/) or a checkpoint file (open_clip's,
+            or a `jestkit train` run's checkpoint.pt); None: no reference (policies that need
+            one refuse)
         reference_model: the open_clip config of a reference checkpoint (default: --open_clip)
         device: where the model trains: cpu, or cuda (under torchrun: cuda:LOCAL_RANK, NCCL)
     """
@@ -64,14 +65,17 @@ class OwnRun:
     @property
     def is_own(self) -> bool:
         o = self.own
-        return bool(self.shards.pattern or o.open_clip or o.reference or o.device != "cpu")
+        reference_file = o.reference is not None and Path(o.reference).is_file()
+        return bool(self.shards.pattern or o.open_clip or reference_file or o.device != "cpu")
 
 
-def load_any_reference(run: OwnRun, reference_dir: str, loss: str, learner: nn.Module,
-                       data=None, source=None, device: torch.device | None = None):  # fmt: skip
-    """The reference: cached embeddings by id (a folder), or a frozen open_clip model (a
-    file). Its loss must be the run's."""
-    path = Path(run.own.reference or reference_dir)
+def load_any_reference(run: OwnRun, loss: str, learner: nn.Module, data=None, source=None,
+                       device: torch.device | None = None):  # fmt: skip
+    """The reference of run.own.reference: cached embeddings by id (a folder), or a frozen
+    open_clip model (a file). Its loss must be the run's."""
+    if run.own.reference is None:
+        raise ValueError("this policy needs a reference: give --reference (a folder or a file)")
+    path = Path(run.own.reference)
     if path.is_file():
         spec = run.own.reference_model or run.own.open_clip
         if spec is None:
@@ -134,9 +138,12 @@ def build_source(run: OwnRun, model: nn.Module, dist: Distributed | None = None,
 
 
 def shards_fingerprint(shards: ShardsConfig) -> str:
-    """The data fingerprint of a shard cache: the shard files' names and sizes, in order."""
-    files = [f"{Path(p).name}:{os.path.getsize(p)}" for p in list_shards(shards.shards())]
-    return fingerprint_ids(files, "jestkit shards v1")
+    """The data fingerprint of a shard cache: the shard files' names, sizes and contents
+    (jestkit.data.shards.shard_digest: member headers and caption bytes, or a Parquet footer and
+    its caption and id columns; no image is decoded), in order."""
+    files = [f"{Path(p).name}:{os.path.getsize(p)}:{shard_digest(p)}"
+             for p in list_shards(shards.shards())]  # fmt: skip
+    return fingerprint_ids(files, "jestkit shards v2")
 
 
 def load_stream_reference(ref_dir: str | os.PathLike,
@@ -152,8 +159,8 @@ def load_stream_reference(ref_dir: str | os.PathLike,
     if data_fp != info.get("data_fingerprint"):
         raise CacheError(
             f"the reference cache at {ref} was built for other shards ({info.get('shards')}): "
-            f"these ({shards.pattern[:200]}) have other file names or sizes; score them with "
-            "`jestkit score`"
+            f"these ({shards.pattern[:200]}) have other file names, sizes or contents; score "
+            "them with `jestkit score` (into another --out)"
         )
     cache = ReferenceCache.open(ref / "cache", info["model_fingerprint"], data_fp)
     return ReferenceOutputs(cache, info["logit_scale"], info["logit_bias"])
