@@ -6,6 +6,7 @@ is the brute-force top of the reference's image-text similarities, and bad choic
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -119,3 +120,30 @@ def test_other_shards_and_bad_choices_are_refused(files, tmp_path, capsys):
         train_own(_run(files), MODEL, softmax, "unused", tmp_path / "y", progress=False)
     code = cli_main(["train", "--open_clip", files["config"], "--quiet", "--out", str(tmp_path)])
     assert code == 2 and "trains on image-caption shards" in capsys.readouterr().err
+
+
+def test_flexi_jest_for_an_open_clip_learner_end_to_end(files, tmp_path, capsys):
+    """`jestkit train --open_clip ... --scoring.patch_size 16 --scoring.text_token_drop 0.5
+    --scoring.multires_fraction 0.5`: Flexi-JEST for an open_clip learner, through the CLI,
+    costs less to score and to train than the plain run; a patch size that does not divide the
+    image is refused before training, naming the model and the flag."""
+    base = ["train", "--open_clip", files["config"], "--shards.pattern", files["pattern"],
+            "--reference", files["reference"], "--quiet", "--training.batch_size", "16",
+            "--training.steps", "3", "--selection.n_chunks", "4"]  # fmt: skip
+    flexi = ["--scoring.patch_size", "16", "--scoring.text_token_drop", "0.5",
+             "--scoring.multires_fraction", "0.5"]  # fmt: skip
+    bad = ["--scoring.patch_size", "12", "--scoring.multires_fraction", "0.5"]
+    assert cli_main([*base, *bad, "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "--scoring.patch_size 12 does not divide" in err and files["config"] in err
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+    assert cli_main([*base, *flexi, "--out", str(tmp_path / "flexi")]) == 0
+    assert cli_main([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert "flexi-learnability-joint" in capsys.readouterr().out
+    runs = {k: json.loads((tmp_path / k / "result.json").read_text()) for k in ("flexi", "plain")}
+    flops = {k: r["flops"] for k, r in runs.items()}
+    assert flops["flexi"]["learner_score"] < 0.5 * flops["plain"]["learner_score"]
+    assert flops["flexi"]["train"] < flops["plain"]["train"]
+    assert flops["flexi"]["reference_score"] == flops["plain"]["reference_score"] > 0
+    losses = runs["flexi"]["losses"]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
