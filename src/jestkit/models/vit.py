@@ -20,8 +20,9 @@ patch is the base embedding of the patch average-pooled down to p x p.
 
 This file also holds the pre-norm transformer block shared with the text tower.
 
-Attention is written with plain matmuls, not F.scaled_dot_product_attention: on CPU the fused
-kernel is invisible to torch.utils.flop_counter, and jestkit reports FLOPs measured by it.
+Attention is written with plain matmuls, not F.scaled_dot_product_attention. Both are counted
+(jestkit.engine.flops adds the CPU's fused kernels to torch.utils.flop_counter, which misses
+them); the matmuls keep the numbers of the runs recorded so far.
 """
 
 from __future__ import annotations
