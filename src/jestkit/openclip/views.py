@@ -62,8 +62,10 @@ class OpenClipViews:
         """A ValueError naming the model and the flag when `view` (or multi-resolution
         training at view.patch_size) is impossible for this model."""
         if view.changes_image or multires_fraction > 0:
-            flag = "--scoring.patch_size" if view.patch_size is not None else "--scoring.token_drop"
-            visual = self._vision_transformer(flag)
+            coarse = view.patch_size is not None or multires_fraction > 0
+            visual = self._vision_transformer(
+                "--scoring.patch_size" if coarse else "--scoring.token_drop"
+            )
             if view.patch_size is not None:
                 self._check_patch_size(visual, view.patch_size)
         if view.text_token_drop > 0:
