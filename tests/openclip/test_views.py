@@ -28,6 +28,10 @@ TINY_CUSTOM = {
 }
 # A CNN image tower (open_clip's ModifiedResNet): no patches
 TINY_RESNET = {**TINY_SIG, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8}}
+# A timm image tower (a ViT inside timm: its patch embedding is timm's, not reachable)
+TINY_TIMM = {**TINY_SIG, "vision_cfg": {"image_size": 32, "timm_model_name": "vit_tiny_patch16_224",
+                                         "timm_model_pretrained": False, "timm_pool": "",
+                                         "timm_proj": "linear"}}  # fmt: skip
 
 
 def model(config=TINY_SIG, seed=0) -> OpenClipDual:
@@ -148,6 +152,9 @@ def test_views_a_model_cannot_take_are_refused():
     with pytest.raises(ValueError, match="--scoring.token_drop"):
         resnet.check_view(View(token_drop=0.5))
     resnet.check_view(View(text_token_drop=0.5))  # the text tower still has its view
+    pytest.importorskip("timm")
+    with pytest.raises(ValueError, match=r"--scoring.patch_size: tiny's image tower is a TimmM"):
+        model(TINY_TIMM).check_view(View(patch_size=16), 0.5)
     with pytest.raises(ValueError, match="scoring.text_token_drop"):
         View(text_token_drop=1.0)
 
