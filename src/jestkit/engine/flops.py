@@ -21,7 +21,7 @@ measure one step of each kind and multiply, rather than count every step (FlopMe
 
     meter = FlopMeter()
     loss = meter.run("train", forward_backward, batch)     # measured once, then counted
-    emb = meter.run("learner_score", model.embeddings, images, tokens, patch_size=14)
+    emb = meter.run("learner_score", model.embeddings, images, tokens, View(patch_size=14))
 """
 
 from __future__ import annotations
