@@ -95,8 +95,9 @@ class JESTTask(nn.Module):
     view: the learner's scoring view (jestkit.models.view.View, as `--scoring.*` makes it:
         Flexi-JEST's coarser patch size, image and text token drops; jestkit.openclip.views);
         None scores with the plain forward. Refused here if the learner cannot take it. Its
-        token drops are drawn from a generator seeded with view_seed. The step trains at the
-        model's own patch size (multi-resolution training is `jestkit train`'s).
+        token drops are drawn from `task.view_generator`, seeded with view_seed (checkpoint its
+        get_state() beside the selector's to resume exactly). The step trains at the model's
+        own patch size (multi-resolution training is `jestkit train`'s).
 
     forward(images, texts, ids=None), in training mode: the learner (unless the policy does
     not need it) and the reference score the super-batch without gradients, the selector picks
