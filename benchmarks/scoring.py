@@ -24,6 +24,7 @@ import torch
 
 from jestkit.engine.flops import count_no_grad_flops
 from jestkit.models.factory import ModelConfig, build_model
+from jestkit.models.view import View
 
 MODELS = {
     "demo (dim 96, depth 3+1)": ModelConfig(),
@@ -31,9 +32,9 @@ MODELS = {
                                                embed_dim=256),
 }
 VIEWS = {
-    "full": {},
-    "flexi (patch 14)": {"patch_size": 14},
-    "flexi + text drop 0.5": {"patch_size": 14, "text_token_drop": 0.5},
+    "full": View(),
+    "flexi (patch 14)": View(patch_size=14),
+    "flexi + text drop 0.5": View(patch_size=14, text_token_drop=0.5),
 }
 
 
@@ -57,7 +58,7 @@ def main() -> None:
 
         def score(view, prec, model=model):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
-                return model.embeddings(images, tokens, generator=g, **VIEWS[view])
+                return model.embeddings(images, tokens, VIEWS[view], g)
 
         for v, prec in variants:  # warm-up, and FLOPs (the same in both precisions)
             score(v, prec)
@@ -69,8 +70,7 @@ def main() -> None:
                 times[k].append(time.perf_counter() - t)
         base = times[("full", "fp32")]
         for v, prec in variants:
-            _, flops = count_no_grad_flops(model.embeddings, images, tokens, generator=g,
-                                           **VIEWS[v])
+            _, flops = count_no_grad_flops(model.embeddings, images, tokens, VIEWS[v], g)
             ratios = [t / b for t, b in zip(times[(v, prec)], base, strict=True)]
             rows.append({
                 "model": model_name, "view": v, "precision": prec, "gflops": flops / 1e9,

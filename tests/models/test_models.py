@@ -8,6 +8,7 @@ import torch
 import jestkit
 from jestkit.models.dual import DualEncoder
 from jestkit.models.text import TextConfig, TextTower
+from jestkit.models.view import View
 from jestkit.models.vit import Block, ImageTower, ViTConfig
 
 VOCAB = 30
@@ -110,7 +111,7 @@ def test_embeddings_for_selection():
     assert not emb.image.requires_grad and not emb.text.requires_grad
     assert emb.logit_scale == pytest.approx(10.0) and emb.logit_bias == pytest.approx(-10.0)
     coarse = model.embeddings(
-        images, tokens, patch_size=14, token_drop=0.5, generator=torch.Generator().manual_seed(0)
+        images, tokens, View(patch_size=14, token_drop=0.5), torch.Generator().manual_seed(0)
     )
     assert coarse.image.shape == (8, 24)
     # The selection core accepts them.

@@ -75,11 +75,17 @@ def test_a_json_file_or_a_fashion_checkpoint_as_the_reference(files, capsys):
                     str(root / given), "--selection.loss", "sigmoid"), capsys, given)  # fmt: skip
 
 
-def test_scoring_views_an_open_clip_learner_lacks_are_refused_before_any_record(files, capsys):
+def test_scoring_views_an_open_clip_learner_cannot_take_are_refused_before_any_record(
+    files, capsys
+):
+    """A patch size that does not divide the 32 x 32 images (for scoring, or for multi-resolution
+    training): one line naming the flag and the model, and no record written."""
     root, _ = files
     out = root / "train-out"
-    for flags in (["--scoring.patch_size", "8", "--scoring.multires_fraction", "0.5",
+    for flags in (["--scoring.patch_size", "12", "--scoring.multires_fraction", "0.5",
                    "--selection.policy", "uniform"],
-                  ["--scoring.text_token_drop", "0.5", "--selection.policy", "hard_learner"]):
-        clear(train(files, "--open_clip", str(root / "tiny.json"), *flags), capsys, "scoring")
+                  ["--scoring.patch_size", "5", "--scoring.text_token_drop", "0.5",
+                   "--selection.policy", "hard_learner"]):  # fmt: skip
+        clear(train(files, "--open_clip", str(root / "tiny.json"), *flags), capsys,
+              f"--scoring.patch_size {flags[1]} does not divide", "tiny.json")  # fmt: skip
         assert not (out / "config.yaml").exists()

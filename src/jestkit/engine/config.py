@@ -18,10 +18,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-import torch
-
 from jestkit.core.losses import CONTRASTIVE_LOSSES
 from jestkit.core.policies import METHODS, POLICIES, SelectionConfig, get_policy
+from jestkit.models.view import View
 
 FLEXI_PREFIX = "flexi-"
 FLEXI_PATCH_SIZE = 14  # 4 tokens instead of 16 on 28 x 28 images
@@ -57,28 +56,24 @@ class ScoringConfig:
     bf16: bool = False
 
     def __post_init__(self):
-        if self.patch_size is not None and (
-            not isinstance(self.patch_size, int) or self.patch_size < 1
-        ):
-            raise ValueError(f"patch_size must be None or a positive int, got {self.patch_size!r}")
+        self.view()  # validates patch_size and the drop rates
         if self.multires_fraction and self.patch_size is None:
-            raise ValueError("multires_fraction needs scoring.patch_size (the coarse patch size)")
-        if not 0.0 <= self.multires_fraction <= 1.0:
-            raise ValueError(f"multires_fraction must be in [0, 1], got {self.multires_fraction}")
-        for name in ("token_drop", "text_token_drop"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+            raise ValueError(
+                "scoring.multires_fraction needs scoring.patch_size (the coarse patch size)"
+            )
+        f = self.multires_fraction
+        if not isinstance(f, int | float) or not 0.0 <= f <= 1.0:
+            raise ValueError(f"scoring.multires_fraction must be in [0, 1], got {f!r}")
 
-    def view(self, generator: torch.Generator | None = None) -> dict:
-        """The keywords of DualEncoder.embeddings that score through this view; the random
-        token drops are drawn from `generator`."""
-        return {"patch_size": self.patch_size, "token_drop": self.token_drop,
-                "text_token_drop": self.text_token_drop, "generator": generator}  # fmt: skip
+    def view(self) -> View:
+        """The learner's scoring view (jestkit.models.view.View: the one value that
+        DualEncoder.embeddings, OpenClipDual.embeddings and JESTTask take)."""
+        return View(self.patch_size, self.token_drop, self.text_token_drop)
 
     @property
     def flexi(self) -> bool:
         """Whether scoring uses a cheaper view than training."""
-        return self.patch_size is not None or self.token_drop > 0 or self.text_token_drop > 0
+        return not self.view().is_identity
 
 
 @dataclass

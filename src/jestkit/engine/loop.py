@@ -62,10 +62,11 @@ class Trainer:
     evaluate: model -> dict of metrics, called every eval_every steps and at the end.
     out_dir: where checkpoint.pt is written; None keeps nothing on disk.
     dist: this process's place under torchrun (jestkit.dropin.distributed.setup()); default one
-    process. The model's device is where batches go; autocast: the training forward pass under
-    bfloat16 autocast (the loss in float32). A streamed source (one with state_dict) is saved in
-    the checkpoints and restored on resume. Seeds: training.seed for the data order, + 1 for
-    selection, + 2 for scoring views.
+    process. The model (jestkit's DualEncoder or an OpenClipDual) must take config.scoring's
+    view (model.check_view). The model's device is where batches go; autocast: the training
+    forward pass under bfloat16 autocast (the loss in float32). A streamed source (one with
+    state_dict) is saved in the checkpoints and restored on resume. Seeds: training.seed for the
+    data order, + 1 for selection, + 2 for scoring views.
     run_info: what else the run depends on (model config, data and reference fingerprints),
     saved in the checkpoint and compared on resume like the config.
     """
@@ -86,6 +87,8 @@ class Trainer:
     ):
         if config.policy.uses_reference and reference is None:
             raise ValueError(f"policy {config.name()!r} needs the reference (its cache)")
+        scoring = config.scoring  # a view the model cannot take: refused before any work
+        model.check_view(scoring.view(), scoring.multires_fraction)
         if hasattr(source, "__len__") and len(source) < config.super_batch_size():
             raise ValueError(
                 f"the super-batch ({config.super_batch_size()}) is larger than the data "

@@ -44,7 +44,7 @@ def train_step(t: Trainer) -> float:
     if t.config.policy.uses_learner:
         with torch.autocast(t.device.type, torch.bfloat16, t.config.scoring.bf16):
             learner = t.flops.run("learner_score", t.model.embeddings, mine.images, mine.tokens,
-                                  **t.config.scoring.view(t.view_generator))  # fmt: skip
+                                  t.config.scoring.view(), t.view_generator)  # fmt: skip
     if t.config.policy.uses_reference:  # cached: no FLOPs; a reference model: its forward
         reference = t.flops.run("reference_score", t.reference, mine)
     if t.config.policy.scored:  # select

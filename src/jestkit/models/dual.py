@@ -6,10 +6,11 @@ The temperature is learned in log space, t = exp(log_scale), as both papers do, 
 * sigmoid (SigLIP): t = 10, bias b = -10 (learned, unconstrained);
 * softmax (CLIP): t = 1 / 0.07, no bias (a constant 0, not trained; it would cancel anyway).
 
-`embeddings(...)` gives the selection core what it needs from the learner on a super-batch
-(jestkit.Embeddings), computed without gradients. Any view of the image tower (a coarser
-patch size, token dropping; see jestkit.models.vit) can be passed through as keywords, for
-cheap Flexi-JEST scoring.
+`embeddings(images, tokens, view, generator)` gives the selection core what it needs from the
+learner on a super-batch (jestkit.Embeddings), computed without gradients, through a scoring
+view (jestkit.models.view.View: a coarser patch size, image or text token dropping; see
+jestkit.models.vit and jestkit.models.text) for cheap Flexi-JEST scoring. open_clip models take
+the same View (jestkit.openclip.dual.OpenClipDual).
 
 Multi-resolution training (the paper trains half of each sub-batch at the coarse patch size):
 
@@ -23,6 +24,7 @@ or `model.encode_image_multires(images, patch_size=14, fraction_coarse=0.5)`, wh
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,7 @@ from torch import nn
 from jestkit.core.losses import CONTRASTIVE_LOSSES, contrastive_loss
 from jestkit.core.outputs import Embeddings
 from jestkit.models.text import TextTower
+from jestkit.models.view import View
 from jestkit.models.vit import ImageTower
 
 MAX_LOGIT_SCALE = 100.0
@@ -45,6 +48,24 @@ def multires_split(n: int, fraction_coarse: float) -> int:
     if not 0.0 <= fraction_coarse <= 1.0:
         raise ValueError(f"fraction_coarse must be in [0, 1], got {fraction_coarse}")
     return math.floor(n * fraction_coarse + 0.5)
+
+
+def encode_multires(
+    encode_image: Callable[..., torch.Tensor],
+    images: torch.Tensor,
+    patch_size: int,
+    fraction_coarse: float,
+) -> torch.Tensor:
+    """encode_image(images[:h], patch_size=patch_size) and encode_image(images[h:]) in one
+    tensor, rows in input order, h = multires_split(N, fraction_coarse): multi-resolution
+    training for any model whose encode_image takes a patch_size (ours, open_clip's)."""
+    h = multires_split(len(images), fraction_coarse)
+    parts = []
+    if h > 0:
+        parts.append(encode_image(images[:h], patch_size=patch_size))
+    if h < len(images):
+        parts.append(encode_image(images[h:]))
+    return torch.cat(parts)
 
 
 class DualEncoder(nn.Module):
@@ -81,13 +102,7 @@ class DualEncoder(nn.Module):
     ) -> torch.Tensor:
         """Encode the first multires_split(N, fraction_coarse) images at `patch_size`, the rest
         at the base patch size; rows stay in input order."""
-        h = multires_split(len(images), fraction_coarse)
-        parts = []
-        if h > 0:
-            parts.append(self.encode_image(images[:h], patch_size=patch_size))
-        if h < len(images):
-            parts.append(self.encode_image(images[h:]))
-        return torch.cat(parts)
+        return encode_multires(self.encode_image, images, patch_size, fraction_coarse)
 
     def encode_text(
         self,
@@ -106,17 +121,32 @@ class DualEncoder(nn.Module):
         """The training loss of matched pairs (row i of each is a pair)."""
         return contrastive_loss(self.loss_name, img_emb, txt_emb, self.logit_scale, self.logit_bias)
 
+    def check_view(self, view: View, multires_fraction: float = 0.0) -> None:
+        """Refuse, before any work, a view this model cannot take: a ValueError naming the
+        flag. (multires_fraction: trains at view.patch_size too, checked with it.)"""
+        if view.patch_size is not None:
+            try:
+                self.image_tower.check_patch_size(view.patch_size)
+            except ValueError as err:
+                raise ValueError(
+                    f"--scoring.patch_size: jestkit's ViT image tower: {err}"
+                ) from None
+
     @torch.no_grad()
     def embeddings(
-        self, images: torch.Tensor, tokens: torch.Tensor, text_token_drop: float = 0.0, **view
+        self,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        view: View | None = None,
+        generator: torch.Generator | None = None,
     ) -> Embeddings:
-        """The model's outputs on a super-batch for the selection core (no gradients), float32.
-
-        view: patch_size / token_drop / generator for a cheaper image view (Flexi-JEST);
-        text_token_drop: the text tower's cheaper view (TextTower), drawn from the same generator.
-        """
-        img = self.encode_image(images, **view)
-        txt = self.encode_text(tokens, text_token_drop, view.get("generator"))
+        """The model's outputs on a super-batch for the selection core (no gradients), float32,
+        seen through `view` (None: the plain forward); its random token drops are drawn from
+        `generator` (the image's first, then the text's)."""
+        view = view or View()
+        img = self.encode_image(images, patch_size=view.patch_size, token_drop=view.token_drop,
+                                generator=generator)  # fmt: skip
+        txt = self.encode_text(tokens, view.text_token_drop, generator)
         return Embeddings(
             image=img.float(),
             text=txt.float(),

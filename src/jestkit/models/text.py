@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from jestkit.models.vit import Block, keep_count
+from jestkit.models.vit import Block, keep_count, uniform_noise
 
 PAD_ID = 0
 
@@ -90,6 +90,6 @@ def drop_text_tokens(
     (key_mask True) ranks above every pad, ties broken at random; kept positions stay in order.
     A caption with at most `keep` words loses only pads, so its embedding is unchanged."""
     n, length, d = x.shape
-    priority = key_mask.to(x.dtype) + torch.rand(n, length, generator=generator, device=x.device)
+    priority = key_mask.to(x.dtype) + uniform_noise((n, length), generator, x.device)
     idx = priority.topk(keep, dim=1).indices.sort(dim=1).values
     return x.gather(1, idx[:, :, None].expand(n, keep, d)), key_mask.gather(1, idx)

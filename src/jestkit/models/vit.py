@@ -20,8 +20,9 @@ patch is the base embedding of the patch average-pooled down to p x p.
 
 This file also holds the pre-norm transformer block shared with the text tower.
 
-Attention is written with plain matmuls, not F.scaled_dot_product_attention: on CPU the fused
-kernel is invisible to torch.utils.flop_counter, and jestkit reports FLOPs measured by it.
+Attention is written with plain matmuls, not F.scaled_dot_product_attention. Both are counted
+(jestkit.engine.flops adds the CPU's fused kernels to torch.utils.flop_counter, which misses
+them); the matmuls keep the numbers of the runs recorded so far.
 """
 
 from __future__ import annotations
@@ -157,20 +158,25 @@ def pi_resize_weight(
     return (weight.reshape(d * c, p * p) @ pinv_r).view(d, c, new_p, new_p)
 
 
-def resample_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Resample (1, h * w, D) position embeddings laid out on an h x w grid (h = w) to `grid`.
+def resample_pos_embed(
+    pos: torch.Tensor, grid: tuple[int, int], from_grid: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Resample (1, h * w, D) position embeddings laid out on an h x w grid to `grid`.
 
-    Bilinear interpolation of the grid (align_corners=False, antialiased when shrinking, as in
-    FlexiViT); the base grid is returned unchanged.
+    from_grid: (h, w); None: a square grid (h = w). Bilinear interpolation of the grid
+    (align_corners=False, antialiased when shrinking, as in FlexiViT); the base grid is
+    returned unchanged.
     """
     _, n, d = pos.shape
-    side = math.isqrt(n)
-    if (side, side) == tuple(grid):
+    if from_grid is None:
+        side = math.isqrt(n)
+        from_grid = (side, side)
+    if tuple(from_grid) == tuple(grid):
         return pos
-    image = pos.reshape(1, side, side, d).permute(0, 3, 1, 2)
-    shrinking = grid[0] < side or grid[1] < side
+    image = pos.reshape(1, from_grid[0], from_grid[1], d).permute(0, 3, 1, 2)
+    shrinking = grid[0] < from_grid[0] or grid[1] < from_grid[1]
     image = F.interpolate(
-        image, size=grid, mode="bilinear", align_corners=False, antialias=shrinking
+        image, size=tuple(grid), mode="bilinear", align_corners=False, antialias=shrinking
     )
     return image.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], d)
 
@@ -180,6 +186,15 @@ def keep_count(n_tokens: int, token_drop: float) -> int:
     if not 0.0 <= token_drop < 1.0:
         raise ValueError(f"token_drop must be in [0, 1), got {token_drop}")
     return max(1, math.floor((1.0 - token_drop) * n_tokens + 0.5))
+
+
+def uniform_noise(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """U[0, 1) noise of `shape` on `device`, drawn from `generator` on the generator's own device
+    (the training loop's view generator lives on the CPU, the batch may be on a GPU)."""
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=where).to(device)
 
 
 def drop_tokens(
@@ -195,7 +210,7 @@ def drop_tokens(
     keep = keep_count(length, token_drop)
     if keep == length:
         return x
-    noise = torch.rand(n, length, generator=generator, device=x.device)
+    noise = uniform_noise((n, length), generator, x.device)
     idx = noise.topk(keep, dim=1).indices.sort(dim=1).values
     return x.gather(1, idx[:, :, None].expand(n, keep, d))
 

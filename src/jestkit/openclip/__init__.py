@@ -6,10 +6,14 @@
                              shaped like open_clip's training tasks), CachedEmbeddings
     jestkit.openclip.dual    OpenClipDual: an open_clip model as `jestkit train`'s learner or
                              reference, its preprocessing and tokenizer (open_clip_inputs)
+    jestkit.openclip.views   OpenClipViews: Flexi-JEST's scoring views (a coarser patch size,
+                             image and text token drops) computed with the model's own modules
 
-The drop-in names are re-exported here and from jestkit.dropin.openclip.
+The drop-in names (with View, jestkit.models.view's scoring view that JESTTask takes) are
+re-exported here and from jestkit.dropin.openclip.
 """
 
+from jestkit.models.view import View
 from jestkit.openclip.model import (
     create_model,
     embeddings,
@@ -24,6 +28,7 @@ __all__ = [
     "CachedEmbeddings",
     "JESTTask",
     "StepOutput",
+    "View",
     "create_model",
     "embeddings",
     "freeze",

@@ -8,11 +8,16 @@
     loss(img, txt)            jestkit's contrastive loss (sigmoid for a model with a logit_bias,
                               else softmax): the same function as open_clip's SigLipLoss / ClipLoss
                               (tests/dropin/test_openclip.py checks it)
-    embeddings(images, tokens)  jestkit.Embeddings for the selection, no gradients, float32
+    embeddings(images, tokens, view, generator)  jestkit.Embeddings for the selection, no
+                              gradients, float32, through a scoring view (jestkit.models.view.View)
+    encode_image_multires(images, patch_size, fraction)  multi-resolution training
+    check_view(view, multires_fraction)  refuses a view the model cannot take, before any work
 
-Scoring views (Flexi-JEST's patch sizes and token drops) and multi-resolution training are
-jestkit's ViT's; an open_clip model refuses them with an error. `open_clip_inputs(spec, model)`
-gives the image transform and the tokenizer the model was made for.
+The views (Flexi-JEST's patch sizes, image and text token drops) are computed with the model's
+own submodules by jestkit.openclip.views.OpenClipViews: open_clip's VisionTransformer and text
+transformer take them; a CNN or timm image tower refuses an image view with an error.
+`open_clip_inputs(spec, model)` gives the image transform and the tokenizer the model was made
+for.
 """
 
 from __future__ import annotations
@@ -33,18 +38,23 @@ from torch import nn
 from jestkit.core.losses import contrastive_loss
 from jestkit.core.outputs import Embeddings
 from jestkit.engine.checkpoint import is_checkpoint, load_checkpoint
+from jestkit.models.dual import encode_multires
+from jestkit.models.view import View
 from jestkit.openclip.model import create_model, freeze, load_reference, read_config, selection_loss
+from jestkit.openclip.views import OpenClipViews
 
 MAX_LOGIT_SCALE = 100.0
 
 
 class OpenClipDual(nn.Module):
-    """An open_clip CLIP/SigLIP model behind the interface of jestkit.models.dual.DualEncoder."""
+    """An open_clip CLIP/SigLIP model behind the interface of jestkit.models.dual.DualEncoder.
+    name: how errors call the model (its config name or file)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, name: str = "the open_clip model"):
         super().__init__()
         self.model = model
         self.loss_name = selection_loss(model)
+        self.views = OpenClipViews(model, name)  # not a module: holds the same model
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -55,25 +65,38 @@ class OpenClipDual(nn.Module):
         bias = getattr(self.model, "logit_bias", None)
         return torch.zeros((), device=self.model.logit_scale.device) if bias is None else bias
 
-    @staticmethod
-    def _no_view(view: dict) -> None:
-        used = {k: v for k, v in view.items() if k != "generator" and v}
-        if used:
-            raise ValueError(
-                f"an open_clip model has no scoring views ({sorted(used)}): scoring.patch_size, "
-                "token_drop, text_token_drop and multires_fraction are for jestkit's own ViT"
-            )
+    def check_view(self, view: View, multires_fraction: float = 0.0) -> None:
+        """Refuse, before any work, a view (or multi-resolution training at view.patch_size)
+        this model cannot take: a ValueError naming the model and the flag."""
+        self.views.check(view, multires_fraction)
 
-    def encode_image(self, images: torch.Tensor, **view) -> torch.Tensor:
-        self._no_view(view)
-        return F.normalize(self.model.encode_image(images), dim=-1)
+    def encode_image(
+        self,
+        images: torch.Tensor,
+        patch_size: int | None = None,
+        token_drop: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, D), unit norm, through an image view (none: the plain forward)."""
+        return F.normalize(
+            self.views.encode_image(images, patch_size, token_drop, generator), dim=-1
+        )
 
-    def encode_image_multires(self, images, patch_size, fraction_coarse=0.5):
-        self._no_view({"patch_size": patch_size})
+    def encode_image_multires(
+        self, images: torch.Tensor, patch_size: int, fraction_coarse: float = 0.5
+    ) -> torch.Tensor:
+        """The first multires_split(N, fraction_coarse) images at `patch_size`, the rest at the
+        model's own (as DualEncoder.encode_image_multires)."""
+        return encode_multires(self.encode_image, images, patch_size, fraction_coarse)
 
-    def encode_text(self, tokens: torch.Tensor, token_drop: float = 0.0, generator=None):
-        self._no_view({"text_token_drop": token_drop})
-        return F.normalize(self.model.encode_text(tokens), dim=-1)
+    def encode_text(
+        self,
+        tokens: torch.Tensor,
+        token_drop: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """(N, L) -> (N, D), unit norm, with `token_drop` of each caption's positions dropped."""
+        return F.normalize(self.views.encode_text(tokens, token_drop, generator), dim=-1)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, **view):
         return self.encode_image(images, **view), self.encode_text(tokens)
@@ -82,11 +105,21 @@ class OpenClipDual(nn.Module):
         return contrastive_loss(self.loss_name, img_emb, txt_emb, self.logit_scale, self.logit_bias)
 
     @torch.no_grad()
-    def embeddings(self, images: torch.Tensor, tokens: torch.Tensor, text_token_drop=0.0, **view):
-        self._no_view({**view, "text_token_drop": text_token_drop})
+    def embeddings(
+        self,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        view: View | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Embeddings:
+        """The model's outputs on a super-batch for the selection (no gradients), float32,
+        through `view` (None: the plain forward); its token drops are drawn from `generator`
+        (the image's first, then the text's)."""
+        view = view or View()
+        img = self.encode_image(images, view.patch_size, view.token_drop, generator)
         return Embeddings(
-            image=self.encode_image(images).float(),
-            text=self.encode_text(tokens).float(),
+            image=img.float(),
+            text=self.encode_text(tokens, view.text_token_drop, generator).float(),
             logit_scale=float(self.logit_scale),
             logit_bias=float(self.logit_bias),
         )
@@ -131,7 +164,7 @@ def open_clip_model(spec: str, checkpoint: str | os.PathLike | None = None) -> O
     the weights of `checkpoint` (None: random, from torch's current seed)."""
     _known(spec)
     with _clear(spec, checkpoint):
-        return OpenClipDual(create_model(spec, checkpoint))
+        return OpenClipDual(create_model(spec, checkpoint), str(spec))
 
 
 def open_clip_reference(
@@ -141,10 +174,10 @@ def open_clip_reference(
     state dict, .safetensors), or from `state_dict`, the weights of an OpenClipDual (e.g. the
     'model' of a `jestkit train` checkpoint of an open_clip learner)."""
     if state_dict is not None:
-        model = OpenClipDual(create_model(spec))
+        model = OpenClipDual(create_model(spec), str(spec))
         model.load_state_dict(state_dict)
         return freeze(model)
-    return OpenClipDual(load_reference(spec, checkpoint))
+    return OpenClipDual(load_reference(spec, checkpoint), str(spec))
 
 
 def open_clip_inputs(spec: str, model: OpenClipDual) -> tuple[Callable, Callable]:

@@ -13,12 +13,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from jestkit.core import Embeddings, Selector
 from jestkit.dropin.cache import CacheMeta, ReferenceCache, fingerprint_ids, fingerprint_state_dict
 from jestkit.dropin.distributed import GlobalSelector, redistribute, unwrap
+from jestkit.models.view import View
 from jestkit.openclip.model import as_dict, embeddings, freeze, loss_kind, make_loss
+from jestkit.openclip.views import OpenClipViews
 
 
 @dataclass
@@ -89,6 +92,12 @@ class JESTTask(nn.Module):
         Its config's loss must be the training loss's: 'sigmoid' for SigLipLoss, 'softmax' for
         ClipLoss.
     loss: an open_clip loss module; default make_loss(learner) with the selector's ranks.
+    view: the learner's scoring view (jestkit.models.view.View, as `--scoring.*` makes it:
+        Flexi-JEST's coarser patch size, image and text token drops; jestkit.openclip.views);
+        None scores with the plain forward. Refused here if the learner cannot take it. Its
+        token drops are drawn from `task.view_generator`, seeded with view_seed (checkpoint its
+        get_state() beside the selector's to resume exactly). The step trains at the model's
+        own patch size (multi-resolution training is `jestkit train`'s).
 
     forward(images, texts, ids=None), in training mode: the learner (unless the policy does
     not need it) and the reference score the super-batch without gradients, the selector picks
@@ -104,6 +113,8 @@ class JESTTask(nn.Module):
         reference: Reference | None,
         selector: Selector | GlobalSelector,
         loss: nn.Module | None = None,
+        view: View | None = None,
+        view_seed: int = 0,
     ):
         super().__init__()
         if not isinstance(selector, Selector | GlobalSelector):
@@ -143,6 +154,10 @@ class JESTTask(nn.Module):
                 "reference must be an open_clip model or a callable ids -> Embeddings, got "
                 f"{type(reference).__name__}"
             )
+        self.view = view or View()
+        self.views = OpenClipViews(unwrap(learner), "the learner")  # not a module
+        self.views.check(self.view)
+        self.view_generator = torch.Generator().manual_seed(view_seed)
         if config.loss == "sigmoid":
             for name, model in (("learner", learner), ("reference", self.reference)):
                 if model is not None and getattr(unwrap(model), "logit_bias", None) is None:
@@ -186,7 +201,7 @@ class JESTTask(nn.Module):
         policy = self.selector.config.policy
         learner = reference = None
         if policy in ("hard_learner", "learnability"):
-            learner = embeddings(unwrap(self.trainable_module)(images, texts))
+            learner = self.score_learner(images, texts)
         if policy in ("easy_reference", "learnability"):
             if self.reference is not None:
                 reference = embeddings(self.reference(images, texts))
@@ -205,6 +220,23 @@ class JESTTask(nn.Module):
                         reference.logit_bias,
                     )
         return learner, reference
+
+    def score_learner(self, images: torch.Tensor, texts: torch.Tensor) -> Embeddings:
+        """The learner's Embeddings of the super-batch through the task's view (no view: its
+        plain forward, as open_clip returns it)."""
+        model = unwrap(self.trainable_module)
+        if self.view.is_identity:
+            return embeddings(model(images, texts))
+        v, g = self.view, self.view_generator
+        image = self.views.encode_image(images, v.patch_size, v.token_drop, g)
+        text = self.views.encode_text(texts, v.text_token_drop, g)
+        bias = getattr(model, "logit_bias", None)
+        return Embeddings(
+            F.normalize(image, dim=-1),
+            F.normalize(text, dim=-1),
+            model.logit_scale.exp(),
+            0.0 if bias is None else bias,
+        )
 
     def select(
         self, images: torch.Tensor, texts: torch.Tensor, ids: torch.Tensor | None = None

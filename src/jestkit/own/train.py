@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from jestkit.dropin.distributed import Distributed
-from jestkit.engine.config import ScoringConfig, TrainConfig
+from jestkit.engine.config import TrainConfig
 from jestkit.engine.device import bf16_autocast, resolve_device
 from jestkit.engine.loop import Trainer
 from jestkit.engine.record import run_and_record
@@ -58,13 +58,9 @@ def train_own(
                 "an open_clip model trains on image-caption shards (--shards.pattern): the "
                 "Fashion-MNIST source is tokenised for jestkit's own text tower"
             )
-    if run.own.open_clip is not None and replace(config.scoring, bf16=False) != ScoringConfig():
-        raise ValueError(
-            f"an open_clip model has no scoring views or multi-resolution training: drop "
-            f"--scoring.* ({config.scoring}); they are for jestkit's own ViT"
-        )
     vocab = None if data is None or run.shards.pattern else len(data.vocab)
     model = build_learner(run, model_config, loss, vocab, config.training.seed).to(device)
+    model.check_view(config.scoring.view(), config.scoring.multires_fraction)  # before records
     if run.shards.pattern:
         source = build_source(run, model, dist, config.training.checkpoint_every)
         source.check(config.super_batch_size())  # B splits over the ranks and streams
