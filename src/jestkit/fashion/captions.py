@@ -13,6 +13,11 @@ Noise on the pool, as fractions of the final pool (duplicates included):
 * duplicate: a new example, copied from a clean pool example with a shift of at most one pixel
   and Gaussian pixel noise, with a lightly edited copy of that example's caption.
 
+Web data's other structure, off by default (PoolConfig): redundancy (duplicate_sources: the
+near-copies concentrate on a few clean pairs, many copies each, as LAION's near-duplicates do),
+a long tail of classes (class_zipf) and correct but vague captions (vague_rate: the class's
+coarse kind only, "my new shoe").
+
 Ids: train examples keep their train index (curated and pool are disjoint), test examples are
 100_000 + test index, duplicates are 200_000 + k. Everything is deterministic given the config.
 """
