@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from jestkit.dropin.distributed import Distributed
-from jestkit.engine.config import TrainConfig
+from jestkit.engine.config import ScoringConfig, TrainConfig
 from jestkit.engine.device import bf16_autocast, resolve_device
 from jestkit.engine.loop import Trainer
 from jestkit.engine.record import run_and_record
@@ -34,17 +34,18 @@ def train_own(
     run: OwnRun,
     model_config: ModelConfig,
     config: TrainConfig,
-    reference_dir: str,
     out_dir: str | os.PathLike,
     data=None,
     resume: bool = False,
     progress: bool = True,
     dist: Distributed | None = None,
+    write_config=None,
 ) -> dict:
     """One learner run on the data, model, reference and device of `run`; data: the prepared
     Fashion-MNIST captions when run.shards.pattern is None. Writes OUT/checkpoint.pt as it goes
     and OUT/result.json (train_learner's keys, plus 'losses', 'data', 'model', 'device',
-    'skipped': the bad samples skipped, by reason)."""
+    'skipped': the bad samples skipped, by reason). write_config(OUT): called once every check
+    passed (the CLI writes config.yaml)."""
     dist = dist or Distributed()
     device = resolve_device(run.own.device)
     loss = config.selection.loss
@@ -56,6 +57,11 @@ def train_own(
                 "an open_clip model trains on image-caption shards (--shards.pattern): the "
                 "Fashion-MNIST source is tokenised for jestkit's own text tower"
             )
+    if run.own.open_clip is not None and replace(config.scoring, bf16=False) != ScoringConfig():
+        raise ValueError(
+            f"an open_clip model has no scoring views or multi-resolution training: drop "
+            f"--scoring.* ({config.scoring}); they are for jestkit's own ViT"
+        )
     vocab = None if data is None or run.shards.pattern else len(data.vocab)
     model = build_learner(run, model_config, loss, vocab, config.training.seed).to(device)
     if run.shards.pattern:
@@ -67,7 +73,7 @@ def train_own(
         evaluate = evaluator(data) if device.type == "cpu" else _on_cpu(evaluator(data))
     reference = None
     if config.policy.uses_reference:
-        reference = load_any_reference(run, reference_dir, loss, model, data, source, device)
+        reference = load_any_reference(run, loss, model, data, source, device)
     out = Path(out_dir)
     trainer = Trainer(model, config, source, reference, evaluate, out, progress=progress,
                       dist=dist, autocast=bf16_autocast(device))  # fmt: skip
@@ -78,7 +84,7 @@ def train_own(
         "device": str(device),
         "bf16": trainer.autocast,
         "skipped": getattr(source, "skipped", {}),
-    })  # fmt: skip
+    }, write_config)  # fmt: skip
 
 
 __all__ = ["train_own"]
