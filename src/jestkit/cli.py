@@ -375,7 +375,7 @@ def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
     print(
         f"{config.name()}: {result['steps']} steps, zero-shot {final['zero_shot']:.4f}, "
         f"i2t R@1 {final['i2t_r1']:.4f}, t2i R@1 {final['t2i_r1']:.4f}, "
-        f"{sum(result['flops'].values()) / 1e12:.3f} TFLOPs; wrote {out}/result.json"
+        f"{sum(result['flops'].values()) / 1e12:.3f} TFLOPs; result in {out}/result.json"
     )
     return 0
 
@@ -409,7 +409,7 @@ def _train_own(cmd: Train, switches: Switches, save_config, progress: bool) -> i
         f"{config.name()} on {result['data']} ({result['model']}, {result['device']}): "
         f"{result['steps']} steps, last loss {losses[-1] if losses else float('nan'):.4f}"
         f"{', ' + metrics if metrics else ''}, skipped {sum(result['skipped'].values())} bad "
-        f"samples, {sum(result['flops'].values()) / 1e9:.2f} GFLOPs; wrote {out}/result.json"
+        f"samples, {sum(result['flops'].values()) / 1e9:.2f} GFLOPs; result in {out}/result.json"
     )
     return 0
 
