@@ -1,11 +1,14 @@
 """The image-caption pool on a real Fashion-MNIST slice: attributes, noise, ids, captions."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from jestkit.data.tokenizer import UNK, Vocab, tokenize
 from jestkit.fashion.captions import (
+    ATTRIBUTE_WORDS,
     ATTRIBUTES,
     CLEAN,
     DUPLICATE,
@@ -14,6 +17,7 @@ from jestkit.fashion.captions import (
     MISMATCHED,
     NOISE_TYPES,
     TEST_ID_OFFSET,
+    VAGUE_KIND,
     AttributeBuckets,
     CaptionSet,
     PoolConfig,
@@ -246,3 +250,65 @@ def test_caption_set_subset_and_summary():
     assert noise_summary(torch.zeros(0, dtype=torch.long)) == dict.fromkeys(NOISE_TYPES, 0.0)
     with pytest.raises(ValueError, match="captions"):
         CaptionSet(s.ids, s.images, s.labels, ["a"], s.noise)
+
+
+def test_redundancy_repeats_a_few_clean_pairs(raw):
+    cfg = PoolConfig(curated_size=300, duplicate_rate=0.3, duplicate_sources=20, seed=1)
+    pool, _, _ = build_caption_data(*raw, cfg)
+    dups = pool.subset(pool.noise == DUPLICATE)
+    assert len(dups) == round(0.3 * len(pool))
+    originals = pool.subset(pool.noise != DUPLICATE)
+    # each near-copy's caption is a light edit of one original's clean caption: undo the edit
+    def plain(c):
+        for edit in (" (copy)", " - 2", "repost: ", "!", " #1", ","):
+            c = c.replace(edit, "")
+        return c
+
+    by_caption = {}
+    for i, c in enumerate(originals.captions):
+        by_caption.setdefault(plain(c), []).append(i)
+    source_of = {}
+    for caption in dups.captions:
+        sources = by_caption[plain(caption)]
+        key = tuple(sources)  # originals with the very same caption count as one
+        source_of[key] = source_of.get(key, 0) + 1
+    assert len(source_of) <= 20  # a few sources...
+    assert sum(source_of.values()) == len(dups)  # ...copied many times each
+    assert max(source_of.values()) >= len(dups) / 20
+    assert all(any(originals.noise[i] == CLEAN for i in key) for key in source_of)
+    # None keeps one copy per source, as before
+    pool, _, _ = build_caption_data(*raw, PoolConfig(curated_size=300, duplicate_rate=0.1))
+    assert len(set(pool.subset(pool.noise == DUPLICATE).images.flatten(1).sum(1).tolist())) > 1
+
+
+def test_long_tail_of_classes(raw):
+    zipf = 1.0
+    cfg = PoolConfig(curated_size=300, class_zipf=zipf, mismatched_rate=0, junk_rate=0,
+                     duplicate_rate=0)  # fmt: skip
+    pool, curated, _ = build_caption_data(*raw, cfg)
+    balanced, _, _ = build_caption_data(*raw, replace(cfg, class_zipf=0.0))
+    counts = torch.bincount(pool.labels, minlength=10).tolist()
+    before = torch.bincount(balanced.labels, minlength=10).tolist()
+    # the class of rank r keeps round(count * (r + 1) ** -zipf) of its images
+    ranked = sorted(range(10), key=lambda c: -counts[c] / before[c])
+    for r, c in enumerate(ranked):
+        assert counts[c] == round(before[c] * (r + 1) ** -zipf)
+    assert len(curated) == 300 and (curated.ids[:, None] != pool.ids[None]).all()
+
+
+def test_vague_captions_are_correct_but_say_little(raw):
+    cfg = PoolConfig(curated_size=300, vague_rate=0.2)
+    pool, _, _ = build_caption_data(*raw, cfg)
+    vague = [i for i, c in enumerate(pool.captions) if not mentioned_classes(c)
+             and pool.noise[i] == CLEAN]  # fmt: skip
+    assert len(vague) == round(0.2 * len(pool))
+    for i in vague:
+        kind = VAGUE_KIND[CLASSES[pool.labels[i]]]
+        assert kind in pool.captions[i]  # correct: the image's coarse kind...
+        assert not any(w in pool.captions[i] for words in ATTRIBUTE_WORDS.values() for w in words)
+    with pytest.raises(ValueError, match="vague_rate"):
+        PoolConfig(vague_rate=0.5, mismatched_rate=0.5)
+    with pytest.raises(ValueError, match="class_zipf"):
+        PoolConfig(class_zipf=-1.0)
+    with pytest.raises(ValueError, match="duplicate_sources"):
+        PoolConfig(duplicate_sources=0)

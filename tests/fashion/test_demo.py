@@ -23,7 +23,7 @@ def test_demo_writes_results_and_curves(tmp_path):
     )
     saved = json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "curves.png").stat().st_size > 10_000
-    assert set(saved["policies"]) == {"learnability-joint"}
+    assert set(saved["policies"]) == {"learnability-joint", "filter-30"}
     # uniform ran at 3, 6 and 12 steps (TINY trains 6), each its own run with its own schedule
     assert [u["steps"] for u in saved["uniform"]] == [3, 6, 12]
     for u in saved["uniform"]:
@@ -41,6 +41,11 @@ def test_demo_writes_results_and_curves(tmp_path):
     assert row["speedup_steps"]["bound"] == expected["steps"].bound
     assert saved["config"]["train"]["training"]["steps"] == 6
     assert results["policies"] == saved["policies"]
+    # the offline filter: uniform on the reference's top 30 %, no learner scoring
+    filtered = json.loads((tmp_path / "runs" / "filter-30" / "result.json").read_text())
+    assert filtered["flops"]["learner_score"] == 0 and filtered["steps"] == 6
+    assert filtered["config"]["selection"]["policy"] == "uniform"
+    assert saved["policies"]["filter-30"]["speedup_flops"]["bound"] in ("=", "<", ">")
 
 
 def test_demo_configs_fail_before_any_work():
@@ -54,3 +59,7 @@ def test_demo_configs_fail_before_any_work():
         demo_configs(TINY, ("nonsense",), (1, 4))
     names = list(demo_configs(TINY, ("learnability-joint",), (4, 0.5)))
     assert names == ["uniform-3", "uniform-24", "learnability-joint"]
+    names = list(demo_configs(TINY, ("learnability-joint",), (4, 0.5), filter_keep=0.3))
+    assert names == ["uniform-3", "uniform-24", "learnability-joint", "filter-30"]
+    with pytest.raises(ValueError, match="filter_keep"):
+        demo_configs(TINY, ("learnability-joint",), (1, 4), filter_keep=1.0)

@@ -12,7 +12,7 @@ from jestkit.data.source import Examples
 from jestkit.dropin.cache import CacheError
 from jestkit.engine.config import TrainingConfig
 from jestkit.fashion.prepare import prepare_caption_data
-from jestkit.fashion.reference import load_reference, train_reference
+from jestkit.fashion.reference import filter_pool, load_reference, train_reference
 from jestkit.fashion.source import pixels
 from jestkit.models.factory import build_model
 
@@ -58,3 +58,35 @@ def test_stale_cache_is_refused(data, reference_dir, tmp_path):
         load_reference(reference_dir, data, "softmax")
     with pytest.raises(CacheError, match="jestkit reference"):
         load_reference(tmp_path / "missing", data, "sigmoid")
+
+
+def test_filter_keeps_the_brute_force_top_k_of_the_reference_similarities(data, reference_dir):
+    # brute force: the saved reference model's own image-caption cosine of every pool pair
+    state = torch.load(reference_dir / "model.pt", weights_only=True)
+    model = build_model(MODEL, len(data.vocab), "sigmoid")
+    model.load_state_dict(state["model"])
+    model.eval()
+    with torch.no_grad():
+        img, txt = model(pixels(data.pool.images), data.pool_tokens)
+    cos = [float(u @ v / (u.norm() * v.norm())) for u, v in zip(img, txt, strict=True)]
+    for keep in (0.1, 0.3, 0.5):
+        filtered = filter_pool(data, reference_dir, keep, "sigmoid")
+        n = round(keep * len(data.pool))
+        expected = sorted(range(len(cos)), key=lambda i: -cos[i])[:n]
+        assert len(filtered.kept) == n
+        assert set(filtered.kept.tolist()) == set(expected)
+        kept_min = min(cos[i] for i in filtered.kept.tolist())
+        dropped_max = max(cos[i] for i in set(range(len(cos))) - set(expected))
+        assert kept_min >= dropped_max - 1e-5
+        # learners draw only the kept pairs; the reference cache (the whole pool's) still fits
+        source = filtered.pool_source()
+        assert len(source) == n
+        drawn = source.draw(n, torch.Generator().manual_seed(0)).ids
+        assert set(drawn.tolist()) == set(data.pool.ids[filtered.kept].tolist())
+        assert filtered.fingerprint == data.fingerprint
+        assert filtered.kept_fingerprint() != data.kept_fingerprint()
+    with pytest.raises(ValueError, match="keep"):
+        filter_pool(data, reference_dir, 0.0, "sigmoid")
+    # filtering noisy pools keeps clean pairs over junk and mismatched ones
+    clean = (data.pool.noise[filter_pool(data, reference_dir, 0.3, "sigmoid").kept] == 0).float()
+    assert clean.mean() > (data.pool.noise == 0).float().mean()

@@ -13,6 +13,11 @@ Noise on the pool, as fractions of the final pool (duplicates included):
 * duplicate: a new example, copied from a clean pool example with a shift of at most one pixel
   and Gaussian pixel noise, with a lightly edited copy of that example's caption.
 
+Web data's other structure, off by default (PoolConfig): redundancy (duplicate_sources: the
+near-copies concentrate on a few clean pairs, many copies each, as LAION's near-duplicates do),
+a long tail of classes (class_zipf) and correct but vague captions (vague_rate: the class's
+coarse kind only, "my new shoe").
+
 Ids: train examples keep their train index (curated and pool are disjoint), test examples are
 100_000 + test index, duplicates are 200_000 + k. Everything is deterministic given the config.
 """
@@ -82,6 +87,21 @@ JUNK_TEMPLATES = (
     "download full size",
     "thumbnail_{k}",
     "page {p} of {k}",
+)
+# correct but vague captions: the class's coarse kind only, no attributes (alt-text that says
+# little: "my new shoes"); {g} is the coarse kind of the image's class
+VAGUE_KIND = {
+    "t-shirt": "top", "pullover": "top", "coat": "top", "shirt": "top",
+    "trouser": "clothes", "dress": "clothes",
+    "sandal": "shoe", "sneaker": "shoe", "ankle boot": "shoe", "bag": "accessory",
+}  # fmt: skip
+VAGUE_TEMPLATES = (
+    "a {g}",
+    "a photo of a {g}",
+    "my new {g}",
+    "{g} for sale",
+    "a nice {g}",
+    "look at this {g}",
 )
 # light edits that turn a caption into a near-copy of itself
 _NEAR_COPY = (
@@ -218,6 +238,29 @@ def make_captions(
     return captions
 
 
+def vague_captions(labels: torch.Tensor, generator: torch.Generator) -> list[str]:
+    """Correct but vague captions: a random VAGUE_TEMPLATES filled with the class's coarse kind."""
+    template = torch.randint(len(VAGUE_TEMPLATES), (len(labels),), generator=generator).tolist()
+    return [
+        _fix_articles(VAGUE_TEMPLATES[t].format(g=VAGUE_KIND[CLASSES[c]]))
+        for t, c in zip(template, labels.tolist(), strict=True)
+    ]
+
+
+def long_tail(
+    candidates: torch.Tensor, labels: torch.Tensor, zipf: float, generator: torch.Generator
+) -> torch.Tensor:
+    """The candidates (train indices) kept so that class frequencies fall off as a power law:
+    the classes are ranked in a random order and the class of rank r (0 first) keeps the first
+    round(share * (r + 1) ** -zipf) of its candidates, in the candidates' order."""
+    rank = torch.randperm(len(CLASSES), generator=generator)
+    keep = torch.zeros(len(candidates), dtype=torch.bool)
+    for r, c in enumerate(rank.tolist()):
+        rows = (labels[candidates] == c).nonzero().flatten()
+        keep[rows[: round(len(rows) * (r + 1) ** -zipf)]] = True
+    return candidates[keep]
+
+
 def junk_captions(n: int, generator: torch.Generator) -> list[str]:
     """`n` captions about nothing: file names and web boilerplate with random numbers."""
     kind = torch.randint(len(JUNK_TEMPLATES), (n,), generator=generator).tolist()
@@ -309,6 +352,16 @@ class PoolConfig:
         mismatched_rate: share of the pool whose caption belongs to an image of another class
         junk_rate: share of the pool with captions about nothing ("IMG_0423.jpg")
         duplicate_rate: share of the pool that is near-copies of other pool pairs
+        duplicate_sources: how many clean pairs the near-copies copy. None: each near-copy
+            copies a different clean pair (one copy each, where there are enough). N: every
+            near-copy copies one of N clean pairs drawn at random, so each of them recurs
+            about duplicate_rate * pool / N times: web data's redundancy, many near-copies of
+            a few (easy, well-captioned) pairs
+        class_zipf: a long tail of classes: the pool's originals keep class frequencies
+            falling off as (rank + 1) ** -class_zipf over a random ranking of the classes (the
+            most frequent keeps all its images); 0: balanced, as Fashion-MNIST is
+        vague_rate: share of the pool whose caption is correct but vague: the clean caption
+            replaced by the class's coarse kind alone ("my new shoe"), no attributes
         seed: seed of the pool's noise and captions
     """
 
@@ -319,6 +372,9 @@ class PoolConfig:
     mismatched_rate: float = 0.25
     junk_rate: float = 0.15
     duplicate_rate: float = 0.10
+    duplicate_sources: int | None = None
+    class_zipf: float = 0.0
+    vague_rate: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -332,7 +388,7 @@ class PoolConfig:
             not isinstance(self.pool_size, int) or self.pool_size < 1
         ):
             raise ValueError(f"pool_size must be None or an int >= 1, got {self.pool_size!r}")
-        rates = ("mismatched_rate", "junk_rate", "duplicate_rate")
+        rates = ("mismatched_rate", "junk_rate", "duplicate_rate", "vague_rate")
         for name in rates:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
@@ -340,8 +396,16 @@ class PoolConfig:
         total = sum(getattr(self, name) for name in rates)
         if total >= 1.0:
             raise ValueError(
-                f"mismatched_rate + junk_rate + duplicate_rate must be < 1 (some of the pool must "
-                f"be clean), got {total:g}"
+                f"mismatched_rate + junk_rate + duplicate_rate + vague_rate must be < 1 (some of "
+                f"the pool must be clean and informative), got {total:g}"
+            )
+        if not isinstance(self.class_zipf, int | float) or not 0.0 <= self.class_zipf <= 10.0:
+            raise ValueError(f"class_zipf must be in [0, 10], got {self.class_zipf!r}")
+        if self.duplicate_sources is not None and (
+            not isinstance(self.duplicate_sources, int) or self.duplicate_sources < 1
+        ):
+            raise ValueError(
+                f"duplicate_sources must be None or an int >= 1, got {self.duplicate_sources!r}"
             )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
@@ -378,7 +442,13 @@ def build_caption_data(
         raise ValueError("too many images for the id ranges (train < 100,000, test < 100,000)")
     if config.curated_size > n_train:
         raise ValueError(f"curated_size={config.curated_size} exceeds the {n_train} train images")
-    left = n_train - config.curated_size
+    # split: curated first, then the candidates for the pool's originals
+    perm = torch.randperm(n_train, generator=_generator(config.seed, 0))
+    curated_idx, candidates = perm[: config.curated_size], perm[config.curated_size :]
+    if config.class_zipf > 0:
+        candidates = long_tail(candidates, train_labels, config.class_zipf,
+                               _generator(config.seed, 3))  # fmt: skip
+    left = len(candidates)
     if config.pool_size is None:
         n_originals = left
         n_total = round(n_originals / (1 - config.duplicate_rate))
@@ -399,9 +469,7 @@ def build_caption_data(
     n_mis = min(round(config.mismatched_rate * n_total), n_originals)
     n_junk = min(round(config.junk_rate * n_total), n_originals - n_mis)
 
-    # split: curated first, then the pool's originals
-    perm = torch.randperm(n_train, generator=_generator(config.seed, 0))
-    curated_idx, pool_idx = perm[: config.curated_size], perm[config.curated_size :][:n_originals]
+    pool_idx = candidates[:n_originals]
     attributes = measure_attributes(train_images[torch.cat([curated_idx, pool_idx])])
     buckets = AttributeBuckets.fit_attributes(attributes)
     curated_levels, pool_levels = buckets.attribute_levels(attributes).split(
@@ -433,10 +501,18 @@ def build_caption_data(
     for i, text in zip(junk.tolist(), junk_captions(n_junk, g), strict=True):
         captions[i] = text
     noise[junk] = JUNK
+    n_vague = min(round(config.vague_rate * n_total), len(kept))
+    if n_vague:  # correct but vague: still clean, but a few words say little
+        vague = kept[:n_vague]
+        for i, text in zip(vague.tolist(), vague_captions(labels[vague], g), strict=True):
+            captions[i] = text
 
     # duplicates: near-copies of clean pool examples (of any example if none is clean)
     sources = kept if len(kept) else order
-    if n_dup <= len(sources):
+    if config.duplicate_sources is not None:  # redundancy: many copies of a few pairs
+        few = sources[torch.randperm(len(sources), generator=g)[: config.duplicate_sources]]
+        src = few[torch.randint(len(few), (n_dup,), generator=g)]
+    elif n_dup <= len(sources):
         src = sources[torch.randperm(len(sources), generator=g)[:n_dup]]
     else:
         src = sources[torch.randint(len(sources), (n_dup,), generator=g)]

@@ -2,9 +2,11 @@
 
 Trains the reference on the curated set and caches its embeddings of the pool; trains uniform at
 several budgets (multiples of training.steps, each run with its own schedule: uniform's
-frontier) and one learner per policy for training.steps, all from the same initial weights and
-seed; reads each policy's speed-up in steps, FLOPs and training time off uniform's frontier
-(jestkit.payoff.report); writes out/results.json and out/curves.png and prints the table.
+frontier), one learner per policy for training.steps, and the offline-filter baseline (uniform
+for training.steps on the share of the pool the reference scores highest, DataComp's CLIP-score
+filter: what a user with a reference would do instead of JEST), all from the same initial
+weights and seed; reads each policy's speed-up in steps, FLOPs and training time off uniform's
+frontier (jestkit.payoff.report); writes out/results.json and out/curves.png and prints the table.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from jestkit.fashion.captions import PoolConfig, noise_summary
 from jestkit.fashion.evaluate import evaluator
 from jestkit.fashion.learner import train_learner
 from jestkit.fashion.prepare import CaptionData, prepare_caption_data
-from jestkit.fashion.reference import reference_info, train_reference
+from jestkit.fashion.reference import filter_pool, reference_info, train_reference
 from jestkit.models.factory import ModelConfig
 from jestkit.payoff.report import compare, plot, run_cost, table
+
+DEMO_FILTER_KEEP = 0.3  # DataComp's CLIP-score baseline keeps the top 30 %
 
 
 def run_demo(
@@ -43,10 +47,13 @@ def run_demo(
     progress: bool = True,
     overwrite: bool = False,
     write_config=None,
+    filter_keep: float | None = DEMO_FILTER_KEEP,
 ) -> dict:
     """The demo: the reference (trained with train_config's loss), uniform at each budget
     (a multiple of train_config.training.steps) and one learner per policy name (see
-    jestkit.engine.config.parse_run_name), compared on uniform's frontier. A demo already in
+    jestkit.engine.config.parse_run_name) and the offline filter 'filter-K' (uniform on the
+    share filter_keep of the pool the reference scores highest; None: none), compared on
+    uniform's frontier. A demo already in
     out_dir (its reference or a run) is refused before any work unless overwrite.
     write_config: called with out_dir once checked (the CLI writes config.yaml)."""
     out = Path(out_dir)
@@ -54,7 +61,7 @@ def run_demo(
     model_config = model_config or ModelConfig()
     reference_config = reference_config or reference_training()
     train_config = train_config or TrainConfig()
-    configs = demo_configs(train_config, policies, uniform_budgets)  # checks everything first
+    configs = demo_configs(train_config, policies, uniform_budgets, filter_keep)  # checks first
     for config in configs.values():
         model_config.check_patch_size(config.scoring.patch_size)
     check_reference_dir(out / "reference", overwrite)
@@ -87,10 +94,13 @@ def run_demo(
         f"pairs built"
     )
 
+    filtered = None if filter_keep is None else filter_pool(
+        data, ref_dir, filter_keep, train_config.selection.loss
+    )
     runs = {}
     for name, config in configs.items():
         runs[name] = train_learner(
-            data,
+            filtered if name == filter_name(filter_keep) else data,
             model_config,
             config,
             ref_dir,
@@ -135,17 +145,35 @@ def run_demo(
     print()
     print(table(uniform, rows))
     print(
+        f"The reference: {ref['train_flops'] / 1e12:.2f} TFLOPs of training and "
+        f"{ref['cache_flops'] / 1e12:.2f} TFLOPs for its pass over the pool, paid once by every "
+        f"run that reads it (the policies and filter-K) and in none of the FLOPs above."
+    )
+    print(
         f"\nwrote {out / 'results.json'} and {out / 'curves.png'} "
         f"({results['wall_seconds']:.0f} s in all)"
     )
     return results
 
 
+def filter_name(keep: float | None) -> str | None:
+    """The offline filter's run name: 'filter-30' keeps 30 %."""
+    return None if keep is None else f"filter-{100 * keep:g}"
+
+
 def demo_configs(
-    train_config: TrainConfig, policies: tuple[str, ...], uniform_budgets: tuple[float, ...]
+    train_config: TrainConfig,
+    policies: tuple[str, ...],
+    uniform_budgets: tuple[float, ...],
+    filter_keep: float | None = None,
 ) -> dict[str, TrainConfig]:
     """Every run of the demo by its name: 'uniform-N' for each of uniform's budgets (N steps,
-    its own schedule, evaluated at the end only), then each policy at training.steps."""
+    its own schedule, evaluated at the end only), then each policy at training.steps, then the
+    offline filter (uniform at training.steps) when filter_keep is given."""
+    if filter_keep is not None and (
+        not isinstance(filter_keep, int | float) or not 0.0 < filter_keep < 1.0
+    ):
+        raise ValueError(f"filter_keep must be None or in (0, 1), got {filter_keep!r}")
     if "uniform" in policies:
         raise ValueError("uniform is the demo's baseline frontier: set its budgets with "
                          "uniform_budgets, and list only selecting policies")  # fmt: skip
@@ -162,6 +190,8 @@ def demo_configs(
         raise ValueError(f"uniform_budgets {uniform_budgets} give the same step count twice")
     for name in policies:
         configs[name] = train_config.with_name(name)
+    if filter_keep is not None:
+        configs[filter_name(filter_keep)] = train_config.with_name("uniform")
     return configs
 
 

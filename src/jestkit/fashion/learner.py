@@ -60,6 +60,7 @@ def _train(data, model_config, config, reference_dir, out, resume, progress, dis
     run_info = {
         "model": asdict(model_config),
         "data_fingerprint": data.fingerprint,
+        "kept_fingerprint": data.kept_fingerprint(),
         "reference_fingerprint": reference_fingerprint,
     }
     trainer = Trainer(

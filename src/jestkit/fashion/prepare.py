@@ -29,10 +29,22 @@ class CaptionData:
     test_tokens: torch.Tensor
     prompt_tokens: torch.Tensor  # (10, MAX_LEN), one zero-shot prompt per class
     fingerprint: str  # of the pool's ids, pixels, captions and vocabulary
+    # the pool rows learners draw from (an offline filter's kept pairs, ascending); None: all.
+    # The fingerprint stays the whole pool's: the reference's cache covers every row.
+    kept: torch.Tensor | None = None
 
     def pool_source(self) -> CaptionSource:
-        """The pool as the training loop's data source."""
-        return CaptionSource(self.pool, self.pool_tokens)
+        """The pool (only its kept rows, if filtered) as the training loop's data source."""
+        if self.kept is None:
+            return CaptionSource(self.pool, self.pool_tokens)
+        return CaptionSource(self.pool.subset(self.kept), self.pool_tokens[self.kept])
+
+    def kept_fingerprint(self) -> str | None:
+        """A fingerprint of the kept rows' ids (None when unfiltered): a run on another filter
+        of the same pool is another run."""
+        if self.kept is None:
+            return None
+        return fingerprint_ids(self.pool.ids[self.kept])
 
     def curated_source(self) -> CaptionSource:
         """The curated set as the reference's data source."""

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from jestkit.core import SelectionConfig
+from jestkit.core.filter import keep_top, similarity
 from jestkit.dropin.cache import (
     CacheMeta,
     ReferenceCache,
@@ -175,6 +176,21 @@ def load_reference(ref_dir: str | os.PathLike, data: CaptionData, loss: str) -> 
     info = read_reference_info(ref, loss, f"`jestkit reference --out {ref}`")
     cache = ReferenceCache.open(ref / "cache", info["model_fingerprint"], data.fingerprint)
     return ReferenceOutputs(cache, info["logit_scale"], info["logit_bias"])
+
+
+def filter_pool(
+    data: CaptionData, ref_dir: str | os.PathLike, keep: float, loss: str
+) -> CaptionData:
+    """`data` with only the share `keep` of the pool that the reference scores highest by
+    image-caption cosine similarity (DataComp's CLIP-score filter, jestkit.core.filter: the rule
+    of `jestkit score --keep`), read from the reference's cache; learners draw from those rows.
+    The rows are `data.kept`, ascending."""
+    if not isinstance(keep, int | float) or not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be in (0, 1], got {keep!r}")
+    cache = load_reference(ref_dir, data, loss).cache
+    rows = cache.lookup(data.pool.ids, ["image", "text"])
+    kept = keep_top(similarity(rows["image"], rows["text"]), keep)
+    return replace(data, kept=kept.sort().values)
 
 
 def reference_info(ref_dir: str | os.PathLike) -> dict:

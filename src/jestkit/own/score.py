@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from jestkit.core.filter import keep_top, similarity
 from jestkit.data.shards import DuplicateIdError, ShardPool
 from jestkit.dropin.cache import (
     CacheError,
@@ -248,9 +249,9 @@ def export_subset(ref_dir: str | os.PathLike, keep: float, path: str | os.PathLi
     cache = ReferenceCache.open(ref / "cache", info["model_fingerprint"], info["data_fingerprint"])
     ids = list(cache.ids())
     rows = cache.lookup(ids, ["image", "text"])
-    score = torch.nn.functional.cosine_similarity(rows["image"], rows["text"], dim=-1)
-    n = max(1, round(keep * len(ids)))
-    top = torch.argsort(score, descending=True, stable=True)[:n]
+    score = similarity(rows["image"], rows["text"])
+    top = keep_top(score, keep)
+    n = len(top)
     try:
         uids = parse_uids([ids[i] for i in top.tolist()])
     except ValueError as err:
