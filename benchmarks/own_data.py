@@ -15,7 +15,8 @@ a run cut short is started afresh):
   3. each selecting policy (default learnability-joint) at --steps;
 and reads each policy's speed-up in steps and FLOPs off uniform's frontier of the held-out
 zero-shot top-1 (and of retrieval mean_recall@1) with jestkit.payoff. Prints a table, writes
-OUT/results.json and OUT/frontier.png; each run's OUT/RUN/curves.png draws its evaluations.
+OUT/results.{json,txt,png} and benchmarks/results/own_data.{json,txt,png} (the frontier
+picture); each run's OUT/RUN/curves.png draws its evaluations.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from jestkit.engine.checkpoint import load_checkpoint  # noqa: E402
 from jestkit.payoff.report import compare, plot, run_cost  # noqa: E402
 
 ZERO_SHOT, RETRIEVAL = "shapes/acc1", "captions/mean_recall@1"
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def cached_run(folder: Path, *argv: str) -> dict:
@@ -133,12 +135,16 @@ def main() -> None:
         "args": vars(args),
         "wall_seconds": time.perf_counter() - t0,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    plot(uniform, runs, out / "frontier.png", metric=ZERO_SHOT,
-         ylabel="held-out zero-shot top-1 (shapes)",
-         title="Own shards (40 % wrong captions), tiny open_clip SigLIP: uniform's frontier")
-    print(table(results))
-    print(f"\nwrote {out / 'results.json'} and {out / 'frontier.png'} "
+    text = table(results)
+    print(text)
+    for folder, name in ((out, "results"), (RESULTS, "own_data")):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.json").write_text(json.dumps(results, indent=2))
+        (folder / f"{name}.txt").write_text(text + "\n")
+        plot(uniform, runs, folder / f"{name}.png", metric=ZERO_SHOT,
+             ylabel="held-out zero-shot top-1 (shapes)",
+             title="Own shards (40 % wrong captions), tiny open_clip SigLIP: uniform's frontier")
+    print(f"\nwrote {out}/results.{{json,txt,png}} and {RESULTS}/own_data.{{json,txt,png}} "
           f"({results['wall_seconds']:.0f} s this time)")
 
 

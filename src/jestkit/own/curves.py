@@ -21,6 +21,7 @@ def drawn_metrics(history: list[dict]) -> list[str]:
 def plot_history(history: list[dict], path: str | Path, title: str = "") -> None:
     """Held-out metrics against steps and total FLOPs (log), one line per NAME/metric."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -29,14 +30,21 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> None
     if not keys:
         raise ValueError("the history holds no held-out metrics to draw")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+    sets = list(dict.fromkeys(k.rpartition("/")[0] for k in keys))
     for key in keys:
+        name, _, metric = key.rpartition("/")
+        style = {"color": f"C{sets.index(name)}", "ls": ("-", "--", ":", "-.", "-")[
+            DRAWN.index(metric)], "marker": "os^vd"[DRAWN.index(metric)]}  # fmt: skip
         for ax, x in ((axes[0], "step"), (axes[1], "flops")):
             points = [(h[x] / (1e12 if x == "flops" else 1), h[key]) for h in history
                       if x == "step" or h[x] > 0]  # fmt: skip
-            ax.plot(*zip(*points, strict=True), "-o", ms=3, label=key)
+            ax.plot(*zip(*points, strict=True), ms=3, label=key, **style)
     axes[0].set_xlabel("training steps")
     axes[1].set_xlabel("total TFLOPs (training + scoring), log")
     axes[1].set_xscale("log")
+    axes[1].xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+    axes[1].xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[0].set_ylabel("held-out metric")
     for ax in axes:
         ax.grid(alpha=0.3)
