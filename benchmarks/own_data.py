@@ -77,11 +77,11 @@ def write_data(out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/own_data")
-    parser.add_argument("--steps", type=int, default=100, help="the selecting policies' steps")
+    parser.add_argument("--steps", type=int, default=40, help="the selecting policies' steps")
     parser.add_argument("--budgets", default="0.5,1,2,4",
                         help="uniform's budgets, multiples of --steps")  # fmt: skip
     parser.add_argument("--policies", default="learnability-joint")
-    parser.add_argument("--ref_steps", type=int, default=300, help="reference steps")
+    parser.add_argument("--ref_steps", type=int, default=150, help="reference steps")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     args = parser.parse_args()
