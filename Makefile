@@ -26,7 +26,7 @@ data:
 	fi
 
 demo: setup
-	$(VENV)/bin/jestkit demo --overwrite true
+	$(VENV)/bin/jestkit demo --overwrite
 
 test: setup
 	$(VENV)/bin/ruff check .

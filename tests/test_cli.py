@@ -1,15 +1,24 @@
-"""The CLI: every setting a flag with a line of help; a run's config.yaml replays it."""
+"""The CLI: every setting a flag with a line of help; a run's config.yaml replays it; switches
+are bare; errors name the flag; --version; every command's help ends with an example that runs."""
+
+import shlex
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 
-from jestkit.cli import _command, _save_config, build_parser
+from jestkit.cli import EXAMPLES, _command, _save_config, build_parser, flag_message
 from jestkit.cli import main as cli_main
+
+JESTKIT = Path(sys.executable).parent / "jestkit"  # the console script pip installed
 
 
 def _train(argv):
     parser = build_parser()
     args = parser.parse_args(["train", *argv])
-    command, sub, quiet = _command(parser, args)
+    command, sub, quiet, _ = _command(parser, args)
     return command, sub, args, quiet
 
 
@@ -47,7 +56,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     code = cli_main(
         [
             "train",
-            "--reference_dir",
+            "--reference",
             str(tmp_path / "nope"),
             "--data.limit",
             "600",
@@ -68,3 +77,64 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "filter_ratio" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["train", "--selection.policy", "hardest"])
+
+
+def test_resume_and_overwrite_are_bare_switches_never_replayed(tmp_path):
+    parser = build_parser()
+    args = parser.parse_args(["train", "--resume", "--training.steps", "3"])
+    cmd, sub, _, switches = _command(parser, args)
+    assert switches.resume and not switches.overwrite and cmd.training.steps == 3
+    _save_config(sub, args["train"], tmp_path)
+    text = (tmp_path / "config.yaml").read_text()
+    assert "resume" not in text and "overwrite" not in text  # how to run, not what
+    args = parser.parse_args(["reference", "--overwrite"])
+    assert _command(parser, args)[3].overwrite
+    with pytest.raises(SystemExit):  # one flag for the reference
+        parser.parse_args(["train", "--reference_dir", "runs/reference"])
+
+
+def test_errors_name_the_flag(tmp_path, capsys):
+    code = cli_main(["train", "--shards.pattern", "x.tar", "--shards.max_bad_fraction", "2"])
+    assert code == 2
+    assert "--shards.max_bad_fraction must be in [0, 1], got 2.0" in capsys.readouterr().err
+    assert cli_main(["demo", "--reference.batch_size", "0", "--quiet"]) == 2
+    assert "--reference.batch_size must be a positive int" in capsys.readouterr().err
+    assert cli_main(["train", "--model.dim", "0", "--quiet"]) == 2
+    assert "--model.dim must be a positive int" in capsys.readouterr().err
+    sections = {"reference": {"steps"}, "shards": {"seed"}}
+    # file names and words that are not a section's field stay as they are
+    assert flag_message("no reference.json at reference.steps", sections) == (
+        "no reference.json at --reference.steps"
+    )
+    assert flag_message("seed must be >= 0", sections, "shards") == "--shards.seed must be >= 0"
+
+
+def test_version_through_the_console_script():
+    run = subprocess.run([str(JESTKIT), "--version"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == f"jestkit {version('jestkit')}"
+
+
+def test_every_help_ends_with_its_example(capsys):
+    for name, example in EXAMPLES.items():
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([name, "--help"])
+        text = capsys.readouterr().out.rstrip()
+        assert text.endswith(example.rstrip()), name
+
+
+def _example(name: str) -> list[str]:
+    line = EXAMPLES[name].split("\n(")[0].replace("\\\n", " ")
+    return shlex.split(line)
+
+
+def test_the_fashion_examples_run(tmp_path):
+    """The reference, train and demo examples of --help, run as written by the console script
+    (the score example runs in tests/own/test_readme_own.py, beside the files it needs)."""
+    for name in ("reference", "train", "demo"):
+        command = _example(name)
+        assert command[:2] == ["jestkit", name]
+        run = subprocess.run([str(JESTKIT), *command[1:], "--quiet"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert run.returncode == 0, f"{shlex.join(command)}\n{run.stdout}\n{run.stderr}"
+    assert (tmp_path / "runs" / "jest-small" / "result.json").is_file()
+    assert (tmp_path / "runs" / "demo-small" / "results.json").is_file()

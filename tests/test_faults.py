@@ -95,7 +95,7 @@ def reference(tmp_path_factory):
 def straight(reference, tmp_path_factory):
     """The uninterrupted learner run."""
     out = tmp_path_factory.mktemp("faults") / "straight"
-    result = jestkit("train", *TRAIN, "--reference_dir", str(reference[0]), "--out", str(out))
+    result = jestkit("train", *TRAIN, "--reference", str(reference[0]), "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -110,7 +110,7 @@ def test_reference_killed_anywhere_resumes_to_the_same_reference(reference, tmp_
         assert not out.exists() or (out / "reference.json").exists()
     again = jestkit("reference", *REFERENCE, "--out", str(out))
     if (out / "reference.json").exists() and again.returncode == 2:  # it had finished
-        refused(again, "--overwrite true")
+        refused(again, "--overwrite")
     else:
         assert again.returncode == 0, again.stderr[-3000:]
     want = json.loads((ref / "reference.json").read_text())
@@ -127,12 +127,12 @@ def test_reference_killed_anywhere_resumes_to_the_same_reference(reference, tmp_
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_train_killed_at_a_random_step_resumes_exactly(reference, straight, tmp_path, seed):
     out = tmp_path / "run"
-    args = ["train", *TRAIN, "--reference_dir", str(reference[0]), "--out", str(out)]
+    args = ["train", *TRAIN, "--reference", str(reference[0]), "--out", str(out)]
     delay = random.Random(seed).uniform(0.0, 3.0)
     killed(args, lambda: (out / "checkpoint.pt").exists(), delay)
     assert (out / "checkpoint.pt").exists()
-    refused(jestkit(*args), "--resume true", "--overwrite true")  # never started afresh
-    resumed = jestkit(*args, "--resume", "true")
+    refused(jestkit(*args), "--resume", "--overwrite")  # never started afresh
+    resumed = jestkit(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     want = json.loads((straight / "result.json").read_text())
     got = json.loads((out / "result.json").read_text())
@@ -142,7 +142,7 @@ def test_train_killed_at_a_random_step_resumes_exactly(reference, straight, tmp_
 
 
 def test_damaged_checkpoints_are_refused_and_kept(reference, straight, tmp_path):
-    args = ["train", *TRAIN, "--reference_dir", str(reference[0]), "--resume", "true"]
+    args = ["train", *TRAIN, "--reference", str(reference[0]), "--resume"]
     good = (straight / "checkpoint.pt").read_bytes()
     damages = {
         "empty": b"",
@@ -164,8 +164,8 @@ def test_resume_with_changed_settings_names_the_setting(reference, straight, tmp
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes((straight / "checkpoint.pt").read_bytes())
-    base = ["train", *TRAIN, "--reference_dir", str(reference[0]), "--out", str(out)]
-    base += ["--resume", "true"]
+    base = ["train", *TRAIN, "--reference", str(reference[0]), "--out", str(out)]
+    base += ["--resume"]
     refused(jestkit(*base, "--training.steps", "30"), "training.steps")
     refused(jestkit(*base, "--data.seed", "3"), "other data")
 
@@ -184,10 +184,10 @@ def test_damaged_cache_stops_training_before_any_step(reference, tmp_path):
     raw[len(raw) // 2] ^= 0xFF
     part.write_bytes(bytes(raw))
     out = tmp_path / "run"
-    refused(jestkit("train", *TRAIN, "--reference_dir", str(ref), "--out", str(out)), "damaged")
+    refused(jestkit("train", *TRAIN, "--reference", str(ref), "--out", str(out)), "damaged")
     assert not (out / "checkpoint.pt").exists()
     (ref / "cache" / "manifest.json").write_text("{not json")
-    refused(jestkit("train", *TRAIN, "--reference_dir", str(ref), "--out", str(out)), "manifest")
+    refused(jestkit("train", *TRAIN, "--reference", str(ref), "--out", str(out)), "manifest")
 
 
 def _full_disk(limit: int):
@@ -202,17 +202,88 @@ def _full_disk(limit: int):
 
 def test_full_disk_is_a_message_and_loses_nothing(reference, straight, tmp_path):
     out = tmp_path / "run"
-    args = ["train", *TRAIN, "--reference_dir", str(reference[0]), "--out", str(out)]
+    args = ["train", *TRAIN, "--reference", str(reference[0]), "--out", str(out)]
     killed(args, lambda: (out / "checkpoint.pt").exists(), 0.0)  # a checkpoint part-way
     before = (out / "checkpoint.pt").read_bytes()
     assert load_checkpoint(out / "checkpoint.pt")["step"] < 12
     # the next checkpoint cannot be written: the run stops with a message, the last one is kept
-    result = jestkit(*args, "--resume", "true", preexec_fn=_full_disk(len(before) // 2))
+    result = jestkit(*args, "--resume", preexec_fn=_full_disk(len(before) // 2))
     refused(result)
     assert "File too large" in result.stderr or "No space" in result.stderr, result.stderr
     assert (out / "checkpoint.pt").read_bytes() == before
-    rerun = jestkit(*args, "--resume", "true")  # room again: the same run as if nothing happened
+    rerun = jestkit(*args, "--resume")  # room again: the same run as if nothing happened
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     want = json.loads((straight / "result.json").read_text())
     got = json.loads((out / "result.json").read_text())
     assert got["history"] == want["history"] and got["final"] == want["final"]
+
+
+# -- issue 16, items 4-5: shards that would exhaust memory or hang, under a memory limit -------
+
+MEMORY_LIMIT = 5 << 30  # address space: a jestkit run needs ~3.5 GiB of it (torch's libraries)
+SHARD_FLAGS = ["--selection.policy", "uniform", "--training.steps", "2", "--training.batch_size",
+               "16", *MODEL_FLAGS, "--shards.vocab_size", "512", "--shards.buffer_size", "0",
+               "--quiet"]  # fmt: skip
+
+
+def _memory_limit():
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def _sparse_tar_member(path, size: int) -> None:
+    """A tar of one good sample and a `size`-byte caption that is a hole in a sparse file (no
+    disk used), then a good sample again."""
+    import io
+    import tarfile
+
+    from shard_files import sample
+
+    png, _ = sample(0, __import__("numpy").random.default_rng(0))
+    with open(path, "wb") as f:
+        with tarfile.open(fileobj=f, mode="w") as tar:
+            for name, data in (("a.png", png), ("a.txt", b"a red square")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            header = tarfile.TarInfo("b.txt")
+            header.size = size
+            f.write(header.tobuf())
+        f.seek(size + (-size) % 512, os.SEEK_CUR)  # the member's bytes: a hole
+        with tarfile.open(fileobj=f, mode="w") as tar:
+            for name, data in (("c.png", png), ("c.txt", b"a red square")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def _parquet_paths(folder, image_path: str) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir()
+    if image_path == "fifo.png":
+        os.mkfifo(folder / image_path)
+    pq.write_table(pa.table({"image_path": [image_path], "caption": ["a red square"],
+                             "uid": ["x"]}), folder / "t.parquet")  # fmt: skip
+    return str(folder / "t.parquet")
+
+
+@pytest.mark.parametrize("kind", ["3 GiB caption", "/dev/zero", "fifo"])
+def test_shards_that_would_exhaust_memory_or_hang(tmp_path, kind):
+    from shard_files import write_shards
+
+    pool = write_shards(tmp_path / "pool", shards=1, per_shard=64)
+    if kind == "3 GiB caption":
+        bad = tmp_path / "bomb.tar"
+        _sparse_tar_member(bad, 3 << 30)
+        bad, reason = str(bad), "caption too long"
+    elif kind == "/dev/zero":
+        bad, reason = _parquet_paths(tmp_path / "t", "/dev/zero"), "outside the table"
+    else:
+        bad, reason = _parquet_paths(tmp_path / "t", "fifo.png"), "not a regular file"
+    out = tmp_path / "run"
+    result = jestkit("train", "--shards.pattern", f"{bad},{pool}", *SHARD_FLAGS, "--out",
+                     str(out), preexec_fn=_memory_limit, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    skipped = json.loads((out / "result.json").read_text())["skipped"]
+    assert sum(skipped.values()) == 1 and reason in next(iter(skipped)), skipped

@@ -1,4 +1,4 @@
-"""The `jestkit` command: demo, train and reference.
+"""The `jestkit` command: demo, reference, train and score.
 
 Every setting is a field of a dataclass section (jestkit.fashion.captions.PoolConfig as `data`,
 jestkit.models.factory.ModelConfig as `model`, jestkit.SelectionConfig as `selection`,
@@ -8,17 +8,24 @@ line of help its class documents. Every run writes its whole configuration to OU
 `--config OUT/config.yaml` replays it (later flags override the file).
 
 Every value is checked, and the output folder too (jestkit.engine.rundir: not a file, not a
-finished run unless --resume or --overwrite, locked while a run uses it), before any work.
+finished run unless --resume or --overwrite, locked while a run uses it), before any work. An
+error names the flag to change (`--shards.max_bad_fraction`), not the config field.
+
+--resume and --overwrite are switches, not settings: they say what to do with the output
+folder, so they are not written to config.yaml (replaying a run never overwrites by itself).
 """
 
 from __future__ import annotations
 
+import argparse
+import re
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Literal
 
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
 
 from jestkit.core.losses import CONTRASTIVE_LOSSES
 from jestkit.core.policies import SelectionConfig
@@ -83,14 +90,12 @@ class Demo(_Learner):
             each trained for training.steps
         uniform_budgets: uniform's budgets as multiples of training.steps, each its own run and
             schedule (the frontier the speed-ups are read off; at least 4x for a fair baseline)
-        overwrite: replace a demo already in OUT (its reference and runs) instead of refusing
     """
 
     reference: TrainingConfig = field(default_factory=reference_training)
     out: str = "runs/demo"
     policies: list[str] = field(default_factory=lambda: list(DEMO_POLICIES))
     uniform_budgets: list[float] = field(default_factory=lambda: list(UNIFORM_BUDGETS))
-    overwrite: bool = False
 
 
 @dataclass
@@ -101,14 +106,11 @@ class Reference(_DataAndModel):
         reference: how the reference trains on the curated set
         out: reference folder (model.pt, reference.json, cache/)
         loss: the contrastive loss (learners using this reference must use the same)
-        overwrite: replace a reference already in OUT (built beside it in OUT.partial, then
-            swapped in whole) instead of refusing
     """
 
     reference: TrainingConfig = field(default_factory=reference_training)
     out: str = "runs/reference"
     loss: Literal[CONTRASTIVE_LOSSES] = "sigmoid"
-    overwrite: bool = False
 
 
 @dataclass
@@ -117,16 +119,13 @@ class Train(_Learner):
 
     Attributes:
         out: run folder (default: runs/train/NAME, NAME the policy's run name)
-        reference_dir: reference folder built by `jestkit reference`
-        resume: continue exactly from OUT/checkpoint.pt (every setting must be the same; no
-            checkpoint is an error)
-        overwrite: delete the run already in OUT (checkpoint.pt, result.json) and start afresh
+        reference: the reference: a folder (`jestkit reference` for Fashion-MNIST, `jestkit
+            score` for shards: its embeddings read from the cache) or a checkpoint file
+            (open_clip's, or a `jestkit train` run's checkpoint.pt: scored in the loop)
         shards: your own data: WebDataset tar or Parquet shards (--shards.pattern) instead of
             the Fashion-MNIST captions
         open_clip: an open_clip model config (a name open_clip knows, or a JSON file) instead of
             jestkit's dual encoder; it trains on shards
-        reference: a reference folder (jestkit reference / jestkit score) or an open_clip
-            checkpoint file; overrides reference_dir
         reference_model: the open_clip config of a reference checkpoint (default: open_clip)
         device: cpu, or cuda (NCCL under torchrun; bfloat16 autocast where the GPU has it)
         eval: held-out sets on your own data (zero-shot, retrieval), evaluated every
@@ -134,12 +133,9 @@ class Train(_Learner):
     """
 
     out: str | None = None
-    reference_dir: str = "runs/reference"
-    resume: bool = False
-    overwrite: bool = False
+    reference: str = "runs/reference"
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     open_clip: str | None = None
-    reference: str | None = None
     reference_model: str | None = None
     device: Literal["cpu", "cuda"] = "cpu"
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -197,7 +193,7 @@ class Eval:
         device: cpu or cuda
     """
 
-    checkpoint: str
+    checkpoint: str | None = None
     open_clip: str | None = None
     eval: EvalConfig = field(default_factory=EvalConfig)
     out: str | None = None
@@ -206,50 +202,140 @@ class Eval:
 
 COMMANDS = {"demo": Demo, "reference": Reference, "train": Train, "score": Score, "eval": Eval}
 
+# What to do with the output folder: switches of the command line, never written to config.yaml.
+SWITCHES = {
+    "demo": {"overwrite": "replace a demo already in OUT (its reference and runs)"},
+    "reference": {"overwrite": "replace a reference already in OUT (built beside it in "
+                               "OUT.partial, then swapped in whole)"},
+    "train": {"resume": "continue exactly from OUT/checkpoint.pt (every setting must be the same)",
+              "overwrite": "delete the run already in OUT (checkpoint.pt, result.json) and start "
+                           "afresh"},
+}
+
+# One example per command, ending its --help (tests/test_cli.py runs them).
+EXAMPLES = {
+    "demo": "jestkit demo --data.limit 3000 --data.curated_size 500 --reference.steps 20 \\\n"
+            "    --training.steps 10 --out runs/demo-small",
+    "reference": "jestkit reference --data.limit 3000 --data.curated_size 500 "
+                 "--reference.steps 20 \\\n    --out runs/reference-small",
+    "train": "jestkit train --data.limit 3000 --data.curated_size 500 \\\n"
+             "    --reference runs/reference-small --training.steps 10 --out runs/jest-small",
+    "score": "jestkit score --shards.pattern 'pool/*.tar' --open_clip tiny-sig.json \\\n"
+             "    --reference runs/ref-train/checkpoint.pt --out runs/score-pool\n"
+             "(the files of the README's \"Your own data and model\")",
+    "eval": "jestkit eval --checkpoint runs/uniform/checkpoint.pt --eval.zeroshot eval/shapes \\\n"
+            "    --eval.retrieval eval/captions\n"
+            "(the files of the README's \"Held-out evaluation on your own data\")",
+}
+
+
+@dataclass(frozen=True)
+class Switches:
+    """--resume and --overwrite, as given."""
+
+    resume: bool = False
+    overwrite: bool = False
+
+
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help, with the example kept as written."""
+
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
-        prog="jestkit", description="JEST: joint example selection for PyTorch", exit_on_error=True
+        prog="jestkit", description="JEST: joint example selection for PyTorch",
+        exit_on_error=True, formatter_class=_HelpFormatter,  # the commands' parsers inherit it
     )
+    parser.add_argument("--version", action="version", version=f"jestkit {version('jestkit')}")
     commands = parser.add_subcommands(dest="command")
     for name, cls in COMMANDS.items():
-        sub = ArgumentParser(description=cls.__doc__.split("\n\n")[0])
+        sub = ArgumentParser(description=cls.__doc__.split("\n\n")[0],
+                             epilog=f"example:\n  {EXAMPLES[name]}\n")
         sub.add_argument("--config", action=ActionConfigFile, help="replay a run's config.yaml")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
+        for switch, text in SWITCHES.get(name, {}).items():
+            sub.add_argument(f"--{switch}", action="store_true", help=text)
         sub.add_class_arguments(cls, None, fail_untyped=True)
         commands.add_subcommand(name, sub, help=cls.__doc__.split("\n")[0])
     return parser
 
 
+def _sections(cls) -> dict[str, set[str]]:
+    """The command's dataclass sections: name -> its field names (e.g. shards -> pattern, ...)."""
+    default = cls()
+    return {
+        f.name: {g.name for g in fields(getattr(default, f.name))}
+        for f in fields(cls)
+        if is_dataclass(getattr(default, f.name))
+    }
+
+
+def flag_message(message: str, sections: dict[str, set[str]], failed: str | None = None) -> str:
+    """`message` with config names turned into the flags that set them: 'section.field' ->
+    '--section.field' wherever field is one of that section's, and, when the error came from
+    building section `failed`, its bare field names too ('max_bad_fraction must be ...' ->
+    '--shards.max_bad_fraction must be ...')."""
+
+    def dotted(m: re.Match) -> str:
+        section, name = m.group(1), m.group(2)
+        return f"--{section}.{name}" if name in sections.get(section, ()) else m.group(0)
+
+    message = re.sub(r"(?<![\w.-])(\w+)\.(\w+)", dotted, message)
+    if failed is not None:
+        names = "|".join(sorted(sections[failed], key=len, reverse=True))
+        message = re.sub(rf"(?<![\w.-])({names})(?![\w.])", rf"--{failed}.\1", message)
+    return message
+
+
+def _failing_section(cls, args: Namespace) -> str | None:
+    """Which section's values raise when built on their own (None: none of them alone)."""
+    default = cls()
+    for name in _sections(cls):
+        try:
+            type(getattr(default, name))(**args[name].as_dict())
+        except (ValueError, TypeError):
+            return name
+    return None
+
+
 def _command(parser: ArgumentParser, args: Namespace):
-    """The chosen command's dataclass, built from the parsed flags, and its parser."""
+    """The chosen command's dataclass, built from the parsed flags, its parser and switches."""
     name = args.command
     sub = parser._subcommands_action._name_parser_map[name]
-    init = sub.instantiate(args[name])
     cls = COMMANDS[name]
-    return cls(**{f.name: init[f.name] for f in fields(cls)}), sub, init.quiet
+    try:
+        init = sub.instantiate(args[name])
+    except ValueError as e:
+        failed = _failing_section(cls, args[name])
+        raise ValueError(flag_message(str(e), _sections(cls), failed)) from e
+    switches = Switches(**{k: init[k] for k in SWITCHES.get(name, {})})
+    return cls(**{f.name: init[f.name] for f in fields(cls)}), sub, init.quiet, switches
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    sections = _sections(COMMANDS[args.command])
     try:
-        command, sub, quiet = _command(parser, args)
-        return _run(command, lambda out: _save_config(sub, args[args.command], out), not quiet)
+        command, sub, quiet, switches = _command(parser, args)
+        save = lambda out: _save_config(sub, args[args.command], out)  # noqa: E731
+        return _run(command, switches, save, not quiet)
     except (ValueError, OSError, CacheError, KeyError, TooManyBadSamples) as e:
         if isinstance(e, KeyError | DuplicateIdError):  # a KeyError's message is quoted
             e = e.args[0] if e.args else e
-        print(f"jestkit {args.command}: error: {e}", file=sys.stderr)
+        print(f"jestkit {args.command}: error: {flag_message(str(e), sections)}", file=sys.stderr)
         return 2
 
 
 def _save_config(sub: ArgumentParser, args: Namespace, out: Path) -> None:
     """OUT/config.yaml: every setting of this run, replayable with --config."""
+    from jestkit.engine.checkpoint import write_bytes_atomic
+
     out.mkdir(parents=True, exist_ok=True)
     args = args.clone()
-    args.pop("config", None)
-    args.pop("quiet", None)
-    (out / "config.yaml").write_text(sub.dump(args))
+    for name in ("config", "quiet", "resume", "overwrite"):  # how to run, not what
+        args.pop(name, None)
+    write_bytes_atomic(sub.dump(args).encode(), out / "config.yaml")
 
 
 def _check_demo_selection(selection: SelectionConfig) -> None:
@@ -264,7 +350,7 @@ def _check_demo_selection(selection: SelectionConfig) -> None:
             )
 
 
-def _run(cmd, save_config, progress: bool) -> int:
+def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
     # imported here so that `jestkit --help` stays fast
     from jestkit.dropin.distributed import setup, teardown
     from jestkit.engine.rundir import check_reference_dir, check_run_dir
@@ -278,7 +364,7 @@ def _run(cmd, save_config, progress: bool) -> int:
         config = cmd.train_config()
         _check_demo_selection(cmd.selection)
         run_demo(cmd.out, cmd.data, cmd.model, cmd.reference, config, tuple(cmd.policies),
-                 tuple(cmd.uniform_budgets), progress, overwrite=cmd.overwrite,
+                 tuple(cmd.uniform_budgets), progress, overwrite=switches.overwrite,
                  write_config=save_config)  # fmt: skip
         return 0
     if isinstance(cmd, Score):
@@ -286,7 +372,7 @@ def _run(cmd, save_config, progress: bool) -> int:
     if isinstance(cmd, Eval):
         return _eval(cmd)
     if isinstance(cmd, Train) and cmd.own_run().is_own:
-        return _train_own(cmd, save_config, progress)
+        return _train_own(cmd, switches, save_config, progress)
     if isinstance(cmd, Train) and cmd.eval.any:
         raise ValueError("--eval.zeroshot / --eval.retrieval evaluate a run on your own shards "
                          "(--shards.pattern); Fashion-MNIST runs evaluate on its test set")
@@ -294,19 +380,19 @@ def _run(cmd, save_config, progress: bool) -> int:
     if isinstance(cmd, Train):
         cmd.model.check_patch_size(config.scoring.patch_size)
         out = cmd.out or f"runs/train/{config.name()}"
-        check_run_dir(out, cmd.resume, cmd.overwrite)  # before any work
+        check_run_dir(out, switches.resume, switches.overwrite)  # before any work
     else:
-        check_reference_dir(cmd.out, cmd.overwrite)
+        check_reference_dir(cmd.out, switches.overwrite)
     data = prepare_caption_data(cmd.data)
     dist = setup(backend="gloo", device="cpu")  # under torchrun; else one process
     try:
         if isinstance(cmd, Reference):
             info = train_reference(data, cmd.model, cmd.reference, cmd.loss, cmd.out,
-                                   evaluator(data), progress, dist, overwrite=cmd.overwrite,
+                                   evaluator(data), progress, dist, overwrite=switches.overwrite,
                                    write_config=save_config)  # fmt: skip
         else:
-            result = train_learner(data, cmd.model, config, cmd.reference_dir, out, cmd.resume,
-                                   progress, dist, overwrite=cmd.overwrite,
+            result = train_learner(data, cmd.model, config, cmd.reference, out, switches.resume,
+                                   progress, dist, overwrite=switches.overwrite,
                                    write_config=save_config)  # fmt: skip
     finally:
         teardown(dist)
@@ -327,7 +413,7 @@ def _run(cmd, save_config, progress: bool) -> int:
     return 0
 
 
-def _train_own(cmd: Train, save_config, progress: bool) -> int:
+def _train_own(cmd: Train, switches: Switches, save_config, progress: bool) -> int:
     """`jestkit train` on your own data, model, reference or device (jestkit.own.train)."""
     from jestkit.dropin.distributed import setup, teardown
     from jestkit.engine.device import resolve_device
@@ -339,12 +425,12 @@ def _train_own(cmd: Train, save_config, progress: bool) -> int:
     device = resolve_device(run.own.device)  # a clear error before any work
     data = None if run.shards.pattern else prepare_caption_data(cmd.data)
     out = cmd.out or f"runs/train/{config.name()}"
-    check_run_dir(out, cmd.resume, cmd.overwrite)  # before any work
+    check_run_dir(out, switches.resume, switches.overwrite)  # before any work
     dist = setup(backend="nccl" if device.type == "cuda" else "gloo", device=device)
     try:
-        with claimed_run(out, cmd.resume, cmd.overwrite, dist.is_main, save_config):
-            result = train_own(run, cmd.model, config, cmd.reference_dir, out, data, cmd.resume,
-                               progress, dist, cmd.eval)  # fmt: skip
+        with claimed_run(out, switches.resume, switches.overwrite, dist.is_main):
+            result = train_own(run, cmd.model, config, out, data, switches.resume, progress, dist,
+                               save_config, cmd.eval)  # fmt: skip
     finally:
         teardown(dist)
     if not dist.is_main:
@@ -367,6 +453,8 @@ def _eval(cmd: Eval) -> int:
     from jestkit.engine.device import resolve_device
     from jestkit.own.evaluate import evaluate_checkpoint, metrics_table
 
+    if cmd.checkpoint is None:
+        raise ValueError("--checkpoint is required: the checkpoint file to evaluate")
     device = resolve_device(cmd.device)
     out = Path(cmd.out) if cmd.out else Path(cmd.checkpoint).parent / "eval.json"
     if out.is_dir():
@@ -385,18 +473,23 @@ def _score(cmd: Score, save_config, progress: bool) -> int:
     """`jestkit score` (jestkit.own.score)."""
     from jestkit.dropin.distributed import setup, teardown
     from jestkit.engine.device import resolve_device
+    from jestkit.engine.rundir import check_score_dir
     from jestkit.own.run import OwnModel, OwnRun
     from jestkit.own.score import export_subset, score_shards
 
     if (cmd.keep is None) != (cmd.subset is None):
         raise ValueError("--keep and --subset go together: the share to keep, and where to")
+    if cmd.keep is not None and not 0.0 < cmd.keep <= 1.0:
+        raise ValueError(f"--keep must be in (0, 1], got {cmd.keep}")
+    if cmd.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {cmd.batch_size}")
+    check_score_dir(cmd.out)  # before any work
     run = OwnRun(cmd.shards, OwnModel(cmd.open_clip, cmd.reference, None, cmd.device))
     device = resolve_device(cmd.device)
     dist = setup(backend="nccl" if device.type == "cuda" else "gloo", device=device)
     try:
-        if dist.is_main:
-            save_config(Path(cmd.out))
-        info = score_shards(run, cmd.model, cmd.loss, cmd.out, cmd.batch_size, progress, dist)
+        info = score_shards(run, cmd.model, cmd.loss, cmd.out, cmd.batch_size, progress, dist,
+                            write_config=save_config)  # fmt: skip
     finally:
         teardown(dist)
     if not dist.is_main:

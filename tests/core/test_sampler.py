@@ -213,3 +213,83 @@ def test_selector_reuses_its_generator_and_restores_state():
     sel.load_state_dict(state)
     assert sel(learner, reference).tolist() == first.tolist()
     assert sel.n_selected(40) == 20
+
+
+# -- issue 16, item 8: every selection is b distinct indices, or an error ---------------------
+
+
+def _distinct(idx, b):
+    return len(idx) == b and len(set(idx.tolist())) == b
+
+
+@pytest.mark.parametrize("method", ["joint", "independent"])
+def test_extreme_temperatures_select_b_distinct_or_refuse(method):
+    learner = random_embeddings(64, 8, 0, dtype=torch.float32)
+    reference = random_embeddings(64, 8, 1, dtype=torch.float32)
+    config = jestkit.SelectionConfig(filter_ratio=0.75, n_chunks=4, method=method)
+    for t in (1e39, 3.5e38, 1e-40):  # overflow float32 (in the division, or 1/t)
+        with pytest.raises(ValueError, match="temperature"):
+            jestkit.select(learner, reference, config, temperature=t)
+    greedy = jestkit.select(learner, reference, config, temperature=0.0)
+    for t in (1e30, 1.0, 1e-30):
+        g = torch.Generator().manual_seed(0)
+        idx = jestkit.select(learner, reference, config, temperature=t, generator=g)
+        assert _distinct(idx, 16), t
+    g = torch.Generator().manual_seed(0)
+    cold = jestkit.select(learner, reference, config, temperature=1e-30, generator=g)
+    assert cold.tolist() == greedy.tolist()  # the limit t -> 0 is greedy, not a divergence
+
+
+def test_nan_gains_are_an_error_not_a_repeated_example():
+    from jestkit.core.sampler import joint_sample, sample_without_replacement
+
+    scores = torch.tensor([1.0, float("nan"), 2.0, 0.5])
+    with pytest.raises(ValueError, match="NaN"):
+        sample_without_replacement(scores, 2, 1.0, torch.Generator().manual_seed(0))
+
+    class NanGains:  # a gain state whose gains overflowed after the first chunk
+        size = 8
+
+        def first_scores(self):
+            return torch.arange(8.0)
+
+        def gains(self):
+            return torch.full((8,), float("nan"))
+
+        def add(self, local):
+            pass
+
+    for t in (0.0, 1.0):
+        with pytest.raises(ValueError, match="NaN"):
+            joint_sample(NanGains(), 4, 2, t, torch.Generator().manual_seed(0))
+
+
+def test_a_draw_that_repeats_an_index_is_refused():
+    from jestkit.core.sampler import joint_sample
+
+    class Flat:
+        size = 8
+
+        def first_scores(self):
+            return torch.zeros(8)
+
+        def gains(self):
+            return torch.zeros(8)
+
+        def add(self, local):
+            pass
+
+    with pytest.raises(RuntimeError, match="distinct"):
+        joint_sample(Flat(), 4, 2, draw=lambda scores, c: torch.zeros(c, dtype=torch.long))
+
+
+def test_huge_finite_embeddings_are_refused_before_the_gains_overflow():
+    learner = random_embeddings(32, 8, 0, dtype=torch.float32)
+    reference = random_embeddings(32, 8, 1, dtype=torch.float32)
+    huge = jestkit.Embeddings(learner.image * 1e20, learner.text * 1e20, learner.logit_scale,
+                              learner.logit_bias)  # fmt: skip
+    for loss in ("sigmoid", "softmax"):
+        for method in ("joint", "independent"):
+            with pytest.raises(ValueError, match="overflow"):
+                jestkit.select(huge, reference, filter_ratio=0.5, n_chunks=4, loss=loss,
+                               method=method)  # fmt: skip

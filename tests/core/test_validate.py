@@ -132,3 +132,13 @@ def test_devices_differ():
 def test_config_rejects_bad_values(field, value, match):
     with pytest.raises(ValueError, match=match):
         SelectionConfig(**{field: value})
+
+
+# -- issue 16, item 9: empty embedding dimensions ---------------------------------------------
+
+
+def test_zero_width_embeddings_are_refused():
+    e = random_embeddings(8, 4, 0)
+    empty = _with(e, image=e.image[:, :0], text=e.text[:, :0])
+    with pytest.raises(ValueError, match="dimension"):
+        jestkit.select(empty, None, SelectionConfig(policy="hard_learner", n_chunks=2))

@@ -412,3 +412,129 @@ def test_bad_uses_are_clear_errors(tar_dir, parquet_dir):
         list(ShardPool(str(parquet_dir / "data-0.parquet"), caption_column="alt"))
     with pytest.raises(ValueError, match="rank"):
         ShardPoolConfig(rank=2, world_size=2)
+
+
+# -- issue 16, items 4-7: bounded samples, Parquet image paths, link members, empty captions ---
+
+
+def _small_png(size=8) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), 99, dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def _tar_with(path, members):
+    """members: (name, bytes) files, or (name, '->target') symlinks."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(data, str):
+                info.type, info.linkname = tarfile.SYMTYPE, data[2:]
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def _read(source, **config):
+    pool = ShardPool(source, buffer_size=0, min_bad=1000, **config)
+    return [s["id"] for s in pool], dict(pool.skipped)
+
+
+def test_samples_past_the_bounds_are_bad_counted_and_skipped(tmp_path):
+    good = _small_png()
+    members = [
+        ("a.png", good), ("a.txt", b"a good caption"),
+        ("b.png", good), ("b.txt", b"x" * 5000),  # a caption over max_caption_chars
+        ("c.png", good + b"\0" * 20_000), ("c.txt", b"a big file"),  # a member over max bytes
+        ("d.png", _small_png(200)), ("d.txt", b"a bomb"),  # 40,000 pixels
+        ("e.png", good), ("e.txt", b"another good one"),
+    ]
+    shard = _tar_with(tmp_path / "s.tar", members)
+    ids, skipped = _read(shard, max_caption_chars=1000, max_sample_bytes=10_000,
+                         max_image_pixels=10_000)  # fmt: skip
+    assert ids == ["a", "e"]
+    assert skipped == {"caption too long": 1, "sample too large": 1, "image too large": 1}
+
+
+def test_a_huge_compressed_caption_is_never_read_whole(tmp_path):
+    """A 100 MB caption in a .tar.gz of a few hundred KB: skipped from its header, not read."""
+    import resource
+
+    path = tmp_path / "bomb.tar.gz"
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for name, data in [("a.png", _small_png()), ("a.txt", b"fine")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("b.txt")
+        info.size = 100 << 20
+
+        class Zeros(io.RawIOBase):
+            left = info.size
+
+            def readable(self):
+                return True
+
+            def readinto(self, buffer):
+                n = min(len(buffer), self.left)
+                buffer[:n] = b"a" * n
+                self.left -= n
+                return n
+
+        tar.addfile(info, io.BufferedReader(Zeros(), 1 << 20))
+        tar.addfile(tarfile.TarInfo("b.png"), io.BytesIO(b""))
+    assert path.stat().st_size < 1 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ids, skipped = _read(str(path))
+    assert ids == ["a"] and skipped == {"caption too long": 1}
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
+
+
+def test_link_members_are_bad_samples(tmp_path):
+    good = _small_png()
+    (tmp_path / "secret.txt").write_text("not yours")
+    shard = _tar_with(tmp_path / "s.tar", [
+        ("a.png", good), ("a.txt", b"good"),
+        ("b.png", good), ("b.txt", "->/etc/passwd"),
+        ("c.png", "->../secret.png"), ("c.txt", b"linked image"),
+        ("d.png", good), ("d.txt", b"good too"),
+    ])  # fmt: skip
+    ids, skipped = _read(shard)
+    assert ids == ["a", "d"] and skipped == {"link member": 2}
+
+
+def test_empty_captions_are_bad_samples(tmp_path):
+    good = _small_png()
+    shard = _tar_with(tmp_path / "s.tar", [
+        ("a.png", good), ("a.txt", b"   \n\t "),
+        ("b.png", good), ("b.txt", b""),
+        ("c.png", good), ("c.txt", b"fine"),
+    ])  # fmt: skip
+    assert _read(shard) == (["c"], {"no caption": 2})
+    table = pa.table({"image": [good, good, good], "caption": ["", " ", "ok"],
+                      "uid": ["x", "y", "z"]})  # fmt: skip
+    pq.write_table(table, tmp_path / "t.parquet")
+    assert _read(str(tmp_path / "t.parquet")) == (["z"], {"no caption": 2})
+
+
+def test_parquet_image_paths_are_regular_files_inside_the_table_folder(tmp_path):
+    import os
+
+    folder = tmp_path / "table"
+    (folder / "img").mkdir(parents=True)
+    (folder / "img" / "ok.png").write_bytes(_small_png())
+    (folder / "img" / "big.png").write_bytes(_small_png() + b"\0" * 50_000)
+    os.mkfifo(folder / "img" / "fifo.png")
+    (tmp_path / "outside.png").write_bytes(_small_png())
+    (folder / "img" / "link.png").symlink_to(tmp_path / "outside.png")
+    paths = {"ok": "img/ok.png", "zero": "/dev/zero", "fifo": "img/fifo.png",
+             "up": "../outside.png", "abs": str(tmp_path / "outside.png"),
+             "link": "img/link.png", "big": "img/big.png", "dir": "img"}  # fmt: skip
+    pq.write_table(pa.table({"image_path": list(paths.values()), "caption": ["c"] * len(paths),
+                             "uid": list(paths)}), folder / "t.parquet")  # fmt: skip
+    ids, skipped = _read(str(folder / "t.parquet"), max_sample_bytes=10_000)
+    assert ids == ["ok"]
+    assert skipped == {"image path outside the table's folder": 4,
+                       "image path not a regular file": 2, "sample too large": 1}  # fmt: skip

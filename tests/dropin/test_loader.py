@@ -295,3 +295,57 @@ def test_cached_reference_by_id_and_missing_ids(tmp_path):
 
 
 # --- the README section runs as written ------------------------------------------------------
+
+
+# -- issue 16, item 9 and 11: loaders and scorers that would give wrong results ---------------
+
+
+class _Batches:
+    """An iterable of super-batches without a batch_size attribute."""
+
+    def __init__(self, sizes):
+        self.sizes = sizes
+
+    def __iter__(self):
+        for n in self.sizes:
+            x, y = toy(n)
+            yield x, y
+
+
+def _losses(x, y):
+    return (x**2).sum(1)
+
+
+def test_a_short_first_batch_does_not_fix_b_for_the_run():
+    loader = SelectiveLoader(_Batches([8, 32]), _losses, _losses, PER_EXAMPLE, seed=0)
+    with pytest.raises(ValueError, match="first super-batch"):
+        list(loader)
+
+
+def test_a_complex_scorer_is_refused():
+    x, y = toy(16)
+    loader = SelectiveLoader([(x, y)], lambda x, y: _losses(x, y).to(torch.complex64),
+                             _losses, PER_EXAMPLE, seed=0)  # fmt: skip
+    with pytest.raises(TypeError, match="complex"):
+        list(loader)
+
+
+def test_a_foreign_state_is_refused():
+    x, y = toy(64)
+    loader = SelectiveLoader(DataLoader(TensorDataset(x, y), batch_size=16), _losses, _losses,
+                             PER_EXAMPLE, seed=0)  # fmt: skip
+    state = loader.state_dict()
+    for b in (1, 0, "4"):
+        with pytest.raises(ValueError, match="b ="):
+            loader.load_state_dict({**state, "b": b})
+    loader.load_state_dict(state)
+
+
+def test_embeddings_of_scalars_are_a_message():
+    x, y = toy(16)
+    scalar = torch.tensor(1.0)
+    loader = SelectiveLoader([(x, y)], lambda x, y: Embeddings(scalar, scalar, 1.0, 0.0),
+                             config=SelectionConfig(policy="hard_learner", n_chunks=2),
+                             seed=0)  # fmt: skip
+    with pytest.raises(ValueError, match=r"\(B, d\)"):
+        list(loader)

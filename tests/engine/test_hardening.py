@@ -121,7 +121,7 @@ def test_curated_larger_than_the_limit_is_a_clear_error(tmp_path, capsys):
 def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
     target = tmp_path / "file"
     target.write_text("mine")
-    code = cli_main(["train", "--out", str(target), "--reference_dir", str(tmp_path / "nope"),
+    code = cli_main(["train", "--out", str(target), "--reference", str(tmp_path / "nope"),
                      "--quiet"])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err

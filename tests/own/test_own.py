@@ -88,7 +88,7 @@ def test_a_run_on_shards_resumes_exactly(pattern, tmp_path):
 
 def test_bad_samples_are_skipped_and_counted(tmp_path):
     pattern = write_shards(tmp_path / "bad", shards=1, per_shard=500, bad=(3, 50))  # one epoch
-    result = train_own(_run(pattern), MODEL, HARD, "unused", tmp_path / "run", progress=False)
+    result = train_own(_run(pattern), MODEL, HARD, tmp_path / "run", progress=False)
     assert result["skipped"] == {"undecodable image": 2}
     assert result["steps"] == HARD.training.steps and len(result["losses"]) == 6
     assert all(len(ids) == 16 for ids in _selected(tmp_path / "run"))  # b never changes
@@ -101,8 +101,8 @@ def _selected(run_dir):
 def test_fashion_mnist_is_one_source_among_others(data, reference_dir, tmp_path):
     """The own-data path on the Fashion-MNIST source is train_learner's run, number for number."""
     config = TINY.with_name("learnability-joint")
-    own = train_own(OwnRun(), MODEL, config, str(reference_dir), tmp_path / "own", data,
-                    progress=False)  # fmt: skip
+    run = OwnRun(own=OwnModel(reference=str(reference_dir)))
+    own = train_own(run, MODEL, config, tmp_path / "own", data, progress=False)
     plain = train_learner(data, MODEL, config, reference_dir, tmp_path / "plain", progress=False)
     assert own["history"] == plain["history"] and own["losses"] == plain["losses"]
     own_ids, plain_ids = _selected(tmp_path / "own"), _selected(tmp_path / "plain")
@@ -126,7 +126,7 @@ def test_bad_choices_are_clear_errors(pattern, tmp_path, capsys):
         f = tmp_path / "weights.pt"
         f.write_bytes(b"")
         train_own(OwnRun(_run(pattern).shards, OwnModel(reference=str(f))), MODEL,
-                  TINY, "unused", tmp_path / "r", progress=False)  # fmt: skip
+                  TINY, tmp_path / "r", progress=False)  # fmt: skip
 
 
 def test_score_with_our_checkpoint_then_train_with_its_cache(pattern, tmp_path):
@@ -144,7 +144,7 @@ def test_score_with_our_checkpoint_then_train_with_its_cache(pattern, tmp_path):
     assert info["samples"] == 200
     learnability = OwnRun(run.shards, OwnModel(reference=str(tmp_path / "ref")))
     config = TINY.with_name("learnability-joint")
-    result = train_own(learnability, MODEL, config, "unused", tmp_path / "jest", progress=False)
+    result = train_own(learnability, MODEL, config, tmp_path / "jest", progress=False)
     assert result["steps"] == 6 and result["flops"]["reference_score"] == 0
     # the cache against the reference model run directly on the first samples of the stream
     from jestkit.own.run import load_stream_reference
@@ -174,7 +174,7 @@ def test_a_run_on_parquet_tables(tmp_path):
         pq.write_table(table, tmp_path / f"part-{t}.parquet", row_group_size=16)
     run = _run(str(tmp_path / "part-*.parquet"), buffer_size=0)
     config = TINY.with_name("hard_learner-joint")
-    result = train_own(run, MODEL, config, "unused", tmp_path / "run", progress=False)
+    result = train_own(run, MODEL, config, tmp_path / "run", progress=False)
     assert result["steps"] == 6 and result["skipped"] == {}
     selected = _selected(tmp_path / "run")
     first_draw = {f"{n:032x}" for n in range(80)}  # no shuffle buffer: the first 80 rows

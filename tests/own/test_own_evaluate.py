@@ -93,7 +93,7 @@ def test_evaluation_during_training_and_jestkit_eval(files, tmp_path, capsys):
     uniform = TINY.with_name("uniform")
     evals = EvalConfig(zeroshot=f"zs={files['zeroshot']}", retrieval=files["retrieval"])
     out = tmp_path / "run"
-    result = train_own(_run(files), MODEL, uniform, "unused", out, progress=False,
+    result = train_own(_run(files), MODEL, uniform, out, progress=False,
                        eval_config=evals)  # fmt: skip
     history = result["history"]
     assert [h["step"] for h in history] == [0, 3, 6]
@@ -157,10 +157,10 @@ def test_overlap_with_the_training_pool_is_refused_or_warned(files, tmp_path, ca
     leaky = write_eval_set(tmp_path / "leaky", "zeroshot", per_shard=30, first=0)
     uniform = TINY.with_name("uniform")
     with pytest.raises(EvalSetError, match="shares 30 of its ids with the training shards"):
-        train_own(_run(files), MODEL, uniform, "unused", tmp_path / "a", progress=False,
+        train_own(_run(files), MODEL, uniform, tmp_path / "a", progress=False,
                   eval_config=EvalConfig(zeroshot=leaky))  # fmt: skip
     assert not (tmp_path / "a").exists()  # nothing trained
-    train_own(_run(files), MODEL, uniform, "unused", tmp_path / "b", progress=False,
+    train_own(_run(files), MODEL, uniform, tmp_path / "b", progress=False,
               eval_config=EvalConfig(zeroshot=leaky, overlap="warn"))  # fmt: skip
     assert "shares 30 of its ids" in capsys.readouterr().err
     code = cli_main(["train", "--shards.pattern", files["pool"], "--eval.zeroshot", leaky,

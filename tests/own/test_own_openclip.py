@@ -52,12 +52,12 @@ def _selected(run_dir):
 def test_cached_reference_selects_what_the_checkpoint_selects(files, tmp_path):
     """The reference checkpoint run in the loop, and its cache built by score_shards: the same
     selections and losses (the cache holds the same embeddings); only the FLOPs differ."""
-    live = train_own(_run(files), MODEL, JOINT, "unused", tmp_path / "live", progress=False)
+    live = train_own(_run(files), MODEL, JOINT, tmp_path / "live", progress=False)
     info = score_shards(_run(files), MODEL, "sigmoid", tmp_path / "ref", batch_size=32,
                         progress=False)  # fmt: skip
     assert info["samples"] == 200 and info["skipped"] == {}
-    cached = train_own(_run(files, str(tmp_path / "ref")), MODEL, JOINT, "unused",
-                       tmp_path / "cached", progress=False)  # fmt: skip
+    cached = train_own(_run(files, str(tmp_path / "ref")), MODEL, JOINT, tmp_path / "cached",
+                       progress=False)  # fmt: skip
     assert _selected(tmp_path / "live") == _selected(tmp_path / "cached")
     torch.testing.assert_close(torch.tensor(live["losses"]), torch.tensor(cached["losses"]))
     assert live["flops"]["reference_score"] > 0 and cached["flops"]["reference_score"] == 0
@@ -113,9 +113,9 @@ def test_other_shards_and_bad_choices_are_refused(files, tmp_path, capsys):
     other = write_shards(tmp_path / "other", shards=2, per_shard=90)
     run = OwnRun(ShardsConfig(pattern=other), OwnModel(files["config"], str(tmp_path / "ref")))
     with pytest.raises(CacheError, match="built for other shards"):
-        train_own(run, MODEL, JOINT, "unused", tmp_path / "x", progress=False)
+        train_own(run, MODEL, JOINT, tmp_path / "x", progress=False)
     softmax = replace(JOINT, selection=replace(JOINT.selection, loss="softmax"))
     with pytest.raises(ValueError, match="--selection.loss sigmoid"):
-        train_own(_run(files), MODEL, softmax, "unused", tmp_path / "y", progress=False)
+        train_own(_run(files), MODEL, softmax, tmp_path / "y", progress=False)
     code = cli_main(["train", "--open_clip", files["config"], "--quiet", "--out", str(tmp_path)])
     assert code == 2 and "trains on image-caption shards" in capsys.readouterr().err

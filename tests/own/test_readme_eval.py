@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 from shard_files import TINY_SIG, write_eval_set, write_shards
+from test_cli import _example
 from test_readme_own import JESTKIT, ROOT
 
 
@@ -27,6 +28,7 @@ def section_commands() -> list[list[str]]:
 def test_readme_eval_commands_run(tmp_path):
     commands = section_commands()
     assert [c[:2] for c in commands] == [["jestkit", "train"], ["jestkit", "eval"]]
+    assert commands[1] == _example("eval")  # `jestkit eval --help`'s example is this command
     write_shards(tmp_path / "pool", shards=2, per_shard=100, seed=0, noisy=True)
     write_eval_set(tmp_path / "eval" / "shapes", "zeroshot", per_shard=36)
     write_eval_set(tmp_path / "eval" / "captions", "retrieval", per_shard=24, first=2 * 10**7)

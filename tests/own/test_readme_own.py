@@ -1,6 +1,8 @@
-"""The README's "Your own data and model" commands run as written: on shards and an open_clip
-config this test writes, each `jestkit` command run as a subprocess of the installed console
-script (`.venv/bin/jestkit`, beside this interpreter), as a user types it."""
+"""The README's "Your own data and model" section runs as written: on shards this test writes
+and the open_clip config the README shows (tiny-sig.json), each `jestkit` command run as a
+subprocess of the installed console script (`.venv/bin/jestkit`, beside this interpreter), as a
+user types it; then the section's Python that reads the cache back, and `jestkit score`'s
+--help example."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from shard_files import TINY_SIG, write_shards
 
+from jestkit.cli import EXAMPLES
 from jestkit.dropin.cache import load_datacomp_subset
 from jestkit.engine.checkpoint import load_checkpoint
 
@@ -20,12 +23,20 @@ ROOT = Path(__file__).resolve().parents[2]
 JESTKIT = Path(sys.executable).parent / "jestkit"  # the console script pip installed
 
 
+def _section() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split("## Your own data and model", 1)[1].split("\n## ", 1)[0]
+
+
+def _blocks(language: str) -> list[str]:
+    """The section's blocks in `language` that say they run as written."""
+    blocks = re.findall(rf"```{language}\n(.*?)```", _section(), re.S)
+    return [b for b in blocks if b.startswith("# runs as written")]
+
+
 def readme_commands() -> list[list[str]]:
     """The `jestkit` commands of the section's sh blocks that say they run as written."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Your own data and model", 1)[1].split("\n## ", 1)[0]
-    blocks = [b for b in re.findall(r"```sh\n(.*?)```", section, re.S)
-              if b.startswith("# runs as written")]  # fmt: skip
+    blocks = _blocks("sh")
     commands = []
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
@@ -34,13 +45,15 @@ def readme_commands() -> list[list[str]]:
     return commands
 
 
-def test_readme_own_data_commands_run(tmp_path):
+def test_readme_own_data_commands_run(tmp_path, monkeypatch):
     commands = readme_commands()
     assert [c[:2] for c in commands] == [["jestkit", "train"], ["jestkit", "score"],
                                          ["jestkit", "train"], ["jestkit", "train"]]  # fmt: skip
     write_shards(tmp_path / "curated", shards=1, per_shard=96, seed=1)
     write_shards(tmp_path / "pool", shards=2, per_shard=100, seed=0)
-    (tmp_path / "tiny-sig.json").write_text(json.dumps(TINY_SIG))
+    [config] = re.findall(r"```json\n(.*?)```", _section(), re.S)
+    assert json.loads(config) == TINY_SIG  # the README's file is the tests' tiny config
+    (tmp_path / "tiny-sig.json").write_text(config)
     for command in commands:
         run = subprocess.run([str(JESTKIT), *command[1:]], cwd=tmp_path,
                              capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -54,3 +67,11 @@ def test_readme_own_data_commands_run(tmp_path):
     assert result["flops"]["reference_score"] == 0 and result["flops"]["learner_score"] > 0
     state = load_checkpoint(runs / "jest" / "checkpoint.pt")
     assert all(len(ids) == 16 for ids in state["stats"]["selected_ids"])
+    monkeypatch.chdir(tmp_path)
+    [read_back] = _blocks("py")
+    exec(compile(read_back, "README.md", "exec"), {"__name__": "readme"})
+    example = EXAMPLES["score"].split("\n(")[0].replace("\\\n", " ")
+    run = subprocess.run([str(JESTKIT), *shlex.split(example)[1:], "--quiet"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, f"{example}\n{run.stdout}\n{run.stderr}"
+    assert json.loads((runs / "score-pool" / "reference.json").read_text())["samples"] == 200

@@ -49,8 +49,29 @@ def perturbed_scores(
     if temperature == 0:
         return scores
     n = scores.shape[0]
-    noise = gumbel_noise(n if size is None else size, generator, scores)
-    return scores / temperature + noise[offset : offset + n]
+    wide = scores.double()  # temperatures down to 1e-30 stay finite (core.validate)
+    noise = gumbel_noise(n if size is None else size, generator, wide)
+    return wide / temperature + noise[offset : offset + n]
+
+
+def check_scores(scores: torch.Tensor) -> None:
+    """Scores the sampler can draw from: NaN (gains that overflowed) is an error, never drawn."""
+    if bool(torch.isnan(scores).any()):
+        raise ValueError(
+            f"{int(torch.isnan(scores).sum())} of {scores.shape[0]} selection scores are NaN "
+            f"(the gains overflowed: embeddings or losses too large); refusing to select"
+        )
+
+
+def check_selection(idx: torch.Tensor, b: int) -> torch.Tensor:
+    """`idx` as the sampler must return it: b distinct positions."""
+    n_distinct = int(torch.unique(idx).numel())
+    if idx.numel() != b or n_distinct != b or (b > 0 and int(idx.min()) < 0):
+        raise RuntimeError(
+            f"the selection is not b = {b} distinct examples: got {idx.numel()} positions, "
+            f"{n_distinct} distinct; refusing to train on repeats"
+        )
+    return idx
 
 
 def sample_without_replacement(
@@ -60,8 +81,15 @@ def sample_without_replacement(
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """k indices drawn without replacement with p proportional to exp(scores / temperature),
-    in draw order; temperature 0 takes the top k. -inf scores are never drawn."""
-    return torch.topk(perturbed_scores(scores, temperature, generator), k).indices
+    in draw order; temperature 0 takes the top k. -inf scores are never drawn; NaN scores
+    and fewer than k drawable ones are errors."""
+    check_scores(scores)
+    drawable = int((scores > float("-inf")).sum())
+    if drawable < k:
+        raise ValueError(f"cannot draw {k} of {drawable} candidates (the rest are excluded)")
+    perturbed = perturbed_scores(scores, temperature, generator)
+    check_scores(perturbed)
+    return check_selection(torch.topk(perturbed, k).indices, k)
 
 
 def joint_sample(
@@ -109,6 +137,7 @@ def joint_sample(
             scores = state.gains()
         if normalize_gains:
             scores = scores / (n_taken + 1)
+        check_scores(scores)
         scores = scores.masked_fill(taken, float("-inf"))
         idx = draw(scores, c)
         local = idx[(idx >= offset) & (idx < offset + state.size)] - offset  # in chunk order
@@ -117,4 +146,4 @@ def joint_sample(
         chosen.append(idx)
         if m + 1 < n_chunks:
             add(local, idx)
-    return torch.cat(chosen)
+    return check_selection(torch.cat(chosen), b)

@@ -86,9 +86,35 @@ def check_outputs(name: str, outputs: object, loss: Loss) -> int:
             f"{name}.image and {name}.text must have the same embedding dimension, got "
             f"{img.shape[1]} and {txt.shape[1]}"
         )
-    as_scalar(f"{name}.logit_scale", outputs.logit_scale)
-    as_scalar(f"{name}.logit_bias", outputs.logit_bias)
+    if img.shape[1] == 0:
+        raise ValueError(
+            f"{name}.image and {name}.text have embedding dimension 0; expected d >= 1"
+        )
+    scale = as_scalar(f"{name}.logit_scale", outputs.logit_scale)
+    bias = as_scalar(f"{name}.logit_bias", outputs.logit_bias)
+    check_logit_range(name, img, txt, scale, bias)
     return img.shape[0]
+
+
+# the largest |logit| admitted: a sum of B^2 pair terms of this size stays far inside float32
+MAX_LOGIT = 1e15
+
+
+def check_logit_range(name: str, img: torch.Tensor, txt: torch.Tensor, scale: float,
+                      bias: float) -> None:  # fmt: skip
+    """Refuse embeddings whose logits could overflow the gains: the bound
+    |scale| * max ||u_i|| * max ||v_j|| + |bias| >= every |logit| (Cauchy-Schwarz), in float64."""
+    if img.shape[0] == 0:
+        return
+    u = float(torch.linalg.vector_norm(img.double(), dim=1).max())
+    v = float(torch.linalg.vector_norm(txt.double(), dim=1).max())
+    bound = abs(scale) * u * v + abs(bias)
+    if not bound <= MAX_LOGIT:
+        raise ValueError(
+            f"{name}'s logits reach up to {bound:.3g} (logit_scale {scale:g}, embedding norms up "
+            f"to {u:.3g} and {v:.3g}); beyond {MAX_LOGIT:g} the gains overflow: normalise the "
+            f"embeddings (open_clip's embeddings are unit vectors)"
+        )
 
 
 def device_of(outputs: object) -> torch.device | None:
@@ -158,7 +184,18 @@ def check_counts(b: int, batch_size: int, n_chunks: int) -> None:
         )
 
 
+# temperatures the sampler computes exactly: gains / temperature stays finite for any gain the
+# embedding check admits (MAX_LOGIT), in float64; 0 is greedy, a huge one is all but uniform
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-30, 1e30
+
+
 def check_temperature(temperature: float) -> float:
-    if not isinstance(temperature, int | float) or not temperature >= 0 or math.isinf(temperature):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not (
+        temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE
+    ):
+        raise ValueError(
+            f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got "
+            f"{temperature!r}: beyond them gain / temperature overflows (for all but uniform "
+            f"draws use policy='uniform'; for greedy ones temperature 0)"
+        )
     return float(temperature)

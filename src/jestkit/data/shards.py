@@ -34,7 +34,11 @@ run would draw. Take it between super-batches (a DataLoader with num_workers=0 f
 ahead). The state's size is about buffer_size encoded images.
 
 Bad input. A truncated shard (the sample being read when it ended, counted once; a shard
-unreadable from the start, counted once), an undecodable image, a missing image or caption:
+unreadable from the start, counted once), an undecodable image, a missing image, a missing,
+empty or whitespace-only caption, a sample past a bound (max_sample_bytes, max_caption_chars,
+max_image_pixels: judged from tar headers and image headers, before the bytes are read or the
+pixels decoded), a symlink, hard link or special member in a tar, a Parquet image_path that is
+absolute, leads outside the table's folder or is not a regular file (a FIFO, /dev/zero):
 the sample is skipped and counted in `pool.skipped` (reason -> count; `pool.skipped_by_shard`
 per shard) and the next good one takes its place, so every super-batch still holds B samples.
 Once more than `min_bad` samples were skipped and they are more than `max_bad_fraction` of the
@@ -49,18 +53,20 @@ live in the pool object, which workers would copy. Decode in parallel with `deco
 
 from __future__ import annotations
 
+import errno
 import glob
+import hashlib
 import io
 import json
 import os
 import re
+import stat
 import tarfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -84,6 +90,13 @@ UNREADABLE_IMAGE = "unreadable image file"
 NO_IMAGE = "no image"
 NO_CAPTION = "no caption"
 BAD_METADATA = "bad json or caption"
+TOO_LARGE = "sample too large"
+CAPTION_TOO_LONG = "caption too long"
+IMAGE_TOO_LARGE = "image too large"
+LINK_MEMBER = "link member"
+NOT_A_FILE = "image path not a regular file"
+OUTSIDE = "image path outside the table's folder"
+MAX_JSON_BYTES = 1 << 20  # a sample's json metadata; larger is a bad sample (BAD_METADATA)
 
 
 class TooManyBadSamples(RuntimeError):
@@ -110,6 +123,14 @@ class ShardPoolConfig:
         image|jpg|png|webp|image_path|path, caption|text|txt and uid|key|id.
     decode_threads: threads decoding a super-batch in super_batches() (0: in this thread).
     parquet_batch_rows: rows read from a Parquet file at a time.
+    max_sample_bytes: the most bytes one sample's files may hold (a tar member is judged by its
+        header, before it is read; a Parquet image by its bytes or its file's size); more: a bad
+        sample ('sample too large').
+    max_caption_chars: the most characters of a caption (a tar caption member of more than 4x
+        this many bytes is not read); more: a bad sample ('caption too long').
+    max_image_pixels: the most pixels (width x height, read from the image's header before it
+        is decoded) of an image; more: a bad sample ('image too large'), never a decompression
+        bomb.
     """
 
     buffer_size: int = 1000
@@ -125,8 +146,15 @@ class ShardPoolConfig:
     id_column: str | None = None
     decode_threads: int = 0
     parquet_batch_rows: int = 256
+    max_sample_bytes: int = 32 << 20
+    max_caption_chars: int = 16384
+    max_image_pixels: int = 64_000_000
 
     def __post_init__(self):
+        for name in ("max_sample_bytes", "max_caption_chars", "max_image_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.buffer_size < 0:
             raise ValueError(f"buffer_size must be >= 0, got {self.buffer_size}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
@@ -229,7 +257,10 @@ def _split_name(name: str) -> tuple[str, str]:
     return os.path.join(folder, stem) if folder else stem, ext.lower() if dot else ""
 
 
-def _tar_group(shard: int, key: str, files: dict[str, bytes]) -> Record:
+def _tar_group(shard: int, key: str, files: dict[str, bytes], bad: str | None,
+               config: ShardPoolConfig) -> Record:  # fmt: skip
+    if bad is not None:  # judged from the members' headers: nothing of it was read
+        return Record(shard, key, key, "", None, None, bad)
     image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
     text = next((files[e] for e in CAPTION_EXTENSIONS if e in files), None)
     uid = key
@@ -243,30 +274,64 @@ def _tar_group(shard: int, key: str, files: dict[str, bytes]) -> Record:
         return Record(shard, key, key, "", None, None, BAD_METADATA)
     if image is None:
         return Record(shard, key, uid, "", None, None, NO_IMAGE)
-    if caption is None:
-        return Record(shard, key, uid, "", None, None, NO_CAPTION)
-    return Record(shard, key, uid, caption, image, None)
+    return _checked(Record(shard, key, uid, caption or "", image, None), config)
 
 
-def _read_tar(path: str, shard: int) -> Iterator[Record]:
+def _checked(rec: Record, config: ShardPoolConfig) -> Record:
+    """The record, or a bad one when its caption is empty or too long."""
+    if not rec.caption.strip():
+        return rec._replace(caption="", image=None, path=None, bad=NO_CAPTION)
+    if len(rec.caption) > config.max_caption_chars:
+        return rec._replace(caption="", image=None, path=None, bad=CAPTION_TOO_LONG)
+    return rec
+
+
+def _member_verdict(member: tarfile.TarInfo, ext: str, read: int,
+                    config: ShardPoolConfig) -> str | None:  # fmt: skip
+    """Why this member makes its sample bad, judged from its header alone (None: read it)."""
+    if member.issym() or member.islnk():
+        return LINK_MEMBER
+    if not member.isfile():
+        return LINK_MEMBER  # a device, FIFO or other special member
+    if ext in CAPTION_EXTENSIONS and member.size > 4 * config.max_caption_chars:
+        return CAPTION_TOO_LONG
+    if ext == "json" and member.size > MAX_JSON_BYTES:
+        return BAD_METADATA
+    if read + member.size > config.max_sample_bytes:
+        return TOO_LARGE
+    return None
+
+
+_WANTED = frozenset((*IMAGE_EXTENSIONS, *CAPTION_EXTENSIONS, "json"))
+
+
+def _read_tar(path: str, shard: int, config: ShardPoolConfig) -> Iterator[Record]:
     """The samples of a tar shard, grouped by key, streamed. A truncated shard ends with one bad
-    record (the sample in progress)."""
-    key, files = None, {}
+    record (the sample in progress). Only the members a sample uses are read, each only after
+    its header passed the bounds (_member_verdict): a bad member's bytes are skipped, not read."""
+    key, files, bad, read = None, {}, None, 0
     compressed = not path.lower().endswith(".tar")
+    mode = "r|*" if compressed else "r:"  # an uncompressed tar seeks over what it skips
     try:
-        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
+        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode=mode) as tar:
             for member in tar:
-                if not member.isfile():
+                if member.isdir():
                     continue
                 k, ext = _split_name(member.name)
                 if k != key:  # the previous sample is complete once the next one starts
                     if key is not None:
-                        yield _tar_group(shard, key, files)
-                    key, files = k, {}
+                        yield _tar_group(shard, key, files, bad, config)
+                    key, files, bad, read = k, {}, None, 0
+                if bad is not None or (member.isfile() and ext not in _WANTED):
+                    continue  # tarfile skips (or seeks over) the member's bytes
+                bad = _member_verdict(member, ext, read, config)
+                if bad is not None:
+                    files = {}
+                    continue
                 data = tar.extractfile(member).read()
                 if len(data) != member.size:
                     raise tarfile.ReadError("unexpected end of data")
-                files[ext] = data
+                files[ext], read = data, read + len(data)
             end = tar.offset
         if not compressed and os.path.getsize(path) < end + 2 * tarfile.BLOCKSIZE:
             # a tar cut at a member boundary: tarfile stops quietly, without the end marker
@@ -277,7 +342,7 @@ def _read_tar(path: str, shard: int) -> Iterator[Record]:
         yield Record(shard, key or f"{path}:0", key or "", "", None, None, reason)
         return
     if key is not None:
-        yield _tar_group(shard, key, files)
+        yield _tar_group(shard, key, files, bad, config)
 
 
 def _pick_column(names: list[str], wanted: str | None, defaults: tuple[str, ...], what: str,
@@ -295,7 +360,8 @@ def _pick_column(names: list[str], wanted: str | None, defaults: tuple[str, ...]
     )
 
 
-def _parquet_record(shard: int, key: str, image, caption, ident, folder: str) -> Record:
+def _parquet_record(shard: int, key: str, image, caption, ident, folder: str,
+                    config: ShardPoolConfig) -> Record:  # fmt: skip
     ident = key if ident is None else (ident.hex() if isinstance(ident, bytes) else str(ident))
     if isinstance(image, dict):  # Hugging Face's Image feature: {bytes, path}
         image = image.get("bytes") or image.get("path")
@@ -304,8 +370,46 @@ def _parquet_record(shard: int, key: str, image, caption, ident, folder: str) ->
     if caption is None:
         return Record(shard, key, ident, "", None, None, NO_CAPTION)
     if isinstance(image, bytes):
-        return Record(shard, key, ident, str(caption), image, None)
-    return Record(shard, key, ident, str(caption), None, os.path.join(folder, str(image)))
+        if len(image) > config.max_sample_bytes:
+            return Record(shard, key, ident, "", None, None, TOO_LARGE)
+        return _checked(Record(shard, key, ident, str(caption), image, None), config)
+    path = _inside(folder, str(image))
+    if path is None:
+        return Record(shard, key, ident, "", None, None, OUTSIDE)
+    return _checked(Record(shard, key, ident, str(caption), None, path), config)
+
+
+def _inside(folder: str, relative: str) -> str | None:
+    """`relative` joined to the table's folder, or None when it is absolute or leads outside it
+    (by '..' or a symlink)."""
+    if os.path.isabs(relative):
+        return None
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, relative))
+    return path if os.path.commonpath([root, path]) == root and path != root else None
+
+
+def read_image_file(path: str, max_bytes: int) -> bytes | str:
+    """The bytes of a regular file of at most max_bytes, or the reason it is not read: a FIFO,
+    device or folder is never opened for reading (O_NONBLOCK, then fstat), a larger file never
+    read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as e:
+        return OUTSIDE if e.errno == errno.ELOOP else UNREADABLE_IMAGE
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return NOT_A_FILE
+        if info.st_size > max_bytes:
+            return TOO_LARGE
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+        return TOO_LARGE if len(data) > max_bytes else data
+    except OSError:
+        return UNREADABLE_IMAGE
+    finally:
+        os.close(fd)
 
 
 def _read_parquet(path: str, shard: int, config: ShardPoolConfig, skip: int = 0
@@ -342,7 +446,7 @@ def _read_parquet(path: str, shard: int, config: ShardPoolConfig, skip: int = 0
                 for image, caption, ident in zip(d[img], d[cap], d[uid], strict=True):
                     if row >= skip:
                         yield _parquet_record(shard, f"{name}:{row}", image, caption, ident,
-                                              folder)  # fmt: skip
+                                              folder, config)  # fmt: skip
                     row += 1
         except (pa.ArrowException, OSError):
             for r in range(max(row, skip), start + rows):
@@ -359,10 +463,59 @@ def read_ids(source, config: ShardPoolConfig | None = None) -> Iterator[str]:
     config = config or ShardPoolConfig()
     for index, path in enumerate(list_shards(source)):
         records = _read_parquet(path, index, config) if shard_format(path) == "parquet" else \
-            _read_tar(path, index)  # fmt: skip
+            _read_tar(path, index, config)  # fmt: skip
         for rec in records:
             if rec.bad is None:
                 yield rec.id
+
+
+# --- content digests --------------------------------------------------------------------------
+
+_DIGEST_TEXT = CAPTION_EXTENSIONS + ("json",)
+_DIGEST_MAX_TEXT = 1 << 20  # a longer caption or json is a bad sample: its header is hashed
+
+
+def shard_digest(path: str) -> str:
+    """A digest of what a shard says, without decoding an image: for a tar, every member's
+    header (name, size, mtime) and the bytes of its captions and json; for Parquet, the footer
+    (every column chunk's size, offset and statistics) and the caption and id columns. A
+    shard re-captioned under the same name and size gets another digest. An uncompressed tar is
+    read header by header (images are skipped over, not read); a damaged shard's digest covers
+    what could be read."""
+    h = hashlib.sha256()
+    try:
+        if shard_format(path) == "parquet":
+            _digest_parquet(path, h)
+        else:
+            _digest_tar(path, h)
+    except Exception as e:  # noqa: BLE001 - a damaged shard is counted when read; its digest says so
+        h.update(f"unreadable: {type(e).__name__}".encode())
+    return h.hexdigest()
+
+
+def _digest_tar(path: str, h) -> None:
+    mode = "r:" if path.lower().endswith(".tar") else "r|*"  # random access skips the images
+    with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode=mode) as tar:
+        for member in tar:
+            h.update(f"{member.name}\0{member.type!r}\0{member.size}\0{member.mtime}\0".encode())
+            ext = _split_name(member.name)[1]
+            if member.isfile() and ext in _DIGEST_TEXT and member.size <= _DIGEST_MAX_TEXT:
+                h.update(tar.extractfile(member).read())
+
+
+def _digest_parquet(path: str, h) -> None:
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(path)
+    h.update(json.dumps(table.metadata.to_dict(), sort_keys=True, default=str).encode())
+    names = table.schema_arrow.names
+    columns = [_pick_column(names, None, defaults, what, path)
+               for defaults, what in ((_CAPTION_COLUMNS, "caption"), (_ID_COLUMNS, "id"))]
+    for batch in table.iter_batches(batch_size=4096, columns=list(dict.fromkeys(columns))):
+        for column in batch.columns:
+            for buffer in column.buffers():
+                if buffer is not None:
+                    h.update(memoryview(buffer))
 
 
 # --- the pool --------------------------------------------------------------------------------
@@ -468,7 +621,7 @@ class ShardPool(IterableDataset):
         path = self.shards[index]
         if shard_format(path) == "parquet":
             return _read_parquet(path, index, self.config, skip)
-        reader = _read_tar(path, index)
+        reader = _read_tar(path, index, self.config)
         for _ in range(skip):  # a tar stream has no index: read (not decode) what came before
             if next(reader, None) is None:
                 raise ValueError(
@@ -533,14 +686,17 @@ class ShardPool(IterableDataset):
             return rec.bad
         data = rec.image
         if data is None:
-            try:
-                data = Path(rec.path).read_bytes()
-            except OSError:
-                return UNREADABLE_IMAGE
+            data = read_image_file(rec.path, self.config.max_sample_bytes)
+            if isinstance(data, str):
+                return data
         try:
             with Image.open(io.BytesIO(data)) as im:
+                if im.width * im.height > self.config.max_image_pixels:
+                    return IMAGE_TOO_LARGE  # judged from the header: never decoded
                 im.load()
                 image = im.convert(self.config.mode) if self.config.mode else im.copy()
+        except Image.DecompressionBombError:
+            return IMAGE_TOO_LARGE
         except Exception:  # noqa: BLE001 - whatever Pillow raises on a bad file is a bad sample
             return UNDECODABLE
         if self.transform is not None:

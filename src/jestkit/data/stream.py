@@ -48,6 +48,10 @@ class ShardsConfig:
         decode_threads: threads decoding images (0: in the training process's thread)
         vocab_size: our dual encoder's word ids on shards (hashed words; open_clip models use
             their own tokenizer)
+        max_sample_bytes: a sample whose files hold more bytes is bad (skipped and counted)
+        max_caption_chars: a sample whose caption has more characters is bad
+        max_image_pixels: a sample whose image has more pixels (width x height, from its header)
+            is bad, never decoded
     """
 
     pattern: str | None = None
@@ -56,10 +60,14 @@ class ShardsConfig:
     max_bad_fraction: float = 0.01
     decode_threads: int = 0
     vocab_size: int = 8192
+    max_sample_bytes: int = 32 << 20
+    max_caption_chars: int = 16384
+    max_image_pixels: int = 64_000_000
 
     def __post_init__(self):
         if self.vocab_size <= len(SPECIALS):
             raise ValueError(f"vocab_size must be > {len(SPECIALS)}, got {self.vocab_size}")
+        self.pool_config()  # its checks, before any work
 
     def shards(self) -> list[str]:
         """The pattern's parts (comma-separated)."""
@@ -67,18 +75,24 @@ class ShardsConfig:
             raise ValueError("no shards given (shards.pattern)")
         return [p.strip() for p in self.pattern.split(",") if p.strip()]
 
-    def pool(self, transform: Callable | None, mode: str | None = "RGB") -> ShardPool:
-        """The pool: every rank reads the whole stream (see the module docstring)."""
-        config = ShardPoolConfig(
+    def pool_config(self, mode: str | None = "RGB") -> ShardPoolConfig:
+        """The ShardPoolConfig of these settings (which checks them)."""
+        return ShardPoolConfig(
             buffer_size=self.buffer_size,
             seed=self.seed,
             mode=mode,
             max_bad_fraction=self.max_bad_fraction,
             decode_threads=self.decode_threads,
+            max_sample_bytes=self.max_sample_bytes,
+            max_caption_chars=self.max_caption_chars,
+            max_image_pixels=self.max_image_pixels,
             rank=0,
             world_size=1,
         )
-        return ShardPool(self.shards(), config, transform=transform)
+
+    def pool(self, transform: Callable | None, mode: str | None = "RGB") -> ShardPool:
+        """The pool: every rank reads the whole stream (see the module docstring)."""
+        return ShardPool(self.shards(), self.pool_config(mode), transform=transform)
 
 
 class HashedWords:

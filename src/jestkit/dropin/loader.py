@@ -265,6 +265,7 @@ class SelectiveLoader:
         self.device = device
         self.unpack = unpack
         self.b: int | None = None  # fixed from the first super-batch (or the loader's batch_size)
+        self.batch_size: int | None = None  # B: the loader's batch_size, or the first super-batch's
         self.last_indices: torch.Tensor | None = None
         for name, fn in (("learner", learner), ("reference", reference)):
             if fn is not None and not callable(fn):
@@ -275,6 +276,7 @@ class SelectiveLoader:
                 raise ValueError(f"policy {self.config.policy!r} needs a {name} callable")
         size = getattr(loader, "batch_size", None)
         if isinstance(size, int) and size > 0:
+            self.batch_size = size
             self.b = selected_size(size, self.config.filter_ratio)
             self._check_last_batch(size)
 
@@ -312,7 +314,14 @@ class SelectiveLoader:
             batch = move_batch(batch, self.device)
         size = batch_size_of(batch)
         if self.b is None:
-            self.b = selected_size(size, self.config.filter_ratio)
+            self.batch_size, self.b = size, selected_size(size, self.config.filter_ratio)
+        if self.batch_size is not None and size > self.batch_size:
+            raise ValueError(
+                f"a super-batch of {size} examples, larger than the first super-batch's "
+                f"{self.batch_size}: b = {self.b} was fixed from it for the whole run (a short "
+                f"first batch?); give the loader a batch_size attribute, or make the first "
+                f"super-batch a full one"
+            )
         if size < self.b:
             raise ValueError(
                 f"a super-batch of {size} examples is smaller than the b = {self.b} selected each "
@@ -342,8 +351,18 @@ class SelectiveLoader:
         return {"selector": self.selector.state_dict(), "b": self.b}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from state_dict(); a state of a loader selecting another b is refused."""
+        b = state.get("b", self.b)
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise ValueError(f"this state holds b = {b!r}; expected a positive int")
+        if b is not None and self.b is not None and b != self.b:
+            raise ValueError(
+                f"this state was saved by a loader selecting b = {b} per step, this one selects "
+                f"b = {self.b} (B = {self.batch_size}, filter_ratio = {self.config.filter_ratio})"
+                f": resume with the same loader and config"
+            )
         self.selector.load_state_dict(state["selector"])
-        self.b = state.get("b", self.b)
+        self.b = b
 
 
 def check_scores(name: str, out: Any, size: int, loss: str) -> Any:
@@ -373,6 +392,11 @@ def check_scores(name: str, out: Any, size: int, loss: str) -> Any:
                 f"loss per example of the super-batch (sum token losses per sequence first)"
             )
         out = out.detach()
+        if out.is_complex():
+            raise TypeError(
+                f"the {name} callable returned complex losses ({out.dtype}); selection needs "
+                f"real ones"
+            )
         if not out.is_floating_point():
             out = out.float()
         if not bool(torch.isfinite(out).all()):
@@ -387,6 +411,16 @@ def check_scores(name: str, out: Any, size: int, loss: str) -> Any:
             f"the {name} callable must return jestkit.Embeddings for loss={loss!r}, got "
             f"{type(out).__name__} (per-example losses need loss='per_example')"
         )
+    for part in ("image", "text"):
+        t = getattr(out, part)
+        if not torch.is_tensor(t) or t.dim() != 2:
+            shape = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
+            raise ValueError(
+                f"the {name} callable returned {part} embeddings of shape {shape}; expected "
+                f"(B, d) = ({size}, d)"
+            )
+        if t.is_complex():
+            raise TypeError(f"the {name} callable returned complex {part} embeddings ({t.dtype})")
     if len(out) != size:
         raise ValueError(
             f"the {name} callable returned embeddings of {len(out)} examples; the super-batch "

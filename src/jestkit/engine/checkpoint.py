@@ -29,10 +29,13 @@ def save_atomic(obj, path: Path) -> None:
 
 def write_bytes_atomic(data: bytes, path: Path) -> None:
     """`data` to a temporary file, then rename; a full disk is an OSError naming the file, and
-    `path` keeps its old content."""
+    `path` keeps its old content. A symlink at `path` (or at the temporary file) is replaced,
+    never written through."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        with open(tmp, "wb") as f:
+        tmp.unlink(missing_ok=True)  # a leftover, or a symlink planted there: never written through
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with open(fd, "wb") as f:
             f.write(data)
     except OSError as e:
         raise OSError(e.errno, f"cannot write {tmp} ({e.strerror}); {path} is unchanged") from None
@@ -77,7 +80,7 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
-_FIX = "delete it to start afresh (or pass --overwrite true), or restore a good copy"
+_FIX = "delete it to start afresh (or pass --overwrite), or restore a good copy"
 
 
 def is_checkpoint(path: Path) -> bool:

@@ -33,6 +33,9 @@ DEMO_POLICIES = ("learnability-independent", "learnability-joint", "flexi-learna
 UNIFORM_BUDGETS = (0.5, 1.0, 2.0, 4.0)  # the demo's uniform runs, in multiples of training.steps
 
 
+DEFAULT_WARMUP = 20
+
+
 @dataclass
 class ScoringConfig:
     """How the learner looks at the super-batch when scoring it, and at the sub-batch when training.
@@ -87,7 +90,8 @@ class TrainingConfig:
         steps: optimizer steps
         lr: AdamW's peak learning rate (linear warm-up, then cosine decay to zero)
         weight_decay: AdamW's weight decay
-        warmup_steps: steps of linear warm-up
+        warmup_steps: steps of linear warm-up (at most steps; default: 20, or steps when the
+            run is shorter)
         seed: the initial weights, the data order and the selection's noise
         eval_every: evaluate every this many steps (and at the end); None: at the end only
         checkpoint_every: write a checkpoint every this many steps (and at the end)
@@ -97,7 +101,7 @@ class TrainingConfig:
     steps: int = 200
     lr: float = 2e-3
     weight_decay: float = 0.05
-    warmup_steps: int = 20
+    warmup_steps: int | None = None
     seed: int = 0
     eval_every: int | None = 25
     checkpoint_every: int = 100
@@ -111,13 +115,25 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         for name in ("warmup_steps", "seed"):
             value = getattr(self, name)
+            if name == "warmup_steps" and value is None:
+                continue
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.warmup_steps is not None and self.warmup_steps > self.steps:
+            raise ValueError(
+                f"warmup_steps={self.warmup_steps} is longer than the run (steps={self.steps}): "
+                f"the peak learning rate would never be reached; use warmup_steps <= steps"
+            )
         if not isinstance(self.lr, int | float) or not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         wd = self.weight_decay
         if not isinstance(wd, int | float) or not math.isfinite(wd) or wd < 0:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {wd!r}")
+
+    @property
+    def warmup(self) -> int:
+        """The warm-up steps the schedule uses: warmup_steps, or 20 capped at steps."""
+        return min(DEFAULT_WARMUP, self.steps) if self.warmup_steps is None else self.warmup_steps
 
     @property
     def eval_interval(self) -> int:
@@ -145,6 +161,17 @@ class TrainConfig:
                 f"the image-caption job trains a dual encoder: selection.loss must be one of "
                 f"{CONTRASTIVE_LOSSES}, got {s.loss!r}"
             )
+        if not self.policy.uses_learner:
+            c, unused = self.scoring, []
+            if c.patch_size is not None and not c.multires_fraction:
+                unused.append(f"patch_size={c.patch_size}")
+            unused += [f"{name}={getattr(c, name)}" for name in ("token_drop", "text_token_drop",
+                       "bf16") if getattr(c, name)]  # fmt: skip
+            if unused:
+                raise ValueError(
+                    f"policy {s.policy!r} never scores with the learner: scoring."
+                    f"{', scoring.'.join(unused)} would be ignored; drop it"
+                )
         joint = s.method == "joint" and self.policy.scored
         if joint and s.n_chunks > self.training.batch_size:
             raise ValueError(
@@ -179,6 +206,8 @@ class TrainConfig:
         """This config running the policy `name` (see parse_run_name)."""
         policy, method, flexi = parse_run_name(name)
         scoring = self.scoring
+        if not get_policy(policy).uses_learner and not scoring.multires_fraction:
+            scoring = ScoringConfig()  # it never scores with the learner
         if flexi:
             scoring = replace(
                 scoring,

@@ -105,7 +105,7 @@ class Trainer:
             model.parameters(), lr=train.lr, weight_decay=train.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_schedule(train.warmup_steps, train.steps)
+            self.optimizer, lr_schedule(train.warmup, train.steps)
         )
         if self.dist.world_size == 1:
             self.selector = Selector(config.selection, seed=train.seed + 1)
@@ -257,6 +257,6 @@ class Trainer:
         except (KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(
                 f"{path} does not fit this run ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                f"resume with the settings that wrote it, or start afresh with --overwrite true"
+                f"resume with the settings that wrote it, or start afresh with --overwrite"
             ) from None
         return True

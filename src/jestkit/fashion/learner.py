@@ -42,13 +42,15 @@ def train_learner(
     lifetime. A folder already holding a run is refused unless `resume` (continue exactly:
     every setting, the model, the data and the reference must be the same) or `overwrite`
     (delete its checkpoint and results, then start afresh); `resume` without a checkpoint is
-    refused. write_config: called with OUT once it is locked (the CLI writes config.yaml)."""
+    refused. write_config: called with OUT once every check passed (the CLI writes config.yaml)."""
     dist = dist or Distributed()
-    with claimed_run(out_dir, resume, overwrite, dist.is_main, write_config) as out:
-        return _train(data, model_config, config, reference_dir, out, resume, progress, dist)
+    with claimed_run(out_dir, resume, overwrite, dist.is_main) as out:
+        return _train(data, model_config, config, reference_dir, out, resume, progress, dist,
+                      write_config)  # fmt: skip
 
 
-def _train(data, model_config, config, reference_dir, out, resume, progress, dist) -> dict:
+def _train(data, model_config, config, reference_dir, out, resume, progress, dist,
+           write_config) -> dict:  # fmt: skip
     torch.manual_seed(config.training.seed)  # the same initial weights for every policy of a seed
     model = build_model(model_config, len(data.vocab), config.selection.loss)
     reference, reference_fingerprint = None, None
@@ -71,6 +73,7 @@ def _train(data, model_config, config, reference_dir, out, resume, progress, dis
         dist=dist,
         run_info=run_info,
     )
-    return run_and_record(trainer, resume, out, lambda: {"model_config": asdict(model_config)})
+    return run_and_record(trainer, resume, out, lambda: {"model_config": asdict(model_config)},
+                          write_config)  # fmt: skip
 
 

@@ -71,6 +71,11 @@ def train_reference(
     folder being built, once locked (the CLI writes config.yaml)."""
     dist = dist or Distributed()
     out = Path(out_dir)
+    if len(data.curated) == 0:
+        raise ValueError(
+            "the curated set is empty (--data.curated_size 0): the reference trains on it; set "
+            "--data.curated_size to the clean pairs to keep apart (e.g. 3000)"
+        )
     check_reference_dir(out, overwrite)
     config = config or reference_training()
     partial = partial_dir(out)
@@ -91,9 +96,10 @@ def _build(data, model_config, config, loss, out: Path, evaluate, progress, dist
     torch.manual_seed(config.seed)
     model = build_model(model_config, len(data.vocab), loss)
     batch_size = min(config.batch_size, len(data.curated))
+    config = replace(config, batch_size=batch_size)  # recorded as it trains
     train_config = TrainConfig(
         selection=SelectionConfig(policy="uniform", loss=loss),
-        training=replace(config, batch_size=batch_size),
+        training=config,
     )
     trainer = Trainer(
         model,

@@ -17,11 +17,12 @@ gives the image transform and the tokenizer the model was made for.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import open_clip
@@ -91,10 +92,46 @@ class OpenClipDual(nn.Module):
         )
 
 
+@contextlib.contextmanager
+def _clear(spec: str, checkpoint: str | os.PathLike | None = None) -> Iterator[None]:
+    """Whatever open_clip or torch.load raise on a config name it does not know, a file that is
+    no checkpoint, or weights that do not fit the config: a ValueError naming what was given.
+    Errors that already say so (a missing file, a ValueError) pass as they are."""
+    try:
+        yield
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as e:  # noqa: BLE001 - turned into one message naming the inputs
+        reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+        if checkpoint is None:
+            raise ValueError(
+                f"--open_clip {spec!r}: open_clip cannot build it ({reason}); give a config name "
+                f"open_clip knows (open_clip.list_models()) or a JSON model config file"
+            ) from None
+        raise ValueError(
+            f"{checkpoint} cannot be loaded into the open_clip model {spec!r} ({reason}): is it "
+            f"an open_clip checkpoint of this config? (--open_clip / --reference_model name the "
+            f"config; a Fashion-MNIST jestkit checkpoint is not one)"
+        ) from None
+
+
+def _known(spec: str) -> None:
+    """Refuse a config name open_clip does not know (a JSON file is read by create_model)."""
+    source = str(spec).startswith(("hf-hub:", "local-dir:"))
+    if read_config(spec) is None and not source and spec not in open_clip.list_models():
+        raise ValueError(
+            f"--open_clip {spec!r}: open_clip knows no such model config; give a name from "
+            f"open_clip.list_models() (or one registered with open_clip.add_model_config) or a "
+            f"JSON model config file"
+        )
+
+
 def open_clip_model(spec: str, checkpoint: str | os.PathLike | None = None) -> OpenClipDual:
     """The open_clip model `spec` (a config name open_clip knows, or a JSON config file) with
     the weights of `checkpoint` (None: random, from torch's current seed)."""
-    return OpenClipDual(create_model(spec, checkpoint))
+    _known(spec)
+    with _clear(spec, checkpoint):
+        return OpenClipDual(create_model(spec, checkpoint))
 
 
 def open_clip_reference(
@@ -129,9 +166,11 @@ def open_clip_reference_file(spec: str, checkpoint: str | os.PathLike):
     """A frozen open_clip reference from an open_clip checkpoint file or from the checkpoint.pt
     of a `jestkit train` run of an open_clip learner (e.g. uniform on your curated shards)."""
     path = Path(checkpoint)
-    if path.suffix == ".pt" and path.is_file() and is_checkpoint(path):  # jestkit's
-        return open_clip_reference(spec, state_dict=load_checkpoint(path)["model"])
-    return open_clip_reference(spec, checkpoint)
+    _known(spec)  # an unknown name is not the checkpoint's fault
+    with _clear(spec, checkpoint):
+        if path.suffix == ".pt" and path.is_file() and is_checkpoint(path):  # jestkit's
+            return open_clip_reference(spec, state_dict=load_checkpoint(path)["model"])
+        return open_clip_reference(spec, checkpoint)
 
 
 def matching_reference(spec: str, checkpoint: str, learner_spec: str | None, learner):

@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from jestkit.data.shards import IMAGE_EXTENSIONS, list_shards
+from jestkit.data.shards import IMAGE_EXTENSIONS, ShardPoolConfig, list_shards
 
 KINDS = ("zeroshot", "retrieval")
+MAX_MEMBER_BYTES = ShardPoolConfig().max_sample_bytes  # the training pool's bound (32 MiB)
 CLASSNAMES = "classnames.txt"
 TEMPLATES = "zeroshot_classification_templates.txt"
 _IMAGE_ORDER = ("webp", "png", "jpg", "jpeg") + tuple(
@@ -168,6 +169,9 @@ def _read_shard(path: str) -> list[tuple[str, dict[str, bytes]]]:
                 key = os.path.join(folder, stem) if folder else stem
                 if not samples or samples[-1][0] != key:
                     samples.append((key, {}))
+                if member.size > MAX_MEMBER_BYTES:  # judged by its header, before it is read
+                    raise EvalSetError(f"{path} (key {key}): {member.name} holds {member.size} "
+                                       f"bytes, more than {MAX_MEMBER_BYTES} (a sample's file)")
                 data = tar.extractfile(member).read()
                 if len(data) != member.size:
                     raise tarfile.ReadError("unexpected end of data")

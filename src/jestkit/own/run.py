@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from jestkit.data.shards import list_shards
+from jestkit.data.shards import list_shards, shard_digest
 from jestkit.data.stream import HashedWords, ShardsConfig, StreamSource, grayscale
 from jestkit.dropin.cache import CacheError, ReferenceCache, fingerprint_ids
 from jestkit.engine.reference import ModelReference, ReferenceOutputs, read_reference_info
@@ -40,8 +40,9 @@ class OwnModel:
         open_clip: an open_clip model config: a name open_clip knows (built-in, or registered
             with open_clip.add_model_config) or a JSON config file; None: jestkit's dual encoder
             (--model.*)
-        reference: a reference folder (reference.json + cache/) or an open_clip checkpoint file;
-            None: --reference_dir
+        reference: a reference folder (reference.json + cache/) or a checkpoint file (open_clip's,
+            or a `jestkit train` run's checkpoint.pt); None: no reference (policies that need
+            one refuse)
         reference_model: the open_clip config of a reference checkpoint (default: --open_clip)
         device: where the model trains: cpu, or cuda (under torchrun: cuda:LOCAL_RANK, NCCL)
     """
@@ -62,14 +63,17 @@ class OwnRun:
     @property
     def is_own(self) -> bool:
         o = self.own
-        return bool(self.shards.pattern or o.open_clip or o.reference or o.device != "cpu")
+        reference_file = o.reference is not None and Path(o.reference).is_file()
+        return bool(self.shards.pattern or o.open_clip or reference_file or o.device != "cpu")
 
 
-def load_any_reference(run: OwnRun, reference_dir: str, loss: str, learner: nn.Module,
-                       data=None, source=None, device: torch.device | None = None):  # fmt: skip
-    """The reference: cached embeddings by id (a folder), or a frozen open_clip model (a
-    file). Its loss must be the run's."""
-    path = Path(run.own.reference or reference_dir)
+def load_any_reference(run: OwnRun, loss: str, learner: nn.Module, data=None, source=None,
+                       device: torch.device | None = None):  # fmt: skip
+    """The reference of run.own.reference: cached embeddings by id (a folder), or a frozen
+    open_clip model (a file). Its loss must be the run's."""
+    if run.own.reference is None:
+        raise ValueError("this policy needs a reference: give --reference (a folder or a file)")
+    path = Path(run.own.reference)
     if path.is_file():
         spec = run.own.reference_model or run.own.open_clip
         if spec is None:
@@ -121,9 +125,12 @@ def build_source(run: OwnRun, model: nn.Module) -> StreamSource:
 
 
 def shards_fingerprint(shards: ShardsConfig) -> str:
-    """The data fingerprint of a shard cache: the shard files' names and sizes, in order."""
-    files = [f"{Path(p).name}:{os.path.getsize(p)}" for p in list_shards(shards.shards())]
-    return fingerprint_ids(files, "jestkit shards v1")
+    """The data fingerprint of a shard cache: the shard files' names, sizes and contents
+    (jestkit.data.shards.shard_digest: member headers and caption bytes, or a Parquet footer and
+    its caption and id columns; no image is decoded), in order."""
+    files = [f"{Path(p).name}:{os.path.getsize(p)}:{shard_digest(p)}"
+             for p in list_shards(shards.shards())]  # fmt: skip
+    return fingerprint_ids(files, "jestkit shards v2")
 
 
 def load_stream_reference(ref_dir: str | os.PathLike, source: StreamSource | None,
@@ -138,8 +145,8 @@ def load_stream_reference(ref_dir: str | os.PathLike, source: StreamSource | Non
     if data_fp != info.get("data_fingerprint"):
         raise CacheError(
             f"the reference cache at {ref} was built for other shards ({info.get('shards')}): "
-            f"these ({shards.pattern[:200]}) have other file names or sizes; score them with "
-            "`jestkit score`"
+            f"these ({shards.pattern[:200]}) have other file names, sizes or contents; score "
+            "them with `jestkit score` (into another --out)"
         )
     cache = ReferenceCache.open(ref / "cache", info["model_fingerprint"], data_fp)
     return ReferenceOutputs(cache, info["logit_scale"], info["logit_bias"])

@@ -16,9 +16,12 @@ rank k % world size).
 
 What is checked when training reads it (load_stream_reference): the reference.json's model
 fingerprint against the cache's, the loss against the run's, and the data: the cache's data
-fingerprint is of the shard files' names and sizes (hashing every byte would be another pass
-over the data), so a cache of other shards is refused; an id the loop draws that is missing
-from the cache raises a KeyError naming it.
+fingerprint is of the shard files' names, sizes and contents (jestkit.data.shards.shard_digest:
+each tar member's header and caption bytes, a Parquet file's footer and caption and id columns;
+images are not decoded, and an uncompressed tar's images are skipped over, not read), so a cache
+of other or re-captioned shards is refused, and scoring them into the same folder is refused
+rather than mixed with the stale parts; an id the loop draws that is missing from the cache
+raises a KeyError naming it.
 
 The reference model is an open_clip checkpoint (with its config: --open_clip) or a jestkit
 checkpoint.pt of a `jestkit train` run on shards (jestkit's dual encoder with --model.* and
@@ -53,6 +56,7 @@ from jestkit.dropin.cache import (
 from jestkit.dropin.distributed import Distributed, build_cache_sharded
 from jestkit.engine.checkpoint import is_checkpoint, load_checkpoint, write_json_atomic
 from jestkit.engine.device import resolve_device
+from jestkit.engine.rundir import check_score_dir
 from jestkit.models.factory import ModelConfig, build_model
 from jestkit.own.run import OwnRun, build_source, shards_fingerprint
 
@@ -133,10 +137,15 @@ def score_shards(
     progress: bool = True,
     dist: Distributed | None = None,
     rows_per_part: int = 8192,
+    write_config=None,
 ) -> dict:
     """Build OUT/cache and OUT/reference.json for run.shards with the reference checkpoint
-    run.own.reference (see the module docstring); returns reference.json's contents."""
+    run.own.reference (see the module docstring); returns reference.json's contents. OUT must
+    be a score's folder or new (jestkit.engine.rundir.check_score_dir). write_config(OUT): called
+    by rank 0 once the cache is built, before reference.json (the CLI writes config.yaml), so
+    a refused or failed build rewrites no record."""
     dist = dist or Distributed()
+    check_score_dir(out_dir)
     device = resolve_device(run.own.device)
     model, inputs = _reference_model(run, model_config, loss)
     model = model.to(device)
@@ -164,6 +173,8 @@ def score_shards(
         "skipped": dict(listing.skipped),
     }
     if dist.is_main:
+        if write_config is not None:
+            write_config(out)
         write_json_atomic(info, out / "reference.json")
     return info
 

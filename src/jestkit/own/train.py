@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from jestkit.dropin.distributed import Distributed
-from jestkit.engine.config import TrainConfig
+from jestkit.engine.config import ScoringConfig, TrainConfig
 from jestkit.engine.device import bf16_autocast, resolve_device
 from jestkit.engine.loop import Trainer
 from jestkit.engine.record import run_and_record
@@ -39,18 +39,19 @@ def train_own(
     run: OwnRun,
     model_config: ModelConfig,
     config: TrainConfig,
-    reference_dir: str,
     out_dir: str | os.PathLike,
     data=None,
     resume: bool = False,
     progress: bool = True,
     dist: Distributed | None = None,
+    write_config=None,
     eval_config: EvalConfig | None = None,
 ) -> dict:
     """One learner run on the data, model, reference and device of `run`; data: the prepared
     Fashion-MNIST captions when run.shards.pattern is None. Writes OUT/checkpoint.pt as it goes
     and OUT/result.json (train_learner's keys, plus 'losses', 'data', 'model', 'device',
-    'skipped': the bad samples skipped, by reason); eval_config: held-out sets on shards."""
+    'skipped': the bad samples skipped, by reason). write_config(OUT): called once every check
+    passed (the CLI writes config.yaml); eval_config: held-out sets on shards."""
     dist = dist or Distributed()
     device = resolve_device(run.own.device)
     loss = config.selection.loss
@@ -62,6 +63,11 @@ def train_own(
                 "an open_clip model trains on image-caption shards (--shards.pattern): the "
                 "Fashion-MNIST source is tokenised for jestkit's own text tower"
             )
+    if run.own.open_clip is not None and replace(config.scoring, bf16=False) != ScoringConfig():
+        raise ValueError(
+            f"an open_clip model has no scoring views or multi-resolution training: drop "
+            f"--scoring.* ({config.scoring}); they are for jestkit's own ViT"
+        )
     eval_config = eval_config or EvalConfig()
     if eval_config.any and run.shards.pattern is None:
         raise ValueError("--eval.zeroshot / --eval.retrieval evaluate a run on your own shards "
@@ -83,7 +89,7 @@ def train_own(
         evaluate = evaluator(data) if device.type == "cpu" else _on_cpu(evaluator(data))
     reference = None
     if config.policy.uses_reference:
-        reference = load_any_reference(run, reference_dir, loss, model, data, source, device)
+        reference = load_any_reference(run, loss, model, data, source, device)
     out = Path(out_dir)
     trainer = Trainer(model, config, source, reference, evaluate, out, progress=progress,
                       dist=dist, autocast=bf16_autocast(device))  # fmt: skip
@@ -97,7 +103,7 @@ def train_own(
         "skipped": getattr(source, "skipped", {}),
         **({"eval_sets": {s.name: {"kind": s.kind, "samples": len(s)} for s in sets}}
            if sets else {}),
-    })  # fmt: skip
+    }, write_config)  # fmt: skip
     if sets and dist.is_main and result["history"]:
         plot_history(result["history"], out / "curves.png",
                      title=f"{config.name()} on {run.shards.pattern}"[:120])  # fmt: skip

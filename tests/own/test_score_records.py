@@ -1,0 +1,116 @@
+"""`jestkit score` never rewrites another run's records, checks its flags before the scoring pass,
+and its cache sees the shards' contents, not only their names and sizes (issue 16, items 2, 10,
+11). Through the CLI on shards the test writes; the reference is a short uniform run on them."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import pytest
+from shard_files import write_shards
+
+from jestkit.cli import main as cli_main
+
+MODEL = ["--model.dim", "16", "--model.depth", "1", "--model.text_depth", "1", "--model.heads",
+         "2", "--model.embed_dim", "16"]  # fmt: skip
+
+
+def shards(folder, first=0):
+    return write_shards(folder, shards=1, per_shard=96, first=first)
+
+
+def train(pattern, out, *extra):
+    return cli_main(["train", "--shards.pattern", pattern, "--shards.vocab_size", "512", *MODEL,
+                     "--training.batch_size", "16", "--training.steps", "2", "--quiet",
+                     "--out", str(out), *extra])  # fmt: skip
+
+
+def score(pattern, checkpoint, out, *extra):
+    return cli_main(["score", "--shards.pattern", pattern, "--shards.vocab_size", "512", *MODEL,
+                     "--reference", str(checkpoint), "--batch_size", "32", "--quiet",
+                     "--out", str(out), *extra])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """Shards, two reference checkpoints (uniform runs of other seeds) and a score folder."""
+    root = tmp_path_factory.mktemp("scored")
+    pattern = shards(root / "shards")
+    for seed in (0, 1):
+        assert train(pattern, root / f"ref{seed}", "--selection.policy", "uniform",
+                     "--training.seed", str(seed)) == 0  # fmt: skip
+    assert score(pattern, root / "ref0" / "checkpoint.pt", root / "score") == 0
+    return root, pattern
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}  # fmt: skip
+
+
+def copy_of(folder, to):
+    for name, content in snapshot(folder).items():
+        (to / name).parent.mkdir(parents=True, exist_ok=True)
+        (to / name).write_bytes(content)
+    return to
+
+
+def test_a_refused_score_rewrites_no_record(scored, tmp_path, capsys):
+    root, pattern = scored
+    out = copy_of(root / "score", tmp_path / "score")
+    before = snapshot(out)
+    # another reference, then other shards: both refused, config.yaml and all as they were
+    assert score(pattern, root / "ref1" / "checkpoint.pt", out) == 2
+    assert "another meta" in capsys.readouterr().err
+    assert snapshot(out) == before
+    other = shards(tmp_path / "other", first=1000)
+    assert score(other, root / "ref0" / "checkpoint.pt", out) == 2
+    assert snapshot(out) == before
+
+
+def test_score_into_another_commands_folder_is_refused(scored, tmp_path, capsys):
+    root, pattern = scored
+    run = copy_of(root / "ref0", tmp_path / "run")  # a train run: checkpoint.pt, result.json
+    before = snapshot(run)
+    assert score(pattern, root / "ref0" / "checkpoint.pt", run) == 2
+    assert "not a" in capsys.readouterr().err
+    assert snapshot(run) == before
+
+
+def test_keep_is_checked_before_the_scoring_pass(scored, tmp_path, capsys):
+    root, pattern = scored
+    out = tmp_path / "score"
+    code = score(pattern, root / "ref0" / "checkpoint.pt", out, "--keep", "1.5", "--subset",
+                 str(tmp_path / "s.npy"))  # fmt: skip
+    assert code == 2 and "--keep" in capsys.readouterr().err
+    assert not out.exists()  # refused before any work
+
+
+def recaption(tar_path):
+    """The same shard, every caption's letters reversed: same name, same size, other text."""
+    with tarfile.open(tar_path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    size = os.path.getsize(tar_path)
+    with tarfile.open(tar_path, "w") as tar:
+        for m, data in members:
+            if m.name.endswith(".txt"):
+                data = data[::-1]
+            tar.addfile(m, io.BytesIO(data))
+    assert os.path.getsize(tar_path) == size
+
+
+def test_a_recaptioned_shard_is_not_trained_against_the_stale_cache(scored, tmp_path, capsys):
+    root, _ = scored
+    folder = tmp_path / "shards"
+    pattern = shards(folder)
+    out = tmp_path / "score"
+    assert score(pattern, root / "ref0" / "checkpoint.pt", out) == 0
+    recaption(folder / "shards-0000.tar")
+    code = train(pattern, tmp_path / "jest", "--reference", str(out), "--selection.policy",
+                 "easy_reference")  # fmt: skip
+    assert code == 2 and "other shards" in capsys.readouterr().err
+    before = snapshot(out)
+    assert score(pattern, root / "ref0" / "checkpoint.pt", out) == 2  # not mixed with stale parts
+    assert snapshot(out) == before
