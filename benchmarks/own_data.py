@@ -1,89 +1,188 @@
-"""`jestkit train` on shards with an open_clip model: the README's "Your own data and model"
-figures.
+"""Did JEST beat uniform at equal compute on your own data? `jestkit train` on shards with a tiny
+open_clip model, held-out evaluation, and speed-ups read off uniform's budget-matched frontier.
 
-Writes, under OUT (default runs/own_data): a curated set of 512 clean samples and a pool of 4,000
-whose captions are wrong for 40 % (tests/shard_files.py: coloured shapes, captions naming colour
-and shape; a wrong caption names another colour and shape), and a tiny open_clip SigLIP config
-(two layers per tower, 32 x 32 images). Then, with the `jestkit` commands:
-
-1. a reference trained uniformly on the curated shards;
-2. `jestkit score` of the pool with it;
-3. uniform and learnability-joint learners on the pool, the same steps and seed;
-
-and prints each learner's share of wrong captions among the examples it trained on, its last
-losses, FLOPs and seconds. On this project's machines open_clip's torchvision import needs the
-test-only workaround (tests/dropin/torchvision_ops.py), which this script applies first.
+Writes, under OUT (default runs/own_data), with tests/shard_files.py's writers:
+  curated/   512 clean samples (coloured shapes, captions naming colour and shape)
+  pool/      4,000 samples, 40 % with a wrong caption (another colour and shape)
+  eval/shapes/    a zero-shot set in clip_benchmark's layout: 12 classes ("red square", ...),
+                  3 templates, 240 held-out images
+  eval/captions/  a retrieval set in clip_benchmark's layout: 240 held-out images, 2 captions each
+  tiny-sig.json   a two-layer open_clip SigLIP config, 32 x 32 images
+Then, with the `jestkit` commands, each run cached (a run with a result.json is not run again;
+a run cut short is started afresh):
+  1. the reference: uniform on the curated shards; `jestkit score` of the pool with it;
+  2. uniform on the pool at several budgets, each its own run and schedule (the frontier);
+  3. each selecting policy (default learnability-joint) at --steps;
+and reads each policy's speed-up in steps and FLOPs off uniform's frontier of the held-out
+zero-shot top-1 (and of retrieval mean_recall@1) with jestkit.payoff. Prints a table, writes
+OUT/results.{json,txt,png} and benchmarks/results/own_data.{json,txt,png} (the frontier
+picture); each run's OUT/RUN/curves.png draws its evaluations.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "dropin")]
+sys.path.insert(0, str(ROOT / "tests"))
 
-from torchvision_ops import import_torchvision  # noqa: E402
-
-import_torchvision()
-
-import torch  # noqa: E402
-from shard_files import TINY_SIG, is_noisy, write_shards  # noqa: E402
+from shard_files import TINY_SIG, is_noisy, write_eval_set, write_shards  # noqa: E402
 
 from jestkit.cli import main as jestkit  # noqa: E402
+from jestkit.engine.checkpoint import load_checkpoint  # noqa: E402
+from jestkit.payoff.report import compare, plot, run_cost  # noqa: E402
+
+ZERO_SHOT, RETRIEVAL = "shapes/acc1", "captions/mean_recall@1"
+RESULTS = ROOT / "benchmarks" / "results"
 
 
-def run(*argv: str) -> float:
-    start = time.perf_counter()
-    if jestkit([*argv, "--quiet"]) != 0:
+def cached_run(folder: Path, *argv: str) -> dict:
+    """`jestkit ARGV --out FOLDER`, unless FOLDER already holds its result.json."""
+    if (folder / "result.json").is_file():
+        return json.loads((folder / "result.json").read_text())
+    shutil.rmtree(folder, ignore_errors=True)  # a run cut short starts afresh
+    if jestkit([*argv, "--out", str(folder), "--quiet"]) != 0:
         raise SystemExit(f"jestkit {' '.join(argv)} failed")
-    return time.perf_counter() - start
+    return json.loads((folder / "result.json").read_text())
+
+
+def wrong_caption_share(run_dir: Path) -> float:
+    """The share of trained examples whose caption is wrong (is_noisy), from the checkpoint."""
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    ids = [int(i, 16) for step in state["stats"]["selected_ids"] for i in step]
+    return sum(is_noisy(i) for i in ids) / len(ids)
+
+
+def write_data(out: Path) -> dict:
+    if not (out / "data.json").is_file():
+        paths = {
+            "curated": write_shards(out / "curated", shards=1, per_shard=512, seed=1,
+                                    first=10**6),
+            "pool": write_shards(out / "pool", shards=4, per_shard=1000, seed=0, noisy=True),
+            "shapes": write_eval_set(out / "eval" / "shapes", "zeroshot", per_shard=240,
+                                     first=10**7),
+            "captions": write_eval_set(out / "eval" / "captions", "retrieval", per_shard=240,
+                                       first=2 * 10**7),
+        }  # fmt: skip
+        (out / "tiny-sig.json").write_text(json.dumps(TINY_SIG))
+        (out / "data.json").write_text(json.dumps(paths))
+    return json.loads((out / "data.json").read_text())
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/own_data")
-    parser.add_argument("--steps", type=int, default=60, help="learner steps")
-    parser.add_argument("--ref_steps", type=int, default=300, help="reference steps")
+    parser.add_argument("--steps", type=int, default=40, help="the selecting policies' steps")
+    parser.add_argument("--budgets", default="0.5,1,2,4",
+                        help="uniform's budgets, multiples of --steps")  # fmt: skip
+    parser.add_argument("--policies", default="learnability-joint")
+    parser.add_argument("--ref_steps", type=int, default=150, help="reference steps")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-3)
     args = parser.parse_args()
     out = Path(args.out)
-    curated = write_shards(out / "curated", shards=1, per_shard=512, seed=1, first=10**6)
-    pool = write_shards(out / "pool", shards=4, per_shard=1000, seed=0, noisy=True)
-    config = out / "tiny-sig.json"
-    config.write_text(json.dumps(TINY_SIG))
-    model = ["--open_clip", str(config), "--training.batch_size", "32", "--training.lr", "3e-3"]
-    common = [*model, "--training.steps", str(args.steps),
-              "--training.checkpoint_every", str(args.steps)]  # fmt: skip
-    seconds = {"reference": run("train", "--shards.pattern", curated, *model,
-                                "--training.steps", str(args.ref_steps),
-                                "--training.checkpoint_every", str(args.ref_steps),
-                                "--selection.policy", "uniform", "--out", str(out / "ref"))}
-    seconds["score"] = run("score", "--shards.pattern", pool, "--open_clip", str(config),
-                           "--reference", str(out / "ref" / "checkpoint.pt"),
-                           "--out", str(out / "score"))  # fmt: skip
-    rows = []
-    for name in ("uniform", "learnability-joint"):
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = write_data(out)
+    evals = ["--eval.zeroshot", f"shapes={data['shapes']}",
+             "--eval.retrieval", f"captions={data['captions']}"]  # fmt: skip
+    model = ["--open_clip", str(out / "tiny-sig.json"), "--training.batch_size",
+             str(args.batch_size), "--training.lr", str(args.lr)]  # fmt: skip
+
+    def train(name: str, shards: str, steps: int, eval_every: int, *flags: str) -> dict:
+        return cached_run(out / name, "train", "--shards.pattern", shards, *model, *evals,
+                          "--training.steps", str(steps), "--training.checkpoint_every",
+                          str(steps), "--training.eval_every", str(eval_every), *flags)  # fmt: skip
+
+    reference = train("reference", data["curated"], args.ref_steps, args.ref_steps,
+                      "--selection.policy", "uniform")  # fmt: skip
+    if not (out / "score" / "reference.json").is_file():
+        shutil.rmtree(out / "score", ignore_errors=True)
+        if jestkit(["score", "--shards.pattern", data["pool"], "--open_clip",
+                    str(out / "tiny-sig.json"), "--reference", str(out / "reference" /
+                    "checkpoint.pt"), "--out", str(out / "score"), "--quiet"]) != 0:  # fmt: skip
+            raise SystemExit("jestkit score failed")
+    uniform = []
+    for multiple in sorted(float(m) for m in args.budgets.split(",")):
+        steps = max(1, round(multiple * args.steps))
+        uniform.append(train(f"uniform-{steps}", data["pool"], steps, steps,
+                             "--selection.policy", "uniform"))  # fmt: skip
+        uniform[-1]["wrong_captions"] = wrong_caption_share(out / f"uniform-{steps}")
+    runs = {}
+    for name in args.policies.split(","):
         policy, _, method = name.partition("-")
-        flags = ["--selection.policy", policy] + (["--selection.method", method] if method else [])
-        seconds[name] = run("train", "--shards.pattern", pool, *common, *flags, "--reference",
-                            str(out / "score"), "--out", str(out / name))  # fmt: skip
-        result = json.loads((out / name / "result.json").read_text())
-        state = torch.load(out / name / "checkpoint.pt", weights_only=True)
-        ids = [int(i, 16) for step in state["stats"]["selected_ids"] for i in step]
-        noisy = sum(is_noisy(i) for i in ids) / len(ids)
-        last = sum(result["losses"][-10:]) / len(result["losses"][-10:])
-        gflop = {k: v / 1e9 for k, v in result["flops"].items()}
-        rows.append((name, noisy, last, gflop, result["train_seconds"]))
-    print(f"reference: {args.ref_steps} uniform steps on 512 curated samples, "
-          f"{seconds['reference']:.0f} s; pool of 4000 scored in {seconds['score']:.0f} s")
-    print(f"{'policy':<20} {'wrong captions':>14} {'loss (last 10)':>14} "
-          f"{'GFLOP train':>11} {'score':>7} {'seconds':>8}")
-    for name, noisy, last, gflop, secs in rows:
-        print(f"{name:<20} {noisy:>14.3f} {last:>14.3f} {gflop['train']:>11.1f} "
-              f"{gflop['learner_score']:>7.1f} {secs:>8.1f}")
+        runs[name] = train(name, data["pool"], args.steps, max(1, args.steps // 4),
+                           "--selection.policy", policy, "--selection.method", method,
+                           "--reference", str(out / "score"))  # fmt: skip
+        runs[name]["wrong_captions"] = wrong_caption_share(out / name)
+    rows = {metric: compare(uniform, runs, metric) for metric in (ZERO_SHOT, RETRIEVAL)}
+    results = {
+        "metrics": [ZERO_SHOT, RETRIEVAL],
+        "reference": {"steps": args.ref_steps, "final": reference["final"],
+                      "total_flops": run_cost(reference, "flops")},  # fmt: skip
+        "uniform": [{"steps": r["steps"], "final": r["final"], "total_flops": run_cost(r, "flops"),
+                     "train_seconds": r["train_seconds"], "wrong_captions": r["wrong_captions"]}
+                    for r in uniform],  # fmt: skip
+        "policies": {name: {**rows[ZERO_SHOT][name], "wrong_captions": runs[name]["wrong_captions"],
+                            "speedup_retrieval": {c: rows[RETRIEVAL][name][f"speedup_{c}"]
+                                                  for c in ("steps", "flops")}}
+                     for name in runs},  # fmt: skip
+        "args": vars(args),
+        "wall_seconds": time.perf_counter() - t0,
+    }
+    text = table(results)
+    print(text)
+    for folder, name in ((out, "results"), (RESULTS, "own_data")):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.json").write_text(json.dumps(results, indent=2))
+        (folder / f"{name}.txt").write_text(text + "\n")
+        plot(uniform, runs, folder / f"{name}.png", metric=ZERO_SHOT,
+             ylabel="held-out zero-shot top-1 (shapes)",
+             title="Own shards (40 % wrong captions), tiny open_clip SigLIP: uniform's frontier")
+    print(f"\nwrote {out}/results.{{json,txt,png}} and {RESULTS}/own_data.{{json,txt,png}} "
+          f"({results['wall_seconds']:.0f} s this time)")
+
+
+def table(results: dict) -> str:
+    ref = results["reference"]
+    lines = [f"reference: {ref['steps']} uniform steps on 512 curated samples: zero-shot top-1 "
+             f"{ref['final'][ZERO_SHOT]:.4f}, mean_recall@1 {ref['final'][RETRIEVAL]:.4f}",
+             "", f"{'run':<20} {'steps':>5} {'top-1':>6} {'top-5':>6} {'R@1':>6} "
+             f"{'TFLOPs':>7} {'seconds':>7} {'wrong':>6} | {'× steps':>8} {'× FLOPs':>8} "
+             f"| {'R@1 × steps':>11} {'R@1 × FLOPs':>11}"]  # fmt: skip
+    lines.append("-" * len(lines[-1]))
+
+    def row(name, r, speed=None, speed_r=None):
+        f = r["final"] if "final" in r else {k[6:]: v for k, v in r.items() if k[:6] == "final_"}
+        seconds = r["train_seconds"]
+        text = (f"{name:<20} {r['steps']:>5} {f[ZERO_SHOT]:>6.3f} {f['shapes/acc5']:>6.3f} "
+                f"{f[RETRIEVAL]:>6.3f} {r['total_flops'] / 1e12:>7.3f} {seconds:>7.0f} "
+                f"{r['wrong_captions']:>6.3f}")  # fmt: skip
+        if speed:
+            text += (f" | {_x(speed['speedup_steps']):>8} {_x(speed['speedup_flops']):>8} | "
+                     f"{_x(speed_r['steps']):>11} {_x(speed_r['flops']):>11}")  # fmt: skip
+        return text
+
+    for r in results["uniform"]:
+        lines.append(row(f"uniform-{r['steps']}", r))
+    for name, r in results["policies"].items():
+        lines.append(row(name, r, r, r["speedup_retrieval"]))
+    lines.append("top-1 / top-5: held-out zero-shot (12 classes, 3 templates); R@1: retrieval "
+                 "mean_recall@1; wrong: share of trained pairs with a wrong caption;\n× = "
+                 "uniform's steps (FLOPs, scoring included) to reach the run's final metric on its "
+                 "frontier over the run's own ('> k×': uniform's largest budget never got there, "
+                 "'< k×': its smallest already did)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _x(s: dict) -> str:
+    prefix = "" if s["bound"] == "=" else s["bound"] + " "
+    return f"{prefix}{s['value']:.2f}×"
 
 
 if __name__ == "__main__":

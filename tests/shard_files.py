@@ -75,3 +75,45 @@ def write_shards(folder: str | Path, shards: int = 2, per_shard: int = 64, seed:
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
     return str(folder / f"shards-{{0000..{shards - 1:04d}}}.tar")
+
+
+CLASSES = [f"{c} {s}" for s in SHAPES for c in COLOURS]  # class index i: sample(i) draws it
+TEMPLATES = ("a {c}", "a photo of a {c}", "a {c} number")
+
+
+def class_of(i: int) -> int:
+    """The class index (into CLASSES) of sample i's clean caption."""
+    return (i // len(COLOURS)) % len(SHAPES) * len(COLOURS) + i % len(COLOURS)
+
+
+def write_eval_set(folder: str | Path, kind: str, shards: int = 1, per_shard: int = 48,
+                   first: int = 10**7, seed: int = 5, captions: int = 2) -> str:  # fmt: skip
+    """A held-out set in clip_benchmark's WebDataset layout (test/N.tar, test/nshards.txt, and
+    classnames.txt + zeroshot_classification_templates.txt, or dataset_type.txt 'retrieval'),
+    of clean samples numbered from `first` (their uids); retrieval: `captions` captions per
+    image, one per line. Returns the folder."""
+    folder = Path(folder)
+    (folder / "test").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for s in range(shards):
+        with tarfile.open(folder / "test" / f"{s}.tar", "w") as tar:
+            for i in range(per_shard):
+                n = first + s * per_shard + i
+                png, caption = sample(n, rng)
+                files = {"png": png, "json": json.dumps({"uid": f"{n:032x}"}).encode()}
+                if kind == "zeroshot":
+                    files["cls"] = str(class_of(n)).encode()
+                else:
+                    lines = [caption, f"{CLASSES[class_of(n)]} picture {n}"][:captions]
+                    files["txt"] = "\n".join(lines).encode()
+                for ext, data in files.items():
+                    info = tarfile.TarInfo(f"s{n:08d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    (folder / "test" / "nshards.txt").write_text(f"{shards}\n")
+    if kind == "zeroshot":
+        (folder / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
+        (folder / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
+    else:
+        (folder / "dataset_type.txt").write_text("retrieval\n")
+    return str(folder)

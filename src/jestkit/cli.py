@@ -44,6 +44,7 @@ from jestkit.engine.config import (
 )
 from jestkit.fashion.captions import PoolConfig
 from jestkit.models.factory import ModelConfig
+from jestkit.own.evaluate import EvalConfig
 
 
 @dataclass
@@ -129,6 +130,8 @@ class Train(_Learner):
             jestkit's dual encoder; it trains on shards
         reference_model: the open_clip config of a reference checkpoint (default: open_clip)
         device: cpu, or cuda (NCCL under torchrun; bfloat16 autocast where the GPU has it)
+        eval: held-out sets on your own data (zero-shot, retrieval), evaluated every
+            training.eval_every steps and at the end
     """
 
     out: str | None = None
@@ -137,6 +140,7 @@ class Train(_Learner):
     open_clip: str | None = None
     reference_model: str | None = None
     device: Literal["cpu", "cuda"] = "cpu"
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def own_run(self):
         """The data, model, reference and device choices (jestkit.own.train)."""
@@ -177,7 +181,28 @@ class Score:
     subset: str | None = None
 
 
-COMMANDS = {"demo": Demo, "reference": Reference, "train": Train, "score": Score}
+@dataclass
+class Eval:
+    """Evaluates a checkpoint on held-out sets (zero-shot, retrieval): prints a table, writes
+    JSON.
+
+    Attributes:
+        checkpoint: a `jestkit train` run's checkpoint.pt (its model read from the run's
+            result.json), or an open_clip checkpoint file (with --open_clip)
+        open_clip: the checkpoint's open_clip config (a name open_clip knows or a JSON file)
+        eval: the held-out sets (--eval.overlap does not apply: there is no training pool)
+        out: the JSON file written (default: eval.json beside the checkpoint)
+        device: cpu or cuda
+    """
+
+    checkpoint: str | None = None
+    open_clip: str | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out: str | None = None
+    device: Literal["cpu", "cuda"] = "cpu"
+
+
+COMMANDS = {"demo": Demo, "reference": Reference, "train": Train, "score": Score, "eval": Eval}
 
 # What to do with the output folder: switches of the command line, never written to config.yaml.
 SWITCHES = {
@@ -200,6 +225,9 @@ EXAMPLES = {
     "score": "jestkit score --shards.pattern 'pool/*.tar' --open_clip tiny-sig.json \\\n"
              "    --reference runs/ref-train/checkpoint.pt --out runs/score-pool\n"
              "(the files of the README's \"Your own data and model\")",
+    "eval": "jestkit eval --checkpoint runs/uniform/checkpoint.pt --eval.zeroshot eval/shapes \\\n"
+            "    --eval.retrieval eval/captions\n"
+            "(the files of the README's \"Held-out evaluation on your own data\")",
 }
 
 
@@ -343,8 +371,13 @@ def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
         return 0
     if isinstance(cmd, Score):
         return _score(cmd, save_config, progress)
+    if isinstance(cmd, Eval):
+        return _eval(cmd)
     if isinstance(cmd, Train) and cmd.own_run().is_own:
         return _train_own(cmd, switches, save_config, progress)
+    if isinstance(cmd, Train) and cmd.eval.any:
+        raise ValueError("--eval.zeroshot / --eval.retrieval evaluate a run on your own shards "
+                         "(--shards.pattern); Fashion-MNIST runs evaluate on its test set")
     config = cmd.train_config() if isinstance(cmd, Train) else None
     if isinstance(cmd, Train):
         cmd.model.check_patch_size(config.scoring.patch_size)
@@ -399,7 +432,7 @@ def _train_own(cmd: Train, switches: Switches, save_config, progress: bool) -> i
     try:
         with claimed_run(out, switches.resume, switches.overwrite, dist.is_main):
             result = train_own(run, cmd.model, config, out, data, switches.resume, progress, dist,
-                               save_config)  # fmt: skip
+                               save_config, cmd.eval)  # fmt: skip
     finally:
         teardown(dist)
     if not dist.is_main:
@@ -413,6 +446,28 @@ def _train_own(cmd: Train, switches: Switches, save_config, progress: bool) -> i
         f"{', ' + metrics if metrics else ''}, skipped {sum(result['skipped'].values())} bad "
         f"samples, {sum(result['flops'].values()) / 1e9:.2f} GFLOPs; result in {out}/result.json"
     )
+    return 0
+
+
+def _eval(cmd: Eval) -> int:
+    """`jestkit eval` (jestkit.own.evaluate)."""
+    from jestkit.engine.checkpoint import write_json_atomic
+    from jestkit.engine.device import resolve_device
+    from jestkit.own.evaluate import evaluate_checkpoint, metrics_table
+
+    if cmd.checkpoint is None:
+        raise ValueError("--checkpoint is required: the checkpoint file to evaluate")
+    device = resolve_device(cmd.device)
+    out = Path(cmd.out) if cmd.out else Path(cmd.checkpoint).parent / "eval.json"
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give the JSON file to write")
+    result = evaluate_checkpoint(cmd.checkpoint, cmd.eval, cmd.open_clip, str(device))
+    write_json_atomic(result, out)
+    sizes = ", ".join(f"{n} ({s['kind']}, {s['samples']} samples)"
+                      for n, s in result["sets"].items())  # fmt: skip
+    print(f"{cmd.checkpoint} ({result['model']}) on {sizes}:")
+    print(metrics_table(result["metrics"]))
+    print(f"wrote {out}")
     return 0
 
 

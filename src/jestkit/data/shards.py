@@ -486,6 +486,18 @@ def _read_parquet(path: str, shard: int, config: ShardPoolConfig, skip: int = 0
                          f"was saved: it changed")  # fmt: skip
 
 
+def read_ids(source, config: ShardPoolConfig | None = None) -> Iterator[str]:
+    """The id of every good record of the shards, in stream order, without decoding images (the
+    same rule as the pool: a JSON uid, else the key; a Parquet id column)."""
+    config = config or ShardPoolConfig()
+    for index, path in enumerate(list_shards(source)):
+        records = _read_parquet(path, index, config) if shard_format(path) == "parquet" else \
+            _read_tar(path, index, config)  # fmt: skip
+        for rec in records:
+            if rec.bad is None:
+                yield rec.id
+
+
 # --- content digests --------------------------------------------------------------------------
 
 _DIGEST_TEXT = CAPTION_EXTENSIONS + ("json",)
@@ -856,4 +868,5 @@ __all__ = [
     "epoch_shards",
     "expand_braces",
     "list_shards",
+    "read_ids",
 ]

@@ -169,8 +169,10 @@ class Trainer:
             postfix = {"loss": f"{loss:.3f}", "data": f"{self._wait_share(20):.0%}"}
             if self.step % train.eval_interval == 0 or self.step == train.steps:
                 self._record_eval()
-                if self.history:
-                    postfix["zero_shot"] = f"{self.history[-1]['zero_shot']:.3f}"
+                if self.history:  # the first metric the evaluation gave
+                    name, value = next(iter(self.final_metrics().items()), ("", None))
+                    if value is not None:
+                        postfix[name] = f"{value:.3f}"
             bar.set_postfix(postfix)
             if self.step % train.checkpoint_every == 0 or self.step == last:
                 self.save()
@@ -182,15 +184,19 @@ class Trainer:
         waits, steps = self.data_wait[-(last or 0):], self.step_seconds[-(last or 0):]
         return sum(waits) / max(sum(steps), 1e-12)
 
+    def final_metrics(self) -> dict:
+        """The last evaluation's metrics (what evaluate returned), without its step and FLOPs."""
+        last = self.history[-1] if self.history else {}
+        return {k: v for k, v in last.items() if k not in ("step", "flops", *self.flops.total)}
+
     def summary(self) -> dict:
-        final = self.history[-1] if self.history else {}
         result = {
             "policy": self.config.name(),
             "config": asdict(self.config),
             "steps": self.step,
             "flops": dict(self.flops.total),
             "flops_per_step": dict(self.flops.per_step),
-            "final": {k: final[k] for k in ("zero_shot", "i2t_r1", "t2i_r1") if k in final},
+            "final": self.final_metrics(),
             "history": self.history,
             "eval_seconds": self.eval_seconds,
             "losses": self.losses,

@@ -4,9 +4,12 @@ CLI's flags), then the same Trainer (jestkit.engine.loop) as the Fashion-MNIST j
 With --device cuda the model and every batch live on the GPU; on a GPU with bfloat16 the
 training forward pass and the learner's scoring run under bf16 autocast.
 
-Evaluation: Fashion-MNIST's test set (zero-shot, retrieval) applies only to the Fashion-MNIST
-source; on your own data there is no evaluation, and result.json records the training loss of
-every step, the FLOPs and the bad samples skipped.
+Evaluation: on the Fashion-MNIST source, its test set (zero-shot, retrieval); on your own data,
+the held-out sets of --eval.* (jestkit.own.evaluate: clip_benchmark's sets and metrics), loaded,
+checked and checked held out from the training shards before training, evaluated every
+training.eval_every steps and at the end. result.json records them in its history (NAME/metric),
+with the training loss of every step, the FLOPs and the bad samples skipped, and OUT/curves.png
+draws them against steps and FLOPs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from jestkit.engine.device import bf16_autocast, resolve_device
 from jestkit.engine.loop import Trainer
 from jestkit.engine.record import run_and_record
 from jestkit.models.factory import ModelConfig
+from jestkit.own.curves import plot_history
+from jestkit.own.evaluate import EvalConfig, Evaluator, check_held_out, load_sets
 from jestkit.own.run import OwnRun, build_learner, build_source, load_any_reference
 
 
@@ -40,13 +45,14 @@ def train_own(
     progress: bool = True,
     dist: Distributed | None = None,
     write_config=None,
+    eval_config: EvalConfig | None = None,
 ) -> dict:
     """One learner run on the data, model, reference and device of `run`; data: the prepared
     Fashion-MNIST captions when run.shards.pattern is None. Writes OUT/checkpoint.pt as it goes
     and OUT/result.json (train_learner's keys, plus 'losses', 'data', 'model', 'device',
     'skipped': the bad samples skipped, by reason, over every rank; on shards 'streams',
     'workers', 'ranks'). write_config(OUT): called once every check passed (the CLI writes
-    config.yaml)."""
+    config.yaml); eval_config: held-out sets on shards."""
     dist = dist or Distributed()
     device = resolve_device(run.own.device)
     loss = config.selection.loss
@@ -58,6 +64,13 @@ def train_own(
                 "an open_clip model trains on image-caption shards (--shards.pattern): the "
                 "Fashion-MNIST source is tokenised for jestkit's own text tower"
             )
+    eval_config = eval_config or EvalConfig()
+    if eval_config.any and run.shards.pattern is None:
+        raise ValueError("--eval.zeroshot / --eval.retrieval evaluate a run on your own shards "
+                         "(--shards.pattern); Fashion-MNIST runs evaluate on its test set")
+    sets = load_sets(eval_config)  # checked before any model is built
+    check_held_out(sets, run.shards.shards() if sets else [], eval_config.overlap,
+                   progress and dist.is_main)  # fmt: skip
     vocab = None if data is None or run.shards.pattern else len(data.vocab)
     model = build_learner(run, model_config, loss, vocab, config.training.seed).to(device)
     model.check_view(config.scoring.view(), config.scoring.multires_fraction)  # before records
@@ -65,6 +78,9 @@ def train_own(
         source = build_source(run, model, dist, config.training.checkpoint_every)
         source.check(config.super_batch_size())  # B splits over the ranks and streams
         evaluate = None
+        if sets:
+            evaluate = Evaluator(sets, source.transform, source.tokenize,
+                                 eval_config.batch_size)  # fmt: skip
     else:
         from jestkit.fashion.evaluate import evaluator
 
@@ -77,19 +93,26 @@ def train_own(
     trainer = Trainer(model, config, source, reference, evaluate, out, progress=progress,
                       dist=dist, autocast=bf16_autocast(device))  # fmt: skip
     try:
-        return run_and_record(trainer, resume, out, lambda: {
+        result = run_and_record(trainer, resume, out, lambda: {
             "model_config": asdict(model_config),
             "data": run.shards.pattern or "fashion-mnist",
             "model": run.own.open_clip or "jestkit",
+            **({"vocab_size": run.shards.vocab_size} if run.shards.pattern else {}),
             "device": str(device),
             "bf16": trainer.autocast,
             "skipped": source.all_skipped() if hasattr(source, "all_skipped") else {},
             **({"streams": source.plan.streams, "workers": source.workers,
                 "ranks": dist.world_size} if hasattr(source, "plan") else {}),
+            **({"eval_sets": {s.name: {"kind": s.kind, "samples": len(s)} for s in sets}}
+               if sets else {}),
         }, write_config)  # fmt: skip
     finally:
         if hasattr(source, "close"):
             source.close()
+    if sets and dist.is_main and result["history"]:
+        plot_history(result["history"], out / "curves.png",
+                     title=f"{config.name()} on {run.shards.pattern}"[:120])  # fmt: skip
+    return result
 
 
 __all__ = ["train_own"]

@@ -28,36 +28,38 @@ def run_cost(result: dict, cost: str) -> float:
     raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
 
 
-def uniform_frontier(uniform: list[dict], cost: str) -> list[tuple[float, float]]:
-    """(cost, final accuracy) per budget of uniform's runs; several runs of one budget (seeds)
+def uniform_frontier(uniform: list[dict], cost: str, metric: str = METRIC
+                     ) -> list[tuple[float, float]]:  # fmt: skip
+    """(cost, final `metric`) per budget of uniform's runs; several runs of one budget (seeds)
     give one point, their means."""
     by_budget: dict[int, list[dict]] = {}
     for r in uniform:
         by_budget.setdefault(r["steps"], []).append(r)
     return [
         (statistics.fmean(run_cost(r, cost) for r in rs),
-         statistics.fmean(r["final"][METRIC] for r in rs))
+         statistics.fmean(r["final"][metric] for r in rs))
         for _, rs in sorted(by_budget.items())
     ]  # fmt: skip
 
 
-def speedups(uniform: list[dict], result: dict) -> dict[str, Speedup]:
-    """The run's speed-up in each cost, read off uniform's frontier."""
+def speedups(uniform: list[dict], result: dict, metric: str = METRIC) -> dict[str, Speedup]:
+    """The run's speed-up in each cost, read off uniform's frontier of `metric`."""
     return {
-        cost: speedup(uniform_frontier(uniform, cost), result["final"][METRIC],
+        cost: speedup(uniform_frontier(uniform, cost, metric), result["final"][metric],
                       run_cost(result, cost))
         for cost in COSTS
     }  # fmt: skip
 
 
-def compare(uniform: list[dict], runs: dict[str, dict]) -> dict[str, dict]:
-    """Per policy run: its final metrics, its costs and its speed-ups over uniform's frontier."""
+def compare(uniform: list[dict], runs: dict[str, dict], metric: str = METRIC) -> dict[str, dict]:
+    """Per policy run: its final metrics, its costs and its speed-ups over uniform's frontier
+    of `metric`."""
     rows = {}
     for name, run in runs.items():
         row = {f"final_{k}": v for k, v in run["final"].items()}
         row.update({"steps": run["steps"], "total_flops": run_cost(run, "flops"),
                     "train_seconds": run["train_seconds"]})  # fmt: skip
-        for cost, s in speedups(uniform, run).items():
+        for cost, s in speedups(uniform, run, metric).items():
             row[f"speedup_{cost}"] = {"value": s.value, "bound": s.bound}
         row["scoring_flops_share"] = run["flops"]["learner_score"] / max(1, row["total_flops"])
         row["selected_noise_fraction"] = run.get("selected_noise_fraction")
@@ -99,10 +101,11 @@ def table(uniform: list[dict], rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(uniform: list[dict], runs: dict[str, dict], path: str | Path, title: str = "") -> None:
-    """Final zero-shot accuracy against total FLOPs and against steps: uniform's frontier (one
-    point per budget) and each policy's run (its evaluations along the way, dashed, ending at
-    its final point); and each run's FLOPs by where they were spent."""
+def plot(uniform: list[dict], runs: dict[str, dict], path: str | Path, title: str = "",
+         metric: str = METRIC, ylabel: str = "zero-shot top-1 (test)") -> None:  # fmt: skip
+    """Final `metric` (default: zero-shot accuracy) against total FLOPs and against steps:
+    uniform's frontier (one point per budget) and each policy's run (its evaluations along the
+    way, dashed, ending at its final point); and each run's FLOPs by where they were spent."""
     import matplotlib
     import matplotlib.ticker
 
@@ -115,20 +118,20 @@ def plot(uniform: list[dict], runs: dict[str, dict], path: str | Path, title: st
         (axes[1], "steps", "training steps, log"),
     ):
         scale = 1e12 if cost == "flops" else 1
-        front = uniform_frontier(uniform, cost)
+        front = uniform_frontier(uniform, cost, metric)
         ax.plot([c / scale for c, _ in front], [a for _, a in front], "k-o", ms=4,
                 label="uniform (one run per budget)")  # fmt: skip
         for name, run in runs.items():
             xs = [(h["flops"] if cost == "flops" else h["step"]) / scale for h in run["history"]]
-            line = ax.plot(xs[1:], [h[METRIC] for h in run["history"]][1:], "--", lw=1)
-            ax.plot(run_cost(run, cost) / scale, run["final"][METRIC], "o", ms=6,
+            line = ax.plot(xs[1:], [h[metric] for h in run["history"]][1:], "--", lw=1)
+            ax.plot(run_cost(run, cost) / scale, run["final"][metric], "o", ms=6,
                     color=line[0].get_color(), label=name)  # fmt: skip
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
         ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("zero-shot top-1 (test)")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     _flops_bars(axes[2], {f"uniform-{r['steps']}": r for r in uniform} | runs)
