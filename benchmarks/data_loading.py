@@ -28,7 +28,6 @@ Run it under `nice -n 19` there; results go to benchmarks/results/data_loading.{
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import multiprocessing
 import os
@@ -41,6 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
+
+from shard_files import add_sample  # noqa: E402  (the tests' WebDataset sample writer)
 
 RESULTS = ROOT / "benchmarks" / "results"
 N_SHARDS, PER_SHARD, B, STREAMS = 16, 100, 160, 4
@@ -58,10 +59,7 @@ def write_jpeg_shards(folder: Path) -> str:
                 n = s * PER_SHARD + i
                 files = {"jpg": jpegs[n], "txt": f"a photo number {n} of shapes".encode(),
                          "json": json.dumps({"uid": f"{n:032x}"}).encode()}  # fmt: skip
-                for ext, data in files.items():
-                    info = tarfile.TarInfo(f"{n:08d}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+                add_sample(tar, f"{n:08d}", files)
     return str(folder / f"shard-{{0000..{N_SHARDS - 1:04d}}}.tar")
 
 

@@ -28,6 +28,14 @@ TINY_SIG = {
 }
 
 
+def add_sample(tar: tarfile.TarFile, key: str, files: dict[str, bytes]) -> None:
+    """One WebDataset sample: a member KEY.EXT for each of `files` (extension -> bytes)."""
+    for ext, data in files.items():
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
 def is_noisy(i: int) -> bool:
     """Whether sample i of a noisy pool has a wrong caption: 2 of every 5."""
     return i % 5 in (1, 3)
@@ -70,10 +78,7 @@ def write_shards(folder: str | Path, shards: int = 2, per_shard: int = 64, seed:
                 png = b"not a png" if n in bad else png
                 files = {"png": png, "txt": caption.encode(),
                          "json": json.dumps({"uid": f"{n:032x}"}).encode()}  # fmt: skip
-                for ext, data in files.items():
-                    info = tarfile.TarInfo(f"{n:08d}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+                add_sample(tar, f"{n:08d}", files)
     return str(folder / f"shards-{{0000..{shards - 1:04d}}}.tar")
 
 
@@ -106,10 +111,7 @@ def write_eval_set(folder: str | Path, kind: str, shards: int = 1, per_shard: in
                 else:
                     lines = [caption, f"{CLASSES[class_of(n)]} picture {n}"][:captions]
                     files["txt"] = "\n".join(lines).encode()
-                for ext, data in files.items():
-                    info = tarfile.TarInfo(f"s{n:08d}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+                add_sample(tar, f"s{n:08d}", files)
     (folder / "test" / "nshards.txt").write_text(f"{shards}\n")
     if kind == "zeroshot":
         (folder / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
