@@ -12,11 +12,14 @@ Then, with the `jestkit` commands, each run cached (a run with a result.json is 
 a run cut short is started afresh):
   1. the reference: uniform on the curated shards; `jestkit score` of the pool with it;
   2. uniform on the pool at several budgets, each its own run and schedule (the frontier);
-  3. each selecting policy (default learnability-joint) at --steps;
-and reads each policy's speed-up in steps and FLOPs off uniform's frontier of the held-out
-zero-shot top-1 (and of retrieval mean_recall@1) with jestkit.payoff. Prints a table, writes
-OUT/results.{json,txt,png} and benchmarks/results/own_data.{json,txt,png} (the frontier
-picture); each run's OUT/RUN/curves.png draws its evaluations.
+  3. each selecting policy at each of --steps: by default JEST (learnability-joint) and
+     Flexi-JEST ("flexi-" before the policy: the learner scores through a cheaper view of
+     itself, patch 16 instead of 8 and half of each caption's positions, FLEXI_FLAGS, and trains
+     half of each sub-batch at the coarse patch size);
+and reads each run's speed-up in steps and FLOPs (training and learner scoring) off uniform's
+frontier of the held-out zero-shot top-1 (and of retrieval mean_recall@1) with jestkit.payoff.
+Prints a table, writes OUT/results.{json,txt,png} and benchmarks/results/own_data.{json,txt,png}
+(the frontier picture); each run's OUT/RUN/curves.png draws its evaluations.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ from jestkit.payoff.report import compare, plot, run_cost  # noqa: E402
 
 ZERO_SHOT, RETRIEVAL = "shapes/acc1", "captions/mean_recall@1"
 RESULTS = ROOT / "benchmarks" / "results"
+# Flexi-JEST's scoring view of the tiny config (patch 8 on 32 x 32 images: 16 patches): patch 16
+# (4 patches) and half of the 16 text positions, half of each trained sub-batch at patch 16
+FLEXI_FLAGS = ("--scoring.patch_size", "16", "--scoring.text_token_drop", "0.5",
+               "--scoring.multires_fraction", "0.5")  # fmt: skip
 
 
 def cached_run(folder: Path, *argv: str) -> dict:
@@ -77,14 +84,17 @@ def write_data(out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/own_data")
-    parser.add_argument("--steps", type=int, default=40, help="the selecting policies' steps")
-    parser.add_argument("--budgets", default="0.5,1,2,4",
-                        help="uniform's budgets, multiples of --steps")  # fmt: skip
-    parser.add_argument("--policies", default="learnability-joint")
+    parser.add_argument("--steps", default="40,80",
+                        help="the selecting policies' budgets, comma-separated")  # fmt: skip
+    parser.add_argument("--budgets", default="0.5,1,2,4,8",
+                        help="uniform's budgets, multiples of the first of --steps")  # fmt: skip
+    parser.add_argument("--policies", default="learnability-joint,flexi-learnability-joint",
+                        help="'flexi-' before a policy: scored through FLEXI_FLAGS's view")
     parser.add_argument("--ref_steps", type=int, default=150, help="reference steps")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     args = parser.parse_args()
+    steps_list = [int(s) for s in args.steps.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -109,17 +119,21 @@ def main() -> None:
             raise SystemExit("jestkit score failed")
     uniform = []
     for multiple in sorted(float(m) for m in args.budgets.split(",")):
-        steps = max(1, round(multiple * args.steps))
+        steps = max(1, round(multiple * steps_list[0]))
         uniform.append(train(f"uniform-{steps}", data["pool"], steps, steps,
                              "--selection.policy", "uniform"))  # fmt: skip
         uniform[-1]["wrong_captions"] = wrong_caption_share(out / f"uniform-{steps}")
     runs = {}
-    for name in args.policies.split(","):
-        policy, _, method = name.partition("-")
-        runs[name] = train(name, data["pool"], args.steps, max(1, args.steps // 4),
-                           "--selection.policy", policy, "--selection.method", method,
-                           "--reference", str(out / "score"))  # fmt: skip
-        runs[name]["wrong_captions"] = wrong_caption_share(out / name)
+    for policy_name in args.policies.split(","):
+        flexi = policy_name.startswith("flexi-")
+        policy, _, method = policy_name.removeprefix("flexi-").partition("-")
+        for steps in steps_list:
+            name = f"{policy_name}-{steps}"
+            runs[name] = train(name, data["pool"], steps, max(1, steps // 4),
+                               "--selection.policy", policy, "--selection.method", method,
+                               "--reference", str(out / "score"),
+                               *(FLEXI_FLAGS if flexi else ()))  # fmt: skip
+            runs[name]["wrong_captions"] = wrong_caption_share(out / name)
     rows = {metric: compare(uniform, runs, metric) for metric in (ZERO_SHOT, RETRIEVAL)}
     results = {
         "metrics": [ZERO_SHOT, RETRIEVAL],
@@ -152,16 +166,18 @@ def table(results: dict) -> str:
     ref = results["reference"]
     lines = [f"reference: {ref['steps']} uniform steps on 512 curated samples: zero-shot top-1 "
              f"{ref['final'][ZERO_SHOT]:.4f}, mean_recall@1 {ref['final'][RETRIEVAL]:.4f}",
-             "", f"{'run':<20} {'steps':>5} {'top-1':>6} {'top-5':>6} {'R@1':>6} "
-             f"{'TFLOPs':>7} {'seconds':>7} {'wrong':>6} | {'× steps':>8} {'× FLOPs':>8} "
-             f"| {'R@1 × steps':>11} {'R@1 × FLOPs':>11}"]  # fmt: skip
+             "", f"{'run':<28} {'steps':>5} {'top-1':>6} {'top-5':>6} {'R@1':>6} "
+             f"{'TFLOPs':>7} {'score%':>6} {'seconds':>7} {'wrong':>6} | {'× steps':>8} "
+             f"{'× FLOPs':>8} | {'R@1 × steps':>11} {'R@1 × FLOPs':>11}"]  # fmt: skip
     lines.append("-" * len(lines[-1]))
 
     def row(name, r, speed=None, speed_r=None):
         f = r["final"] if "final" in r else {k[6:]: v for k, v in r.items() if k[:6] == "final_"}
         seconds = r["train_seconds"]
-        text = (f"{name:<20} {r['steps']:>5} {f[ZERO_SHOT]:>6.3f} {f['shapes/acc5']:>6.3f} "
-                f"{f[RETRIEVAL]:>6.3f} {r['total_flops'] / 1e12:>7.3f} {seconds:>7.0f} "
+        share = r.get("scoring_flops_share", 0.0)
+        text = (f"{name:<28} {r['steps']:>5} {f[ZERO_SHOT]:>6.3f} {f['shapes/acc5']:>6.3f} "
+                f"{f[RETRIEVAL]:>6.3f} {r['total_flops'] / 1e12:>7.3f} {100 * share:>5.1f}% "
+                f"{seconds:>7.0f} "
                 f"{r['wrong_captions']:>6.3f}")  # fmt: skip
         if speed:
             text += (f" | {_x(speed['speedup_steps']):>8} {_x(speed['speedup_flops']):>8} | "
@@ -173,7 +189,8 @@ def table(results: dict) -> str:
     for name, r in results["policies"].items():
         lines.append(row(name, r, r, r["speedup_retrieval"]))
     lines.append("top-1 / top-5: held-out zero-shot (12 classes, 3 templates); R@1: retrieval "
-                 "mean_recall@1; wrong: share of trained pairs with a wrong caption;\n× = "
+                 "mean_recall@1; score%: learner scoring's share of the run's FLOPs; wrong: "
+                 "share of trained pairs with a wrong caption;\n× = "
                  "uniform's steps (FLOPs, scoring included) to reach the run's final metric on its "
                  "frontier over the run's own ('> k×': uniform's largest budget never got there, "
                  "'< k×': its smallest already did)")  # fmt: skip
