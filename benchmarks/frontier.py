@@ -84,7 +84,8 @@ RUNS = RESULTS / "frontier"
 # has both neighbours run (jestkit never reports a tuned value that sits at the grid's edge)
 LADDER = (1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)
 START = (1e-3, 2e-3, 4e-3)
-TUNE_RATIO = {"default": 0.8, "quarter": 0.8, "web": 0.9, "redundant": 0.9}  # jest's grid
+TUNE_RATIO = {"default": 0.8, "quarter": 0.8, "web": 0.9, "redundant": 0.9, "longtail": 0.9,
+              "vague": 0.9}  # jest's grid  # fmt: skip
 EASY_RATIO = 0.7  # easy-reference's filter ratio (the issue's cell)
 FILTER_JEST_RATIO = 0.5  # JEST on the offline-filtered pool: the filter has removed the junk
 TUNE_KEEP = 0.3  # the filtered families tune at DataComp's 30 %
@@ -94,6 +95,10 @@ TUNE_POOL = {
     ("redundant", "*"): "web",
     **{(pool, family): "web" for pool in ("default", "quarter") for family in ("easy",
                                                                            "uniform-filtered")},
+    # the long-tail and vague pools tune uniform's and JEST's rates (their frontier and the
+    # method), and borrow the web pool's for the reference-only methods and filter + JEST
+    **{(pool, family): "web" for pool in ("longtail", "vague")
+       for family in ("easy", "uniform-filtered", "jest-filtered")},
 }
 
 
@@ -123,6 +128,19 @@ POOLS = {  # name -> (pool config, clean share)
     "redundant": PoolConfig(
         mismatched_rate=0.35, junk_rate=0.20, duplicate_rate=0.30, duplicate_sources=300
     ),
+    # web's noise on a long tail of classes: concept frequencies in web image-text data fall off
+    # as a power law, and zero-shot accuracy on a concept follows its frequency (Udandarao et al.
+    # 2024, "No zero-shot without exponential data"); here Zipf's law, exponent 1: the k-th most
+    # frequent class keeps 1/k of its images (the pool is ~1/3 of web's, every class still in it)
+    "longtail": PoolConfig(
+        mismatched_rate=0.50, junk_rate=0.30, duplicate_rate=0.05, class_zipf=1.0
+    ),
+    # web's mix with 15 of its 50 mismatched points turned into correct but vague alt-text
+    # ("my new shoes": the coarse kind only), which web captions often are (Nguyen et al. 2023,
+    # "Improving multimodal datasets with image captioning"); 15 % clean and detailed as web
+    "vague": PoolConfig(
+        mismatched_rate=0.35, junk_rate=0.30, duplicate_rate=0.05, vague_rate=0.15
+    ),
 }
 REFERENCES = {"default": {"steps": 300}, "strong": {"steps": 1200}}
 VARIANTS = {  # name -> (the run name, ScoringConfig fields)
@@ -141,7 +159,8 @@ PLOT_BUDGET = 100  # the JEST budget run in every cell: the pool-quality plot re
 
 
 def clean_share(pool: PoolConfig) -> float:
-    return 1.0 - pool.mismatched_rate - pool.junk_rate - pool.duplicate_rate
+    """The share of the pool whose caption is right and detailed (vague captions not counted)."""
+    return 1.0 - pool.mismatched_rate - pool.junk_rate - pool.duplicate_rate - pool.vague_rate
 
 
 @dataclass(frozen=True)
@@ -325,13 +344,36 @@ PLANS = {
         + cells("redundant", 0.9, ("uniform",), uniform_budgets=(200, 800), keep=TUNE_KEEP)
         + cells("redundant", 0.9, ("uniform",), uniform_budgets=(100, 1600)),
     ],
-    # what is left: uniform's 1600-step seeds, Flexi-JEST on the filtered pool, RHO's rule
+    # what is left: uniform's 1600-step seeds, Flexi-JEST on the filtered pool, RHO's rule,
+    # filter + JEST at the easy-reference's largest budget
     "rest": [
         [],
         [],
         cells("web", 0.9, ("uniform",), seeds=(1, 2), uniform_budgets=(1600,))
-        + cells("web", FILTER_JEST_RATIO, ("flexi",), jest_budgets=(100, 200), keep=TUNE_KEEP)
-        + cells("web", 0.9, ("rho",), jest_budgets=(100,)),
+        + cells("web", FILTER_JEST_RATIO, ("jest",), jest_budgets=(800,), keep=TUNE_KEEP)
+        + cells("web", 0.9, ("rho",), jest_budgets=(100, 200))
+        + cells("web", FILTER_JEST_RATIO, ("flexi",), jest_budgets=(100, 200), keep=TUNE_KEEP),
+    ],
+    # web data's other structure: a long tail of classes and vague captions. Every method on
+    # both, the decisive budgets first (each pool: its own reference, uniform's and JEST's grids)
+    "tails": [
+        [ref_task("longtail"), ref_task("vague")],
+        tuning("longtail") + tuning("vague"),
+        [run for pool in ("longtail", "vague") for run in (
+            cells(pool, 0.9, ("uniform",), uniform_budgets=(400, 800, 1600))
+            + cells(pool, 0.9, ("uniform",), uniform_budgets=(400,), keep=TUNE_KEEP)
+            + cells(pool, EASY_RATIO, ("easy",), jest_budgets=(400,))
+            + cells(pool, FILTER_JEST_RATIO, ("jest",), jest_budgets=(400,), keep=TUNE_KEEP)
+            + cells(pool, 0.9, ("flexi-text",), jest_budgets=(200, 400))
+            + cells(pool, 0.9, ("jest",), jest_budgets=(100, 200))
+        )]
+        + [run for pool in ("longtail", "vague") for run in (
+            cells(pool, 0.9, ("uniform",), uniform_budgets=(100, 200))
+            + cells(pool, 0.9, ("uniform",), uniform_budgets=(200, 800), keep=TUNE_KEEP)
+            + cells(pool, EASY_RATIO, ("easy",), jest_budgets=(200, 800))
+            + cells(pool, FILTER_JEST_RATIO, ("jest",), jest_budgets=(200,), keep=TUNE_KEEP)
+            + cells(pool, 0.9, ("flexi-text",), jest_budgets=(100,))
+        )],
     ],
     # the reference-only baselines on the default (50 % clean) and quarter pools, at the web
     # pool's tuned rates (TUNE_POOL)
