@@ -89,6 +89,9 @@ def test_resume_and_overwrite_are_bare_switches_never_replayed(tmp_path):
     assert "resume" not in text and "overwrite" not in text  # how to run, not what
     args = parser.parse_args(["reference", "--overwrite"])
     assert _command(parser, args)[3].overwrite
+    demo = parser.parse_args(["demo", "--filter_keep", "null"])  # the demo without its filter run
+    assert _command(parser, demo)[0].filter_keep is None
+    assert _command(parser, parser.parse_args(["demo"]))[0].filter_keep == 0.3
     with pytest.raises(SystemExit):  # one flag for the reference
         parser.parse_args(["train", "--reference_dir", "runs/reference"])
 
@@ -99,6 +102,11 @@ def test_errors_name_the_flag(tmp_path, capsys):
     assert "--shards.max_bad_fraction must be in [0, 1], got 2.0" in capsys.readouterr().err
     assert cli_main(["demo", "--reference.batch_size", "0", "--quiet"]) == 2
     assert "--reference.batch_size must be a positive int" in capsys.readouterr().err
+    assert cli_main(["demo", "--filter_keep", "1.5", "--quiet", "--out", str(tmp_path / "d")]) == 2
+    assert "--filter_keep must be in (0, 1), or null for no filter run, got 1.5" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "d").exists()  # refused before any work
     assert cli_main(["train", "--model.dim", "0", "--quiet"]) == 2
     assert "--model.dim must be a positive int" in capsys.readouterr().err
     sections = {"reference": {"steps"}, "shards": {"seed"}}

@@ -35,6 +35,7 @@ from jestkit.data.shards import DuplicateIdError, TooManyBadSamples
 from jestkit.data.stream import ShardsConfig
 from jestkit.dropin.cache import CacheError
 from jestkit.engine.config import (
+    DEMO_FILTER_KEEP,
     DEMO_POLICIES,
     UNIFORM_BUDGETS,
     ScoringConfig,
@@ -92,12 +93,16 @@ class Demo(_Learner):
             each trained for training.steps
         uniform_budgets: uniform's budgets as multiples of training.steps, each its own run and
             schedule (the frontier the speed-ups are read off; at least 4x for a fair baseline)
+        filter_keep: the offline filter's share of the pool: a run 'filter-K' trains uniformly
+            for training.steps on the share the reference scores highest (DataComp's CLIP-score
+            filter keeps 0.3); null: no filter run
     """
 
     reference: TrainingConfig = field(default_factory=reference_training)
     out: str = "runs/demo"
     policies: list[str] = field(default_factory=lambda: list(DEMO_POLICIES))
     uniform_budgets: list[float] = field(default_factory=lambda: list(UNIFORM_BUDGETS))
+    filter_keep: float | None = DEMO_FILTER_KEEP
 
 
 @dataclass
@@ -365,9 +370,12 @@ def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
     if isinstance(cmd, Demo):
         config = cmd.train_config()
         _check_demo_selection(cmd.selection)
+        if cmd.filter_keep is not None and not 0.0 < cmd.filter_keep < 1.0:
+            raise ValueError(f"--filter_keep must be in (0, 1), or null for no filter run, got "
+                             f"{cmd.filter_keep:g}")  # fmt: skip
         run_demo(cmd.out, cmd.data, cmd.model, cmd.reference, config, tuple(cmd.policies),
                  tuple(cmd.uniform_budgets), progress, overwrite=switches.overwrite,
-                 write_config=save_config)  # fmt: skip
+                 write_config=save_config, filter_keep=cmd.filter_keep)  # fmt: skip
         return 0
     if isinstance(cmd, Score):
         return _score(cmd, save_config, progress)

@@ -30,6 +30,7 @@ FLEXI_MULTIRES = 0.5  # the paper: half of each sub-batch at each resolution
 FLEXI_TEXT_DROP = 0.5
 DEMO_POLICIES = ("learnability-independent", "learnability-joint", "flexi-learnability-joint")
 UNIFORM_BUDGETS = (0.5, 1.0, 2.0, 4.0)  # the demo's uniform runs, in multiples of training.steps
+DEMO_FILTER_KEEP = 0.3  # the demo's offline filter: DataComp's CLIP-score baseline keeps 30 %
 
 
 DEFAULT_WARMUP = 20

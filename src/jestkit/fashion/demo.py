@@ -18,6 +18,7 @@ from pathlib import Path
 
 from jestkit.engine.checkpoint import write_json_atomic
 from jestkit.engine.config import (
+    DEMO_FILTER_KEEP,
     DEMO_POLICIES,
     UNIFORM_BUDGETS,
     TrainConfig,
@@ -32,8 +33,6 @@ from jestkit.fashion.prepare import CaptionData, prepare_caption_data
 from jestkit.fashion.reference import filter_pool, reference_info, train_reference
 from jestkit.models.factory import ModelConfig
 from jestkit.payoff.report import compare, plot, run_cost, table
-
-DEMO_FILTER_KEEP = 0.3  # DataComp's CLIP-score baseline keeps the top 30 %
 
 
 def run_demo(
