@@ -183,6 +183,49 @@ def test_jest_task_scores_through_the_view():
         JESTTask(learner, None, selector, view=View(patch_size=5))
 
 
+def test_jest_task_trains_part_of_each_sub_batch_at_the_coarse_patch_size():
+    """multires_fraction: the task's loss is the loss of the selected pairs with the first half
+    of the images encoded at the coarse patch size (OpenClipDual.encode_image_multires, by
+    hand), its gradients reach the patch embedding, and it is refused without a patch size or
+    outside [0, 1]."""
+    torch.manual_seed(0)
+    learner = create_model(TINY_SIG)
+    selector = Selector(SelectionConfig(policy="hard_learner", filter_ratio=0.5, n_chunks=2))
+    images, tokens = inputs(n=8)
+    task = JESTTask(learner, None, selector, view=View(patch_size=16), multires_fraction=0.5)
+    out = task.train()(images, tokens)
+    chosen = out.selected
+    by_hand = OpenClipDual(learner)
+    img = by_hand.encode_image_multires(images[chosen], 16, 0.5)
+    txt = by_hand.encode_text(tokens[chosen])
+    expected = task.loss(img, txt, learner.logit_scale.exp(), learner.logit_bias)
+    torch.testing.assert_close(out["loss"], expected)
+    at_own_size = task.loss(by_hand.encode_image(images[chosen]), txt,
+                            learner.logit_scale.exp(), learner.logit_bias)  # fmt: skip
+    assert not torch.allclose(out["loss"], at_own_size)  # the coarse half changed the loss
+    out["loss"].backward()
+    assert learner.visual.conv1.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="multires_fraction needs view.patch_size"):
+        JESTTask(learner, None, selector, multires_fraction=0.5)
+    with pytest.raises(ValueError, match=r"multires_fraction must be in \[0, 1\]"):
+        JESTTask(learner, None, selector, view=View(patch_size=16), multires_fraction=1.5)
+
+
+def test_multires_refuses_a_learner_wrapped_in_ddp(tmp_path):
+    """DDP would not see the towers' calls (its gradients would not be averaged): refused."""
+    assert not torch.distributed.is_initialized()
+    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(create_model(TINY_SIG))
+        selector = Selector(SelectionConfig(policy="hard_learner", filter_ratio=0.5))
+        with pytest.raises(ValueError, match="average_gradients"):
+            JESTTask(wrapped, None, selector, view=View(patch_size=16), multires_fraction=0.5)
+        JESTTask(wrapped, None, selector, view=View(patch_size=16))  # scoring views are fine
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def test_views_need_open_clip_s_own_towers():
     """Text of unknown layout: refused, naming the model."""
     m = model()

@@ -19,6 +19,7 @@ from torch import nn
 from jestkit.core import Embeddings, Selector
 from jestkit.dropin.cache import CacheMeta, ReferenceCache, fingerprint_ids, fingerprint_state_dict
 from jestkit.dropin.distributed import GlobalSelector, redistribute, unwrap
+from jestkit.models.dual import encode_multires
 from jestkit.models.view import View
 from jestkit.openclip.model import as_dict, embeddings, freeze, loss_kind, make_loss
 from jestkit.openclip.views import OpenClipViews
@@ -96,8 +97,14 @@ class JESTTask(nn.Module):
         Flexi-JEST's coarser patch size, image and text token drops; jestkit.openclip.views);
         None scores with the plain forward. Refused here if the learner cannot take it. Its
         token drops are drawn from `task.view_generator`, seeded with view_seed (checkpoint its
-        get_state() beside the selector's to resume exactly). The step trains at the model's
-        own patch size (multi-resolution training is `jestkit train`'s).
+        get_state() beside the selector's to resume exactly).
+    multires_fraction: multi-resolution training (Flexi-JEST): that share of each trained
+        sub-batch (its first rows) runs at view.patch_size, the rest at the model's own, so
+        that the learner stays good at the view it is scored with (the paper: 0.5); 0 trains
+        at the model's own patch size. It calls the learner's towers, not its forward, so the
+        learner must not be wrapped in DistributedDataParallel (under torchrun: the same
+        weights on every rank with jestkit.dropin.distributed.broadcast_parameters, and the
+        gradients averaged with average_gradients after backward, as `jestkit train` does).
 
     forward(images, texts, ids=None), in training mode: the learner (unless the policy does
     not need it) and the reference score the super-batch without gradients, the selector picks
@@ -115,6 +122,7 @@ class JESTTask(nn.Module):
         loss: nn.Module | None = None,
         view: View | None = None,
         view_seed: int = 0,
+        multires_fraction: float = 0.0,
     ):
         super().__init__()
         if not isinstance(selector, Selector | GlobalSelector):
@@ -155,8 +163,20 @@ class JESTTask(nn.Module):
                 f"{type(reference).__name__}"
             )
         self.view = view or View()
+        if not 0.0 <= multires_fraction <= 1.0:
+            raise ValueError(f"multires_fraction must be in [0, 1], got {multires_fraction!r}")
+        if multires_fraction > 0 and self.view.patch_size is None:
+            raise ValueError("multires_fraction needs view.patch_size: the coarse patch size that "
+                             "part of each sub-batch trains at")  # fmt: skip
+        if multires_fraction > 0 and unwrap(learner) is not learner:
+            raise ValueError(
+                "multires_fraction calls the learner's towers, which DistributedDataParallel "
+                "does not see: pass the bare model and average its gradients with "
+                "jestkit.dropin.distributed.average_gradients after backward"
+            )
+        self.multires_fraction = float(multires_fraction)
         self.views = OpenClipViews(unwrap(learner), "the learner")  # not a module
-        self.views.check(self.view)
+        self.views.check(self.view, self.multires_fraction)
         self.view_generator = torch.Generator().manual_seed(view_seed)
         if config.loss == "sigmoid":
             for name, model in (("learner", learner), ("reference", self.reference)):
@@ -256,8 +276,28 @@ class JESTTask(nn.Module):
             images_b, texts_b = redistribute((images, texts), selected, self.selector.group)
         else:
             images_b, texts_b = images[selected], texts[selected]
-        model_out = as_dict(self.trainable_module(images_b, texts_b))
+        if self.multires_fraction > 0:
+            model_out = self.multires_forward(images_b, texts_b)
+        else:
+            model_out = as_dict(self.trainable_module(images_b, texts_b))
         losses = self.loss(**model_out, output_dict=True)
         losses["loss"] = sum(v for k, v in losses.items() if k.endswith("_loss"))
         losses["logit_scale"] = model_out["logit_scale"]
         return StepOutput(losses, selected)
+
+    def multires_forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict:
+        """The learner's output dict on a sub-batch, its first multires_split(N,
+        multires_fraction) images at view.patch_size (gradients reach the base weights through
+        the resized patch embedding), as open_clip's forward returns it."""
+        model = self.trainable_module
+        image = encode_multires(self.views.encode_image, images, self.view.patch_size,
+                                self.multires_fraction)  # fmt: skip
+        out = {
+            "image_features": F.normalize(image, dim=-1),
+            "text_features": F.normalize(model.encode_text(texts), dim=-1),
+            "logit_scale": model.logit_scale.exp(),
+        }
+        bias = getattr(model, "logit_bias", None)
+        if bias is not None:
+            out["logit_bias"] = bias
+        return out
