@@ -95,11 +95,7 @@ TUNE_POOL = {
     ("redundant", "*"): "web",
     **{(pool, family): "web" for pool in ("default", "quarter") for family in ("easy",
                                                                            "uniform-filtered")},
-    # the long-tail and vague pools tune uniform's and JEST's rates (their frontier and the
-    # method), and borrow the web pool's for the reference-only methods and filter + JEST
-    **{(pool, family): "web" for pool in ("longtail", "vague")
-       for family in ("easy", "uniform-filtered", "jest-filtered")},
-}
+}  # the long-tail and vague pools tune every family's rate on themselves (plan tails)
 
 
 def tune_pool(pool: str, family: str) -> str:
@@ -358,7 +354,7 @@ PLANS = {
     # both, the decisive budgets first (each pool: its own reference, uniform's and JEST's grids)
     "tails": [
         [ref_task("longtail"), ref_task("vague")],
-        tuning("longtail") + tuning("vague"),
+        tuning("longtail", tuple(FAMILIES)) + tuning("vague", tuple(FAMILIES)),
         [run for pool in ("longtail", "vague") for run in (
             cells(pool, 0.9, ("uniform",), uniform_budgets=(400, 800, 1600))
             + cells(pool, 0.9, ("uniform",), uniform_budgets=(400,), keep=TUNE_KEEP)

@@ -81,3 +81,18 @@ def test_new_run_kinds_are_cached_read_back_and_costed(frontier, tmp_path, monke
         assert (point["learner_score"] > 0) == ("jest" in name)
     text = frontier.payoff_table(pools)
     assert "filter 30 % + jest f=0.5" in text and "total TFLOPs to reach" in text
+
+
+
+def test_every_benchmark_pool_is_valid_and_counts_only_detailed_captions_as_clean(monkeypatch):
+    """The benchmark's pools validate, and a vague caption, though correct, does not count in
+    the clean share the tables print."""
+    spec = importlib.util.spec_from_file_location("frontier", ROOT / "benchmarks" / "frontier.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "frontier", module)
+    spec.loader.exec_module(module)
+    for name, pool in module.POOLS.items():
+        pool.validate()
+        assert 0 < module.clean_share(pool) < 1, name
+    assert module.clean_share(module.POOLS["vague"]) == pytest.approx(0.15)
+    assert module.POOLS["longtail"].class_zipf > 0 and module.POOLS["vague"].vague_rate > 0
