@@ -16,6 +16,8 @@ a run cut short is started afresh):
      Flexi-JEST ("flexi-" before the policy: the learner scores through a cheaper view of
      itself, patch 16 instead of 8 and half of each caption's positions, FLEXI_FLAGS, and trains
      half of each sub-batch at the coarse patch size);
+every learner run once per seed (--seeds: initial weights, data order, selection noise), the
+frontier and each policy's result their means,
 and reads each run's speed-up in steps and FLOPs (training and learner scoring) off uniform's
 frontier of the held-out zero-shot top-1 (and of retrieval mean_recall@1) with jestkit.payoff.
 Prints a table, writes OUT/results.{json,txt,png} and benchmarks/results/own_data.{json,txt,png}
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -93,8 +96,12 @@ def main() -> None:
     parser.add_argument("--ref_steps", type=int, default=150, help="reference steps")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seeds", default="0,1,2",
+                        help="seeds of every learner run (initial weights, data order, "
+                             "selection noise); results are their means")  # fmt: skip
     args = parser.parse_args()
     steps_list = [int(s) for s in args.steps.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -109,6 +116,16 @@ def main() -> None:
                           "--training.steps", str(steps), "--training.checkpoint_every",
                           str(steps), "--training.eval_every", str(eval_every), *flags)  # fmt: skip
 
+    def seeded(name: str, steps: int, eval_every: int, *flags: str) -> list[dict]:
+        """The run on the pool once per seed (folders NAME, NAME-s1, NAME-s2, ...)."""
+        rs = []
+        for seed in seeds:
+            folder = name if seed == 0 else f"{name}-s{seed}"
+            rs.append(train(folder, data["pool"], steps, eval_every, "--training.seed",
+                            str(seed), "--shards.seed", str(seed), *flags))  # fmt: skip
+            rs[-1] |= {"seed": seed, "wrong_captions": wrong_caption_share(out / folder)}
+        return rs
+
     reference = train("reference", data["curated"], args.ref_steps, args.ref_steps,
                       "--selection.policy", "uniform")  # fmt: skip
     if not (out / "score" / "reference.json").is_file():
@@ -117,32 +134,30 @@ def main() -> None:
                     str(out / "tiny-sig.json"), "--reference", str(out / "reference" /
                     "checkpoint.pt"), "--out", str(out / "score"), "--quiet"]) != 0:  # fmt: skip
             raise SystemExit("jestkit score failed")
-    uniform = []
+    uniform = []  # every seed's run: the frontier is their mean per budget
     for multiple in sorted(float(m) for m in args.budgets.split(",")):
         steps = max(1, round(multiple * steps_list[0]))
-        uniform.append(train(f"uniform-{steps}", data["pool"], steps, steps,
-                             "--selection.policy", "uniform"))  # fmt: skip
-        uniform[-1]["wrong_captions"] = wrong_caption_share(out / f"uniform-{steps}")
-    runs = {}
+        uniform += seeded(f"uniform-{steps}", steps, steps, "--selection.policy", "uniform")
+    runs, spread = {}, {}
     for policy_name in args.policies.split(","):
         flexi = policy_name.startswith("flexi-")
         policy, _, method = policy_name.removeprefix("flexi-").partition("-")
         for steps in steps_list:
             name = f"{policy_name}-{steps}"
-            runs[name] = train(name, data["pool"], steps, max(1, steps // 4),
-                               "--selection.policy", policy, "--selection.method", method,
-                               "--reference", str(out / "score"),
-                               *(FLEXI_FLAGS if flexi else ()))  # fmt: skip
-            runs[name]["wrong_captions"] = wrong_caption_share(out / name)
+            rs = seeded(name, steps, max(1, steps // 4), "--selection.policy", policy,
+                        "--selection.method", method, "--reference", str(out / "score"),
+                        *(FLEXI_FLAGS if flexi else ()))  # fmt: skip
+            runs[name], spread[name] = mean_run(rs), [r["final"] for r in rs]
     rows = {metric: compare(uniform, runs, metric) for metric in (ZERO_SHOT, RETRIEVAL)}
     results = {
         "metrics": [ZERO_SHOT, RETRIEVAL],
         "reference": {"steps": args.ref_steps, "final": reference["final"],
                       "total_flops": run_cost(reference, "flops")},  # fmt: skip
-        "uniform": [{"steps": r["steps"], "final": r["final"], "total_flops": run_cost(r, "flops"),
-                     "train_seconds": r["train_seconds"], "wrong_captions": r["wrong_captions"]}
-                    for r in uniform],  # fmt: skip
+        "uniform": [{"steps": r["steps"], "seed": r["seed"], "final": r["final"],
+                     "total_flops": run_cost(r, "flops"), "train_seconds": r["train_seconds"],
+                     "wrong_captions": r["wrong_captions"]} for r in uniform],  # fmt: skip
         "policies": {name: {**rows[ZERO_SHOT][name], "wrong_captions": runs[name]["wrong_captions"],
+                            "seeds": spread[name],
                             "speedup_retrieval": {c: rows[RETRIEVAL][name][f"speedup_{c}"]
                                                   for c in ("steps", "flops")}}
                      for name in runs},  # fmt: skip
@@ -162,36 +177,64 @@ def main() -> None:
           f"({results['wall_seconds']:.0f} s this time)")
 
 
+def mean_run(rs: list[dict]) -> dict:
+    """One result of a run's seeds: the means of its final metrics, FLOPs, seconds and wrong-
+    caption share (speed-ups are read for the mean, off the seed-mean frontier); the first
+    seed's evaluation history, for the plot."""
+    return {
+        "steps": rs[0]["steps"],
+        "final": {k: statistics.fmean(r["final"][k] for r in rs) for k in rs[0]["final"]},
+        "flops": {k: statistics.fmean(r["flops"][k] for r in rs) for k in rs[0]["flops"]},
+        "train_seconds": statistics.fmean(r["train_seconds"] for r in rs),
+        "wrong_captions": statistics.fmean(r["wrong_captions"] for r in rs),
+        "history": rs[0]["history"],
+    }
+
+
+def _spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.3f}" + (f"±{statistics.stdev(values):.3f}" if len(values) > 1 else "")
+
+
 def table(results: dict) -> str:
     ref = results["reference"]
+    n = len(results["args"]["seeds"].split(","))
     lines = [f"reference: {ref['steps']} uniform steps on 512 curated samples: zero-shot top-1 "
              f"{ref['final'][ZERO_SHOT]:.4f}, mean_recall@1 {ref['final'][RETRIEVAL]:.4f}",
-             "", f"{'run':<28} {'steps':>5} {'top-1':>6} {'top-5':>6} {'R@1':>6} "
+             f"every learner run: mean ± standard deviation over {n} seeds",
+             "", f"{'run':<28} {'steps':>5} {'top-1':>12} {'top-5':>6} {'R@1':>12} "
              f"{'TFLOPs':>7} {'score%':>6} {'seconds':>7} {'wrong':>6} | {'× steps':>8} "
              f"{'× FLOPs':>8} | {'R@1 × steps':>11} {'R@1 × FLOPs':>11}"]  # fmt: skip
     lines.append("-" * len(lines[-1]))
 
-    def row(name, r, speed=None, speed_r=None):
-        f = r["final"] if "final" in r else {k[6:]: v for k, v in r.items() if k[:6] == "final_"}
-        seconds = r["train_seconds"]
-        share = r.get("scoring_flops_share", 0.0)
-        text = (f"{name:<28} {r['steps']:>5} {f[ZERO_SHOT]:>6.3f} {f['shapes/acc5']:>6.3f} "
-                f"{f[RETRIEVAL]:>6.3f} {r['total_flops'] / 1e12:>7.3f} {100 * share:>5.1f}% "
-                f"{seconds:>7.0f} "
-                f"{r['wrong_captions']:>6.3f}")  # fmt: skip
+    def row(name, rs, speed=None):
+        mean = statistics.fmean
+        text = (f"{name:<28} {rs[0]['steps']:>5} "
+                f"{_spread([r['final'][ZERO_SHOT] for r in rs]):>12} "
+                f"{mean(r['final']['shapes/acc5'] for r in rs):>6.3f} "
+                f"{_spread([r['final'][RETRIEVAL] for r in rs]):>12} "
+                f"{mean(r['total_flops'] for r in rs) / 1e12:>7.3f} "
+                f"{100 * (speed or {}).get('scoring_flops_share', 0.0):>5.1f}% "
+                f"{mean(r['train_seconds'] for r in rs):>7.0f} "
+                f"{mean(r['wrong_captions'] for r in rs):>6.3f}")  # fmt: skip
         if speed:
+            sr = speed["speedup_retrieval"]
             text += (f" | {_x(speed['speedup_steps']):>8} {_x(speed['speedup_flops']):>8} | "
-                     f"{_x(speed_r['steps']):>11} {_x(speed_r['flops']):>11}")  # fmt: skip
+                     f"{_x(sr['steps']):>11} {_x(sr['flops']):>11}")  # fmt: skip
         return text
 
+    by_steps: dict[int, list[dict]] = {}
     for r in results["uniform"]:
-        lines.append(row(f"uniform-{r['steps']}", r))
+        by_steps.setdefault(r["steps"], []).append(r)
+    for steps, rs in sorted(by_steps.items()):
+        lines.append(row(f"uniform-{steps}", rs))
     for name, r in results["policies"].items():
-        lines.append(row(name, r, r, r["speedup_retrieval"]))
+        seeds = [{**r, "final": f} for f in r["seeds"]]
+        lines.append(row(name, seeds, r))
     lines.append("top-1 / top-5: held-out zero-shot (12 classes, 3 templates); R@1: retrieval "
                  "mean_recall@1; score%: learner scoring's share of the run's FLOPs; wrong: "
-                 "share of trained pairs with a wrong caption;\n× = "
-                 "uniform's steps (FLOPs, scoring included) to reach the run's final metric on its "
+                 "share of trained pairs with a wrong caption;\n× = uniform's steps (FLOPs, "
+                 "scoring included) to reach the run's seed-mean final metric on its seed-mean "
                  "frontier over the run's own ('> k×': uniform's largest budget never got there, "
                  "'< k×': its smallest already did)")  # fmt: skip
     return "\n".join(lines)
