@@ -171,8 +171,9 @@ class JESTTask(nn.Module):
         if multires_fraction > 0 and unwrap(learner) is not learner:
             raise ValueError(
                 "multires_fraction calls the learner's towers, which DistributedDataParallel "
-                "does not see: pass the bare model and average its gradients with "
-                "jestkit.dropin.distributed.average_gradients after backward"
+                "does not see: pass the bare model, start every rank from the same weights with "
+                "jestkit.dropin.distributed.broadcast_parameters and average the gradients with "
+                "average_gradients after backward"
             )
         self.multires_fraction = float(multires_fraction)
         self.views = OpenClipViews(unwrap(learner), "the learner")  # not a module
