@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/own_data")
     parser.add_argument("--steps", default="40,80",
                         help="the selecting policies' budgets, comma-separated")  # fmt: skip
-    parser.add_argument("--budgets", default="0.5,1,2,4,8",
+    parser.add_argument("--budgets", default="0.5,1,2,4,8,16,32",
                         help="uniform's budgets, multiples of the first of --steps")  # fmt: skip
     parser.add_argument("--policies", default="learnability-joint,flexi-learnability-joint",
                         help="'flexi-' before a policy: scored through FLEXI_FLAGS's view")
