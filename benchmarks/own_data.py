@@ -178,16 +178,17 @@ def main() -> None:
 
 
 def mean_run(rs: list[dict]) -> dict:
-    """One result of a run's seeds: the means of its final metrics, FLOPs, seconds and wrong-
-    caption share (speed-ups are read for the mean, off the seed-mean frontier); the first
-    seed's evaluation history, for the plot."""
+    """One result of a run's seeds: the means of its final metrics, FLOPs, seconds, wrong-
+    caption share and of each evaluation of its history (the seeds evaluate at the same steps):
+    speed-ups are read for the mean, off the seed-mean frontier."""
     return {
         "steps": rs[0]["steps"],
         "final": {k: statistics.fmean(r["final"][k] for r in rs) for k in rs[0]["final"]},
         "flops": {k: statistics.fmean(r["flops"][k] for r in rs) for k in rs[0]["flops"]},
         "train_seconds": statistics.fmean(r["train_seconds"] for r in rs),
         "wrong_captions": statistics.fmean(r["wrong_captions"] for r in rs),
-        "history": rs[0]["history"],
+        "history": [{k: statistics.fmean(h[k] for h in evals) for k in evals[0]}
+                    for evals in zip(*(r["history"] for r in rs), strict=True)],  # fmt: skip
     }
 
 

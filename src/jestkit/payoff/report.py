@@ -120,7 +120,7 @@ def plot(uniform: list[dict], runs: dict[str, dict], path: str | Path, title: st
         scale = 1e12 if cost == "flops" else 1
         front = uniform_frontier(uniform, cost, metric)
         ax.plot([c / scale for c, _ in front], [a for _, a in front], "k-o", ms=4,
-                label="uniform (one run per budget)")  # fmt: skip
+                label="uniform (one point per budget)")  # fmt: skip
         for name, run in runs.items():
             xs = [(h["flops"] if cost == "flops" else h["step"]) / scale for h in run["history"]]
             line = ax.plot(xs[1:], [h[metric] for h in run["history"]][1:], "--", lw=1)
