@@ -371,6 +371,21 @@ PLANS = {
             + cells(pool, 0.9, ("flexi-text",), jest_budgets=(100,))
         )],
     ],
+    # the long-tail and vague pools' decisive cells with seeds 1 and 2; on the long tail, where
+    # the reference-only methods stop gaining past 400 steps, the learnability methods further
+    "tails-seeds": [
+        [],
+        [],
+        cells("longtail", FILTER_JEST_RATIO, ("jest",), jest_budgets=(800,), keep=TUNE_KEEP)
+        + cells("longtail", 0.9, ("jest",), jest_budgets=(400,))
+        + [run for pool in ("longtail", "vague") for run in (
+            cells(pool, EASY_RATIO, ("easy",), seeds=(1, 2), jest_budgets=(400,))
+            + cells(pool, 0.9, ("uniform",), seeds=(1, 2), uniform_budgets=(400,), keep=TUNE_KEEP)
+            + cells(pool, FILTER_JEST_RATIO, ("jest",), seeds=(1, 2), jest_budgets=(400,),
+                    keep=TUNE_KEEP)
+        )]
+        + cells("longtail", 0.9, ("jest",), seeds=(1, 2), jest_budgets=(200,)),
+    ],
     # the reference-only baselines on the default (50 % clean) and quarter pools, at the web
     # pool's tuned rates (TUNE_POOL)
     "pools": [
