@@ -8,10 +8,14 @@ import io
 import os
 import tarfile
 
+import numpy as np
 import pytest
 from shard_files import write_shards
 
 from jestkit.cli import main as cli_main
+from jestkit.dropin.cache import load_datacomp_subset
+from jestkit.engine.config import FILTER_KEEP
+from jestkit.own.score import export_subset
 
 MODEL = ["--model.dim", "16", "--model.depth", "1", "--model.text_depth", "1", "--model.heads",
          "2", "--model.embed_dim", "16"]  # fmt: skip
@@ -86,6 +90,22 @@ def test_keep_is_checked_before_the_scoring_pass(scored, tmp_path, capsys):
                  str(tmp_path / "s.npy"))  # fmt: skip
     assert code == 2 and "--keep" in capsys.readouterr().err
     assert not out.exists()  # refused before any work
+
+
+def test_subset_keeps_the_filter_s_default_share_without_keep(scored, tmp_path, capsys):
+    """--subset alone keeps FILTER_KEEP (30 %): the same uids as export_subset at 0.3; --keep
+    without --subset is refused before any work."""
+    root, pattern = scored
+    out = copy_of(root / "score", tmp_path / "score")  # the cache is complete: no new pass
+    assert score(pattern, root / "ref0" / "checkpoint.pt", out, "--subset",
+                 str(tmp_path / "default.npy")) == 0  # fmt: skip
+    assert "kept 29 of 96 uids" in capsys.readouterr().out  # round(0.3 * 96)
+    export_subset(out, FILTER_KEEP, tmp_path / "explicit.npy")
+    default = load_datacomp_subset(tmp_path / "default.npy")
+    assert np.array_equal(default, load_datacomp_subset(tmp_path / "explicit.npy"))
+    code = score(pattern, root / "ref0" / "checkpoint.pt", tmp_path / "new", "--keep", "0.5")
+    assert code == 2 and "--keep needs --subset" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def recaption(tar_path):

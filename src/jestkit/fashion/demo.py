@@ -18,8 +18,8 @@ from pathlib import Path
 
 from jestkit.engine.checkpoint import write_json_atomic
 from jestkit.engine.config import (
-    DEMO_FILTER_KEEP,
     DEMO_POLICIES,
+    FILTER_KEEP,
     UNIFORM_BUDGETS,
     TrainConfig,
     TrainingConfig,
@@ -46,7 +46,7 @@ def run_demo(
     progress: bool = True,
     overwrite: bool = False,
     write_config=None,
-    filter_keep: float | None = DEMO_FILTER_KEEP,
+    filter_keep: float | None = FILTER_KEEP,
 ) -> dict:
     """The demo: the reference (trained with train_config's loss), uniform at each budget
     (a multiple of train_config.training.steps) and one learner per policy name (see
