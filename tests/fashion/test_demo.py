@@ -10,7 +10,7 @@ from jestkit.fashion.demo import demo_configs, run_demo
 from jestkit.payoff.report import speedups
 
 
-def test_demo_writes_results_and_curves(tmp_path):
+def test_demo_writes_results_and_curves(tmp_path, capsys):
     results = run_demo(
         tmp_path,
         POOL,
@@ -46,6 +46,8 @@ def test_demo_writes_results_and_curves(tmp_path):
     assert filtered["flops"]["learner_score"] == 0 and filtered["steps"] == 6
     assert filtered["config"]["selection"]["policy"] == "uniform"
     assert saved["policies"]["filter-30"]["speedup_flops"]["bound"] in ("=", "<", ">")
+    best = max(saved["policies"], key=lambda n: saved["policies"][n]["final_zero_shot"])
+    assert f"the highest final zero-shot accuracy is {best}'s" in capsys.readouterr().out
 
 
 def test_demo_configs_fail_before_any_work():

@@ -32,7 +32,7 @@ from jestkit.fashion.learner import train_learner
 from jestkit.fashion.prepare import CaptionData, prepare_caption_data
 from jestkit.fashion.reference import filter_pool, reference_info, train_reference
 from jestkit.models.factory import ModelConfig
-from jestkit.payoff.report import compare, plot, run_cost, table
+from jestkit.payoff.report import compare, plot, run_cost, table, verdict
 
 
 def run_demo(
@@ -143,6 +143,7 @@ def run_demo(
     )
     print()
     print(table(uniform, rows))
+    print(verdict(rows))
     print(
         f"The reference: {ref['train_flops'] / 1e12:.2f} TFLOPs of training and "
         f"{ref['cache_flops'] / 1e12:.2f} TFLOPs for its pass over the pool, paid once by every "

@@ -101,6 +101,21 @@ def table(uniform: list[dict], rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def verdict(rows: dict[str, dict]) -> str:
+    """Which run to pick on this pool, in words, from compare()'s rows: the one with the highest
+    final zero-shot accuracy, and the one with the largest saving in FLOPs (training and
+    scoring) on uniform's frontier ('>': a lower bound, '<': an upper bound, as in the table)."""
+    if not rows:
+        return "no selecting run to compare with uniform"
+    best = max(rows, key=lambda n: rows[n]["final_zero_shot"])
+    cheap = max(rows, key=lambda n: rows[n]["speedup_flops"]["value"])
+    return (
+        f"On this pool: the highest final zero-shot accuracy is {best}'s "
+        f"({rows[best]['final_zero_shot']:.4f}); the largest saving in FLOPs over uniform is "
+        f"{cheap}'s ({_speedup_text(rows[cheap]['speedup_flops'])} fewer FLOPs to its accuracy)."
+    )
+
+
 def plot(uniform: list[dict], runs: dict[str, dict], path: str | Path, title: str = "",
          metric: str = METRIC, ylabel: str = "zero-shot top-1 (test)") -> None:  # fmt: skip
     """Final `metric` (default: zero-shot accuracy) against total FLOPs and against steps:
