@@ -384,7 +384,8 @@ PLANS = {
             + cells(pool, FILTER_JEST_RATIO, ("jest",), seeds=(1, 2), jest_budgets=(400,),
                     keep=TUNE_KEEP)
         )]
-        + cells("longtail", 0.9, ("jest",), seeds=(1, 2), jest_budgets=(200,)),
+        + cells("longtail", 0.9, ("jest",), seeds=(1, 2), jest_budgets=(200,))
+        + cells("longtail", 0.9, ("jest",), seeds=(1, 2), jest_budgets=(400,)),
     ],
     # the reference-only baselines on the default (50 % clean) and quarter pools, at the web
     # pool's tuned rates (TUNE_POOL)
@@ -940,13 +941,20 @@ def plot_payoff(pools: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(pools), figsize=(6 * len(pools), 4.6), squeeze=False)
-    styles = {"uniform": "k-o", "reference only": "--s", "learnability": "-o"}
-    for ax, (pool, p) in zip(axes[0], pools.items(), strict=True):
-        for name, m in sorted(p["methods"].items(), key=lambda x: (x[1]["kind"], x[0])):
+    cols = min(3, len(pools))
+    rows = -(-len(pools) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 5 * rows), squeeze=False)
+    for ax in axes.flat[len(pools):]:
+        ax.set_visible(False)
+    styles = {"uniform": "-o", "reference only": "--s", "learnability": "-o"}
+    colours = plt.get_cmap("tab20").colors
+    for ax, (pool, p) in zip(axes.flat, pools.items(), strict=False):
+        methods = sorted(p["methods"].items(), key=lambda x: (x[1]["kind"], x[0]))
+        for i, (name, m) in enumerate(methods):
             xs = [q["total"] for q in m["points"]]
             ys = [q["zero_shot"]["mean"] for q in m["points"]]
-            ax.plot(xs, ys, styles[m["kind"]], ms=3, label=name)
+            colour = "k" if m["kind"] == "uniform" else colours[i % len(colours)]
+            ax.plot(xs, ys, styles[m["kind"]], ms=3, color=colour, label=name)
         ax.set_xscale("log")
         ax.set_xlabel("total TFLOPs incl. the reference's training and pass over the pool, log")
         ax.set_ylabel("final zero-shot top-1 (test)")
