@@ -46,7 +46,12 @@ Runs are taken by --workers processes (one thread each) that claim tasks with lo
                                                                     # the filter, filter + JEST
     python benchmarks/frontier.py run --plan filters --workers 2    # the filter's K = 10, 50 %
     python benchmarks/frontier.py run --plan redundant --workers 2  # web data's redundancy
+    python benchmarks/frontier.py run --plan pools --workers 2      # the filter, easy-reference
+                                                                    # on the default and quarter
     python benchmarks/frontier.py run --plan rest --workers 2       # what issue 20 left over
+    python benchmarks/frontier.py run --plan tails --workers 2      # a long tail of classes,
+                                                                    # vague captions
+    python benchmarks/frontier.py run --plan tails-seeds --workers 2  # their seeds 1, 2
     python benchmarks/frontier.py summary                           # tables, JSON, plots
 
 `summary` (also run at the end of `run`) writes benchmarks/results/frontier.json, frontier.txt,
