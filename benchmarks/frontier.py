@@ -95,11 +95,11 @@ EASY_RATIO = 0.7  # easy-reference's filter ratio (the issue's cell)
 FILTER_JEST_RATIO = 0.5  # JEST on the offline-filtered pool: the filter has removed the junk
 TUNE_KEEP = 0.3  # the filtered families tune at DataComp's 30 %
 # (pool, family) -> the pool whose tuned learning rate it borrows (not tuned itself: no compute
-# was left for its grid); "*": every family
+# was left for its grid); "*": every family. The reference-only families are tuned on every
+# pool (plan grids); the redundant pool borrows uniform's and JEST's.
 TUNE_POOL = {
-    ("redundant", "*"): "web",
-    **{(pool, family): "web" for pool in ("default", "quarter") for family in ("easy",
-                                                                           "uniform-filtered")},
+    ("redundant", "uniform"): "web",
+    ("redundant", "jest"): "web",
 }  # the long-tail and vague pools tune every family's rate on themselves (plan tails)
 
 
@@ -391,6 +391,19 @@ PLANS = {
         )]
         + cells("longtail", 0.9, ("jest",), seeds=(1, 2), jest_budgets=(200,))
         + cells("longtail", 0.9, ("jest",), seeds=(1, 2), jest_budgets=(400,)),
+    ],
+    # the reference-only families' learning rates tuned on the redundant, default and quarter
+    # pools too (they borrowed the web pool's), and their cells run again at those rates
+    "grids": [
+        [],
+        [(pool, family) for pool in ("redundant", "default", "quarter")
+         for family in ("easy", "uniform-filtered")],
+        [run for pool, ratio in (("default", 0.8), ("quarter", 0.8)) for run in (
+            cells(pool, ratio, ("uniform",), uniform_budgets=(200, 400), keep=TUNE_KEEP)
+            + cells(pool, EASY_RATIO, ("easy",), jest_budgets=(200,))
+        )]
+        + cells("redundant", 0.9, ("uniform",), uniform_budgets=(200, 400, 800), keep=TUNE_KEEP)
+        + cells("redundant", EASY_RATIO, ("easy",), jest_budgets=(100, 200, 400)),
     ],
     # the reference-only baselines on the default (50 % clean) and quarter pools, at the web
     # pool's tuned rates (TUNE_POOL)
