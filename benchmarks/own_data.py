@@ -16,10 +16,10 @@ a run cut short is started afresh):
      Flexi-JEST ("flexi-" before the policy: the learner scores through a cheaper view of
      itself, patch 16 instead of 8 and half of each caption's positions, FLEXI_FLAGS, and trains
      half of each sub-batch at the coarse patch size);
-every learner run once per seed (--seeds: initial weights, data order, selection noise), the
-frontier and each policy's result their means,
-and reads each run's speed-up in steps and FLOPs (training and learner scoring) off uniform's
-frontier of the held-out zero-shot top-1 (and of retrieval mean_recall@1) with jestkit.payoff.
+every learner run once per seed (--seeds: initial weights, data order, selection noise). It
+reads the speed-up in steps and FLOPs (training and learner scoring) of each policy's seed mean
+off uniform's seed-mean frontier of the held-out zero-shot top-1 (and of retrieval
+mean_recall@1) with jestkit.payoff.
 Prints a table, writes OUT/results.{json,txt,png} and benchmarks/results/own_data.{json,txt,png}
 (the frontier picture); each run's OUT/RUN/curves.png draws its evaluations.
 """
