@@ -94,13 +94,9 @@ TUNE_RATIO = {"default": 0.8, "quarter": 0.8, "web": 0.9, "redundant": 0.9, "lon
 EASY_RATIO = 0.7  # easy-reference's filter ratio (the issue's cell)
 FILTER_JEST_RATIO = 0.5  # JEST on the offline-filtered pool: the filter has removed the junk
 TUNE_KEEP = 0.3  # the filtered families tune at DataComp's 30 %
-# (pool, family) -> the pool whose tuned learning rate it borrows (not tuned itself: no compute
-# was left for its grid); "*": every family. The reference-only families are tuned on every
-# pool (plan grids); the redundant pool borrows uniform's and JEST's.
-TUNE_POOL = {
-    ("redundant", "uniform"): "web",
-    ("redundant", "jest"): "web",
-}  # the long-tail and vague pools tune every family's rate on themselves (plan tails)
+# (pool, family) -> the pool whose tuned learning rate it borrows (not tuned itself); "*": every
+# family. Empty now: every family is tuned on every pool it runs on (plans tails and grids).
+TUNE_POOL: dict[tuple[str, str], str] = {}
 
 
 def tune_pool(pool: str, family: str) -> str:
@@ -396,18 +392,24 @@ PLANS = {
         + cells("longtail", 0.9, ("jest",), seeds=(1, 2), jest_budgets=(400,)),
     ],
     # the reference-only families' learning rates tuned on the redundant, default and quarter
-    # pools too (they borrowed the web pool's), and their cells run again at those rates
+    # pools too, uniform's and JEST's on the redundant pool (each borrowed the web pool's), and
+    # their cells run again at those rates
     "grids": [
         [],
         [(pool, family) for pool in ("redundant", "default", "quarter")
-         for family in ("easy", "uniform-filtered")],
+         for family in ("easy", "uniform-filtered")]
+        + tuning("redundant"),
         [run for pool, ratio in (("default", 0.8), ("quarter", 0.8)) for run in (
             cells(pool, ratio, ("uniform",), uniform_budgets=(200, 400), keep=TUNE_KEEP)
             + cells(pool, EASY_RATIO, ("easy",), jest_budgets=(200,))
         )]
         + cells("redundant", 0.9, ("uniform",), uniform_budgets=(200, 400, 800), keep=TUNE_KEEP)
-        + cells("redundant", EASY_RATIO, ("easy",), jest_budgets=(100, 200, 400)),
+        + cells("redundant", EASY_RATIO, ("easy",), jest_budgets=(100, 200, 400))
+        + cells("redundant", 0.9, ("uniform",), uniform_budgets=(200, 400, 800, 1600, 100))
+        + cells("redundant", 0.9, ("flexi",), jest_budgets=(100, 200, 400)),
     ],
+    # the last grids left open: JEST's on the default pool, uniform's on the quarter pool
+    "close": [[], [("default", "jest"), ("quarter", "uniform")], []],
     # the reference-only baselines on the default (50 % clean) and quarter pools, at the web
     # pool's tuned rates (TUNE_POOL)
     "pools": [
