@@ -409,7 +409,11 @@ PLANS = {
         + cells("redundant", 0.9, ("flexi",), jest_budgets=(100, 200, 400)),
     ],
     # the last grids left open: JEST's on the default pool, uniform's on the quarter pool
-    "close": [[], [("default", "jest"), ("quarter", "uniform")], []],
+    "close": [
+        [],
+        [("default", "jest"), ("quarter", "uniform")],
+        cells("quarter", 0.8, ("uniform",), uniform_budgets=(100, 200, 800, 1600)),
+    ],
     # the reference-only baselines on the default (50 % clean) and quarter pools, at the web
     # pool's tuned rates (TUNE_POOL)
     "pools": [
