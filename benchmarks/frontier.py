@@ -759,20 +759,46 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: dict, path: Path) -> None:
+def _panels(n: int, max_cols: int, width: float, height: float):
+    """(figure, its first n axes) on a grid of at most max_cols columns, the unused axes hidden;
+    each panel width x height inches."""
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pools = sorted({u["pool"] for u in summary["uniform"]})
-    cols = min(4, len(pools) + 1)
-    rows = -(-(len(pools) + 1) // cols)
-    fig, grid = plt.subplots(rows, cols, figsize=(5 * cols, 4.2 * rows), squeeze=False)
+    cols = min(max_cols, n)
+    rows = -(-n // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     axes = list(grid.flat)
-    for ax in axes[len(pools) + 1 :]:
+    for ax in axes[n:]:
         ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _pool_panel(ax, pool: str, xlabel: str, legend_size: float) -> None:
+    """One pool's panel: accuracy against log cost, titled with the pool's clean share."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("final zero-shot top-1 (test)")
+    ax.set_title(f"{pool} pool ({clean_share(POOLS[pool]):.0%} clean)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib.ticker
+
+    pools = sorted({u["pool"] for u in summary["uniform"]})
+    fig, axes = _panels(len(pools) + 1, 4, 5, 4.2)  # a panel per pool, then "when JEST pays"
     for ax, pool in zip(axes, pools, strict=False):
         u = [x for x in summary["uniform"] if x["pool"] == pool]
         ax.plot([x["total_tflops"] for x in u], [x["zero_shot"] for x in u], "k-o", ms=3,
@@ -791,13 +817,8 @@ def plot(summary: dict, path: Path) -> None:
                 if rs:
                     ax.plot([r["total_tflops"] for r in rs], [r["zero_shot"]["mean"] for r in rs],
                             "-o", ms=3, label=f"{variant} f={ratio:g}")
-        ax.set_xscale("log")
-        ax.set_xlabel("total TFLOPs (training + scoring), log")
-        ax.set_ylabel("final zero-shot top-1 (test)")
-        ax.set_title(f"{pool} pool ({clean_share(POOLS[pool]):.0%} clean)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    ax = axes[len(pools)]
+        _pool_panel(ax, pool, "total TFLOPs (training + scoring), log", 7)
+    ax = axes[-1]
     for variant in ("flexi", "jest"):
         for ratio in (0.5, 0.8, 0.9):
             pts = {
@@ -825,9 +846,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_title("when JEST pays, noise-only pools (▲: lower bound)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 # -- what a user would pick instead: every method on total cost, the reference included -------
@@ -969,34 +988,21 @@ def payoff_table(pools: dict) -> str:
 
 
 def plot_payoff(pools: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = min(3, len(pools))
-    rows = -(-len(pools) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 5 * rows), squeeze=False)
-    for ax in axes.flat[len(pools):]:
-        ax.set_visible(False)
+    fig, axes = _panels(len(pools), 3, 6.5, 5)
     styles = {"uniform": "-o", "reference only": "--s", "learnability": "-o"}
     colours = plt.get_cmap("tab20").colors
-    for ax, (pool, p) in zip(axes.flat, pools.items(), strict=False):
+    for ax, (pool, p) in zip(axes, pools.items(), strict=True):
         methods = sorted(p["methods"].items(), key=lambda x: (x[1]["kind"], x[0]))
         for i, (name, m) in enumerate(methods):
             xs = [q["total"] for q in m["points"]]
             ys = [q["zero_shot"]["mean"] for q in m["points"]]
             colour = "k" if m["kind"] == "uniform" else colours[i % len(colours)]
             ax.plot(xs, ys, styles[m["kind"]], ms=3, color=colour, label=name)
-        ax.set_xscale("log")
-        ax.set_xlabel("total TFLOPs incl. the reference's training and pass over the pool, log")
-        ax.set_ylabel("final zero-shot top-1 (test)")
-        ax.set_title(f"{pool} pool ({clean_share(POOLS[pool]):.0%} clean)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        _pool_panel(ax, pool,
+                    "total TFLOPs incl. the reference's training and pass over the pool, log", 6)
+    _save(fig, path)
 
 
 def summary(args) -> None:
