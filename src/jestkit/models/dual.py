@@ -68,7 +68,55 @@ def encode_multires(
     return torch.cat(parts)
 
 
-class DualEncoder(nn.Module):
+class ContrastiveDual(nn.Module):
+    """What the training loop and the selection use of a dual encoder, built once for jestkit's
+    DualEncoder and open_clip's (jestkit.openclip.dual.OpenClipDual). A subclass gives
+    encode_image(images, patch_size=None, token_drop=0.0, generator=None) and
+    encode_text(tokens, token_drop=0.0, generator=None), both unit norm, the properties
+    logit_scale and logit_bias, and loss_name; this class adds multi-resolution training, the
+    forward pass, the training loss and the selection's embeddings on them."""
+
+    loss_name: str
+
+    def encode_image_multires(
+        self, images: torch.Tensor, patch_size: int, fraction_coarse: float = 0.5
+    ) -> torch.Tensor:
+        """Encode the first multires_split(N, fraction_coarse) images at `patch_size`, the rest
+        at the base patch size; rows stay in input order."""
+        return encode_multires(self.encode_image, images, patch_size, fraction_coarse)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, **view):
+        """(image embeddings, text embeddings), both unit norm; view: encode_image's keywords."""
+        return self.encode_image(images, **view), self.encode_text(tokens)
+
+    def loss(self, img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
+        """The training loss of matched pairs (row i of each is a pair)."""
+        return contrastive_loss(self.loss_name, img_emb, txt_emb, self.logit_scale, self.logit_bias)
+
+    @torch.no_grad()
+    def embeddings(
+        self,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        view: View | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Embeddings:
+        """The model's outputs on a super-batch for the selection core (no gradients), float32,
+        seen through `view` (None: the plain forward); its random token drops are drawn from
+        `generator` (the image's first, then the text's)."""
+        view = view or View()
+        img = self.encode_image(images, patch_size=view.patch_size, token_drop=view.token_drop,
+                                generator=generator)  # fmt: skip
+        txt = self.encode_text(tokens, view.text_token_drop, generator)
+        return Embeddings(
+            image=img.float(),
+            text=txt.float(),
+            logit_scale=float(self.logit_scale),
+            logit_bias=float(self.logit_bias),
+        )
+
+
+class DualEncoder(ContrastiveDual):
     def __init__(self, image_tower: ImageTower, text_tower: TextTower, loss: str = "sigmoid"):
         super().__init__()
         if loss not in CONTRASTIVE_LOSSES:
@@ -97,13 +145,6 @@ class DualEncoder(nn.Module):
         ImageTower.forward (patch_size, token_drop, generator)."""
         return F.normalize(self.image_tower(images, **view), dim=-1)
 
-    def encode_image_multires(
-        self, images: torch.Tensor, patch_size: int, fraction_coarse: float = 0.5
-    ) -> torch.Tensor:
-        """Encode the first multires_split(N, fraction_coarse) images at `patch_size`, the rest
-        at the base patch size; rows stay in input order."""
-        return encode_multires(self.encode_image, images, patch_size, fraction_coarse)
-
     def encode_text(
         self,
         tokens: torch.Tensor,
@@ -112,14 +153,6 @@ class DualEncoder(nn.Module):
     ) -> torch.Tensor:
         """(N, L) word ids, pad 0 -> (N, embed_dim), unit norm. token_drop: see TextTower."""
         return F.normalize(self.text_tower(tokens, token_drop, generator), dim=-1)
-
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor, **view):
-        """(image embeddings, text embeddings), both unit norm."""
-        return self.encode_image(images, **view), self.encode_text(tokens)
-
-    def loss(self, img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
-        """The training loss of matched pairs (row i of each is a pair)."""
-        return contrastive_loss(self.loss_name, img_emb, txt_emb, self.logit_scale, self.logit_bias)
 
     def check_view(self, view: View, multires_fraction: float = 0.0) -> None:
         """Refuse, before any work, a view this model cannot take: a ValueError naming the
@@ -131,25 +164,3 @@ class DualEncoder(nn.Module):
                 raise ValueError(
                     f"--scoring.patch_size: jestkit's ViT image tower: {err}"
                 ) from None
-
-    @torch.no_grad()
-    def embeddings(
-        self,
-        images: torch.Tensor,
-        tokens: torch.Tensor,
-        view: View | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Embeddings:
-        """The model's outputs on a super-batch for the selection core (no gradients), float32,
-        seen through `view` (None: the plain forward); its random token drops are drawn from
-        `generator` (the image's first, then the text's)."""
-        view = view or View()
-        img = self.encode_image(images, patch_size=view.patch_size, token_drop=view.token_drop,
-                                generator=generator)  # fmt: skip
-        txt = self.encode_text(tokens, view.text_token_drop, generator)
-        return Embeddings(
-            image=img.float(),
-            text=txt.float(),
-            logit_scale=float(self.logit_scale),
-            logit_bias=float(self.logit_bias),
-        )

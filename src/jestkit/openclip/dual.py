@@ -35,19 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jestkit.core.losses import contrastive_loss
-from jestkit.core.outputs import Embeddings
 from jestkit.engine.checkpoint import is_checkpoint, load_checkpoint
-from jestkit.models.dual import encode_multires
+from jestkit.models.dual import MAX_LOGIT_SCALE, ContrastiveDual
 from jestkit.models.view import View
 from jestkit.openclip.model import create_model, freeze, load_reference, read_config, selection_loss
 from jestkit.openclip.views import OpenClipViews
 
-MAX_LOGIT_SCALE = 100.0
 
-
-class OpenClipDual(nn.Module):
-    """An open_clip CLIP/SigLIP model behind the interface of jestkit.models.dual.DualEncoder.
+class OpenClipDual(ContrastiveDual):
+    """An open_clip CLIP/SigLIP model behind the interface of jestkit.models.dual.DualEncoder:
+    its encoders, scalars and view check here, the rest from ContrastiveDual, as DualEncoder's.
     name: how errors call the model (its config name or file)."""
 
     def __init__(self, model: nn.Module, name: str = "the open_clip model"):
@@ -82,13 +79,6 @@ class OpenClipDual(nn.Module):
             self.views.encode_image(images, patch_size, token_drop, generator), dim=-1
         )
 
-    def encode_image_multires(
-        self, images: torch.Tensor, patch_size: int, fraction_coarse: float = 0.5
-    ) -> torch.Tensor:
-        """The first multires_split(N, fraction_coarse) images at `patch_size`, the rest at the
-        model's own (as DualEncoder.encode_image_multires)."""
-        return encode_multires(self.encode_image, images, patch_size, fraction_coarse)
-
     def encode_text(
         self,
         tokens: torch.Tensor,
@@ -97,32 +87,6 @@ class OpenClipDual(nn.Module):
     ) -> torch.Tensor:
         """(N, L) -> (N, D), unit norm, with `token_drop` of each caption's positions dropped."""
         return F.normalize(self.views.encode_text(tokens, token_drop, generator), dim=-1)
-
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor, **view):
-        return self.encode_image(images, **view), self.encode_text(tokens)
-
-    def loss(self, img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
-        return contrastive_loss(self.loss_name, img_emb, txt_emb, self.logit_scale, self.logit_bias)
-
-    @torch.no_grad()
-    def embeddings(
-        self,
-        images: torch.Tensor,
-        tokens: torch.Tensor,
-        view: View | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Embeddings:
-        """The model's outputs on a super-batch for the selection (no gradients), float32,
-        through `view` (None: the plain forward); its token drops are drawn from `generator`
-        (the image's first, then the text's)."""
-        view = view or View()
-        img = self.encode_image(images, view.patch_size, view.token_drop, generator)
-        return Embeddings(
-            image=img.float(),
-            text=self.encode_text(tokens, view.text_token_drop, generator).float(),
-            logit_scale=float(self.logit_scale),
-            logit_bias=float(self.logit_bias),
-        )
 
 
 @contextlib.contextmanager
