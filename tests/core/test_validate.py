@@ -281,7 +281,7 @@ def test_a_state_that_is_not_a_selectors_is_refused_and_changes_nothing():
         (None, TypeError, "state must be the dict"),
         ({"gen": 1}, ValueError, "state has no 'generator' entry"),
         ({"generator": torch.ones(10, dtype=torch.uint8)}, ValueError,
-         "state\\['generator'\\] is not a state of this Selector's cpu generator"),
+         "state\\['generator'\\] is not a state of a cpu torch.Generator"),
         ({"generator": "x"}, ValueError, "state\\['generator'\\] is not a state"),
         ({"generator": before["generator"].long()}, ValueError, "state\\['generator'\\]"),
     ]  # fmt: skip

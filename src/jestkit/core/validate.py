@@ -135,9 +135,9 @@ def check_generator_state(name: str, state: object, generator: torch.Generator) 
         got = (f"a {state.dtype} tensor of shape {tuple(state.shape)}" if torch.is_tensor(state)
                else type(state).__name__)  # fmt: skip
         raise ValueError(
-            f"{name} is not a state of this Selector's {generator.device} generator (a uint8 "
-            f"tensor of {size} bytes), got {got}: a state of another device's generator, or "
-            f"not this object's state_dict()"
+            f"{name} is not a state of a {generator.device} torch.Generator (a uint8 tensor of "
+            f"{size} bytes), got {got}: a state of another device's generator, or not this "
+            f"object's state_dict()"
         )
     return state
 
