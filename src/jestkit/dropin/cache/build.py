@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from jestkit.core.validate import check_int
 from jestkit.dropin.cache.fingerprint import fingerprint_ids
 from jestkit.dropin.cache.format import (
     _META_KEY,
@@ -69,12 +70,13 @@ def build_cache(
     if arr.size == 0:
         raise ValueError("ids is empty; there is nothing to cache")
     _check_unique(kind, arr, "ids")
-    if batch_size < 1 or rows_per_part < 1:
-        raise ValueError(
-            f"batch_size and rows_per_part must be >= 1, got {batch_size}, {rows_per_part}"
-        )
-    if world_size < 1 or not 0 <= rank < world_size:
+    batch_size = check_int("batch_size", batch_size)
+    rows_per_part = check_int("rows_per_part", rows_per_part)
+    world_size, rank = check_int("world_size", world_size), check_int("rank", rank, 0)
+    if rank >= world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a cache folder: choose another path")
     path.mkdir(parents=True, exist_ok=True)
 
     n = arr.size

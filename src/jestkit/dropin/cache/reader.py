@@ -24,6 +24,7 @@ from jestkit.dropin.cache.ids import (
     _as_ids,
     _ids_from_arrow,
     _query_ids,
+    _query_int_array,
     _show,
     _sort_key,
     _to_user,
@@ -134,12 +135,14 @@ class ReferenceCache:
         unknown = [c for c in columns if c not in self._data]
         if unknown:
             raise KeyError(f"unknown cache column(s) {unknown}; the cache has {list(self._data)}")
-        if self.id_kind == "int64":
-            q = torch.as_tensor(ids)
+        if self.id_kind == "int64" and torch.is_tensor(ids):
+            q = ids
             if q.dtype.is_floating_point or q.dtype.is_complex or q.dtype == torch.bool:
                 raise TypeError(f"ids must be an integer tensor, got dtype {q.dtype}")
             shape, device = tuple(q.shape), q.device
             flat = q.reshape(-1).to("cpu", torch.int64).numpy()
+        elif self.id_kind == "int64":  # lists (nested), numpy arrays, scalars
+            (flat, shape), device = _query_int_array(ids), torch.device("cpu")
         else:
             flat = _sort_key(self.id_kind, _query_ids(ids, self.id_kind))
             shape, device = (flat.size,), torch.device("cpu")
