@@ -290,3 +290,42 @@ def test_a_state_that_is_not_a_selectors_is_refused_and_changes_nothing():
             selector.load_state_dict(state)
         assert torch.equal(selector.generator.get_state(), before["generator"])
     selector.load_state_dict(before)  # its own state still loads
+
+
+def test_the_exported_samplers_check_their_arguments():
+    from jestkit.core import Weighted, chunk_sizes, gain_state, joint_sample
+    from jestkit.core import sample_without_replacement as draw
+
+    scores = torch.randn(10)
+    # before: a negative temperature silently preferred the lowest scores; 1e40 was taken
+    for t in (-1.0, 1e40):
+        with pytest.raises(ValueError, match="temperature must be 0"):
+            draw(scores, 3, t, None)
+    cases = [
+        (lambda: draw(scores, 3, "1", None), TypeError, "temperature must be a real number"),
+        (lambda: draw(scores, "3", 1.0, None), TypeError, "k must be a non-negative int"),
+        (lambda: draw(scores, 2.5, 1.0, None), TypeError, "k must be"),
+        (lambda: draw(scores, True, 1.0, None), TypeError, "k must be"),
+        (lambda: draw(scores, -1, 1.0, None), ValueError, "k must be"),
+        (lambda: draw(scores, 3, 1.0, "seed"), TypeError, "generator must be a torch.Generator"),
+        (lambda: draw([1.0, 2.0], 1, 1.0, None), TypeError, "scores must be a torch.Tensor"),
+        (lambda: chunk_sizes(4, 0), ValueError, "n_chunks must be a positive int"),
+    ]  # fmt: skip
+    state = lambda: gain_state("per_example", [Weighted(scores, 1.0)])  # noqa: E731
+    cases += [
+        (lambda: joint_sample(state(), 2.5, 2), TypeError, "b must be a positive int"),
+        (lambda: joint_sample(state(), 4, True), TypeError, "n_chunks must be a positive int"),
+        (lambda: joint_sample(state(), 4, 0), ValueError, "n_chunks must be a positive int"),
+        (lambda: joint_sample(state(), 20, 2), ValueError, "cannot select b = 20 of .* B = 10"),
+        (lambda: joint_sample(state(), 4, 2, 1e40), ValueError, "temperature must be 0"),
+        (lambda: joint_sample(state(), 4, 2, 1.0, "seed"), TypeError, "generator must be a"),
+        (lambda: joint_sample(state(), 4, 2, 1.0, None, "yes"), TypeError,
+         "normalize_gains must be True or False"),
+    ]  # fmt: skip
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
+    assert draw(scores, 0, 1.0, None).numel() == 0
+    assert (
+        sorted(joint_sample(state(), 4, 2, 0).tolist()) == scores.topk(4).indices.sort()[0].tolist()
+    )

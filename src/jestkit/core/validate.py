@@ -304,8 +304,7 @@ def selected_size(batch_size: int, filter_ratio: float) -> int:
 def check_counts(b: int, batch_size: int, n_chunks: int) -> None:
     if batch_size <= 0:
         raise ValueError(f"the super-batch is empty (B = {batch_size}); expected B >= 1")
-    if not isinstance(b, int) or b < 1:
-        raise ValueError(f"the number of selected examples b must be a positive int, got {b!r}")
+    b = check_int("b", b)
     if b > batch_size:
         raise ValueError(f"cannot select b = {b} of a super-batch of B = {batch_size}")
     n_chunks = check_int("n_chunks", n_chunks)
