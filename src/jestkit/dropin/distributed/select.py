@@ -52,7 +52,13 @@ from jestkit.core.policies import (
     weighted_outputs,
 )
 from jestkit.core.sampler import joint_sample, perturbed_scores, sample_without_replacement
-from jestkit.core.validate import check_generator, check_int, check_pair, device_of
+from jestkit.core.validate import (
+    check_device,
+    check_generator,
+    check_int,
+    check_pair,
+    device_of,
+)
 from jestkit.dropin.distributed.comm import Exchange, Traffic
 
 
@@ -127,7 +133,8 @@ class GlobalSelector(Selector):
         device: torch.device | str = "cpu",
         **overrides,
     ):
-        self.group, self.device, self.traffic = group, device, Traffic()
+        self.group, self.traffic = group, Traffic()
+        self.device = check_device("device", device)
         super().__init__(config, seed=seed, **overrides)
 
     def generator_device(self) -> torch.device | str:
