@@ -329,3 +329,10 @@ def test_the_exported_samplers_check_their_arguments():
     assert (
         sorted(joint_sample(state(), 4, 2, 0).tolist()) == scores.topk(4).indices.sort()[0].tolist()
     )
+
+
+def test_uniform_batch_size_must_be_an_int():
+    for bad, error in [(2.5, TypeError), ("20", TypeError), (True, TypeError), (0, ValueError)]:
+        with pytest.raises(error, match="batch_size must be a positive int"):
+            jestkit.select(policy="uniform", batch_size=bad)
+    assert len(jestkit.select(policy="uniform", batch_size=np.int64(20))) == 4

@@ -196,7 +196,7 @@ def select(
     config = selection_config(config, overrides)
     check_generator("generator", generator)
     if batch_size is not None:
-        check_int("batch_size", batch_size)
+        batch_size = check_int("batch_size", batch_size)
     scored = get_policy(config.policy).scored
     models = weighted_outputs(config, learner, reference) if scored else []
     if not scored and learner is None and reference is None:

@@ -84,7 +84,7 @@ def select_global(
     config = selection_config(config, overrides)
     check_generator("generator", generator)
     if batch_size is not None:
-        check_int("batch_size", batch_size)
+        batch_size = check_int("batch_size", batch_size)
     ex = Exchange(group, traffic)
     W = ex.world_size
     scored = get_policy(config.policy).scored
