@@ -360,3 +360,18 @@ def test_build_cache_arguments_name_what_is_wrong(tmp_path):
         with pytest.raises(error, match=f"{name} must be"):
             build(tmp_path / "c", ids, meta, **{name: value})
     assert not (tmp_path / "c").exists()  # refused before the folder is made
+
+
+def test_build_cache_callables_meta_and_lookup_columns_of_the_wrong_kind(tmp_path):
+    ids = make_ids(40)
+    meta = make_meta(ids)
+    with pytest.raises(TypeError, match="compute must be a callable.*got int"):
+        build(tmp_path / "a", ids, meta, compute=5)
+    with pytest.raises(TypeError, match="meta must be a CacheMeta.*got dict"):
+        build(tmp_path / "a", ids, {"model": "m"})
+    assert not (tmp_path / "a").exists()
+    build(tmp_path / "c", ids, meta)
+    cache = ReferenceCache.open(tmp_path / "c")
+    # before: "unknown cache column(s) ['t', 'e', 'x', 't']"
+    with pytest.raises(TypeError, match=r"columns must be a list of column names.*\['text'\]"):
+        cache.lookup(ids[:2], columns="text")

@@ -409,3 +409,11 @@ def test_a_config_dict_and_a_bad_seed_name_the_argument():
         SelectiveLoader([(x, y)], _losses, _losses, PER_EXAMPLE, seed=2**64)
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         SelectiveLoader([(x, y)], _losses, _losses, PER_EXAMPLE, generator="seed")
+
+
+def test_a_loader_that_is_not_iterable_and_a_non_bool_unpack_are_named():
+    for bad in (None, 123):
+        with pytest.raises(TypeError, match="loader must be an iterable of super-batches"):
+            SelectiveLoader(bad, policy="uniform")
+    with pytest.raises(TypeError, match="unpack must be True or False"):
+        SelectiveLoader([], policy="uniform", unpack="no")

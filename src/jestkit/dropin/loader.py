@@ -37,7 +37,13 @@ import torch
 from jestkit.core.losses import get_loss
 from jestkit.core.outputs import Embeddings
 from jestkit.core.policies import SelectionConfig, Selector, get_policy, select
-from jestkit.core.validate import check_device, check_state, check_tensor, selected_size
+from jestkit.core.validate import (
+    check_bool,
+    check_device,
+    check_state,
+    check_tensor,
+    selected_size,
+)
 
 Batch = Any
 Scorer = Callable[..., Any]
@@ -258,12 +264,17 @@ class SelectiveLoader:
         unpack: bool = True,
         **overrides,
     ):
+        if not isinstance(loader, Iterable) and not hasattr(loader, "__getitem__"):
+            raise TypeError(
+                f"loader must be an iterable of super-batches (a DataLoader), got "
+                f"{type(loader).__name__}"
+            )
         self.loader = loader
         self.learner, self.reference = learner, reference
         self.selector = Selector(config, seed=seed, generator=generator, **overrides)
         self.config = self.selector.config
         self.device = None if device is None else check_device("device", device)
-        self.unpack = unpack
+        self.unpack = check_bool("unpack", unpack)
         self.b: int | None = None  # fixed from the first super-batch (or the loader's batch_size)
         self.batch_size: int | None = None  # B: the loader's batch_size, or the first super-batch's
         self.last_indices: torch.Tensor | None = None

@@ -65,6 +65,11 @@ def build_cache(
     consecutive ids; part k is computed by rank k % world_size. With world_size 1 the manifest
     is written at the end; otherwise rank 0 calls finalize after a barrier.
     """
+    if not callable(compute):
+        raise TypeError(f"compute must be a callable batch_ids -> {{column: tensor}}, got "
+                        f"{type(compute).__name__}")  # fmt: skip
+    if not isinstance(meta, CacheMeta):
+        raise TypeError(f"meta must be a CacheMeta, got {type(meta).__name__}")
     path = Path(path)
     kind, arr = _as_ids(ids)
     if arr.size == 0:

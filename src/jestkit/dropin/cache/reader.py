@@ -131,6 +131,8 @@ class ReferenceCache:
         ids: of the cache's kind: an integer tensor (any shape) or list of ints; a list/array of
         str; a UID_DTYPE array or a list of 32-digit hex strings. Repeats are fine; ids not in
         the cache raise KeyError naming them."""
+        if isinstance(columns, str):
+            raise TypeError(f"columns must be a list of column names, e.g. [{columns!r}]")
         columns = list(self.meta.columns) if columns is None else list(columns)
         unknown = [c for c in columns if c not in self._data]
         if unknown:
