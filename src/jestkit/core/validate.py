@@ -1,4 +1,7 @@
-"""Input checks shared by the samplers: every message names the argument and what was expected."""
+"""Argument checks shared by every public entry point (select, Selector, the samplers,
+SelectiveLoader, ShardPool, the reference cache): one check per kind of argument, each message
+naming the argument and what was expected; the wrong type is a TypeError, a value out of range
+a ValueError."""
 
 from __future__ import annotations
 
