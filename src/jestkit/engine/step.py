@@ -6,12 +6,12 @@ torchrun each rank scores its shard, all select alike, and each trains on b / wo
 that draws the whole super-batch on every rank (in memory) is sliced here; one that draws each
 rank's own B / world_size (`per_rank`, jestkit.data.parallel) has its selected examples moved to
 the ranks that train on them (redistribute: the same examples, in the same order, as slicing the
-whole super-batch would give). The time spent in draw is the step's data wait.
+whole super-batch would give). Each part is timed as a phase (jestkit.engine.timing); the data
+phase (draw, and the move to the device) is the step's data wait.
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,42 +30,49 @@ if TYPE_CHECKING:
 
 
 def train_step(t: Trainer) -> float:
-    """One optimizer step of trainer `t`; returns the loss."""
-    start = time.perf_counter()  # draw
-    drawn = t.source.draw(t.config.super_batch_size(), t.data_generator)
-    t.data_wait.append(time.perf_counter() - start)
-    drawn = drawn.to(t.device)
-    if getattr(t.source, "per_rank", False) and t.dist.world_size > 1:
-        batch, mine = None, drawn  # this rank's B / world_size
-    else:
-        batch = drawn
-        mine = shard(batch, t.dist.rank, t.dist.world_size)
+    """One optimizer step of trainer `t`; returns the loss. Each part is a phase of t.clock
+    (jestkit.engine.timing)."""
+    clock = t.clock
+    with clock.phase("data"):  # draw
+        drawn = t.source.draw(t.config.super_batch_size(), t.data_generator)
+        drawn = drawn.to(t.device)
+        if getattr(t.source, "per_rank", False) and t.dist.world_size > 1:
+            batch, mine = None, drawn  # this rank's B / world_size
+        else:
+            batch = drawn
+            mine = shard(batch, t.dist.rank, t.dist.world_size)
     learner = reference = None  # score
     if t.config.policy.uses_learner:
-        with torch.autocast(t.device.type, torch.bfloat16, t.config.scoring.bf16):
+        with clock.phase("learner_score"), torch.autocast(t.device.type, torch.bfloat16,
+                                                          t.config.scoring.bf16):  # fmt: skip
             learner = t.flops.run("learner_score", t.model.embeddings, mine.images, mine.tokens,
                                   t.config.scoring.view(), t.view_generator)  # fmt: skip
     if t.config.policy.uses_reference:  # cached: no FLOPs; a reference model: its forward
-        reference = t.flops.run("reference_score", t.reference, mine)
-    if t.config.policy.scored:  # select
-        positions = t.selector(learner, reference)
-    else:
-        positions = torch.arange(len(mine) * t.dist.world_size)
-    if batch is not None:
-        chosen = batch[positions]
-        share = my_share(chosen, positions, len(mine), t)
-    else:
-        chosen, share = moved_share(mine, positions, t)
-    t.model.train()  # train
-    t.optimizer.zero_grad(set_to_none=True)
-    loss = t.flops.run("train", forward_backward, t, share)
-    if t.dist.world_size > 1:
-        average_gradients(t.model, t.dist.group)
-    t.optimizer.step()
-    t.scheduler.step()
-    t.stats.add(chosen)  # account
-    t.step += 1
-    return loss.item()
+        with clock.phase("reference_score"):
+            reference = t.flops.run("reference_score", t.reference, mine)
+    with clock.phase("select"):  # select
+        if t.config.policy.scored:
+            positions = t.selector(learner, reference)
+        else:
+            positions = torch.arange(len(mine) * t.dist.world_size)
+        if batch is not None:
+            chosen = batch[positions]
+            share = my_share(chosen, positions, len(mine), t)
+        else:
+            chosen, share = moved_share(mine, positions, t)
+    with clock.phase("forward_backward"):  # train
+        t.model.train()
+        t.optimizer.zero_grad(set_to_none=True)
+        loss = t.flops.run("train", forward_backward, t, share)
+        if t.dist.world_size > 1:
+            average_gradients(t.model, t.dist.group)
+    with clock.phase("optimizer"):
+        t.optimizer.step()
+        t.scheduler.step()
+    with clock.phase("account"):  # account
+        t.stats.add(chosen)
+        t.step += 1
+        return loss.item()
 
 
 def shard(batch: Examples, rank: int, world_size: int) -> Examples:
