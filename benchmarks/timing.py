@@ -441,6 +441,7 @@ def table(s: dict, load: dict) -> str:
 
 def plot(s: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -463,6 +464,9 @@ def plot(s: dict, path: Path) -> None:
     for ax, xlabel in ((axes[0], "CPU seconds (measured s/step × steps), log"),
                        (axes[1], "TFLOPs (training + scoring), log")):  # fmt: skip
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel("final zero-shot top-1 (test)")
         ax.grid(alpha=0.3)
