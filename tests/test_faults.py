@@ -211,6 +211,7 @@ def test_full_disk_is_a_message_and_loses_nothing(reference, straight, tmp_path)
     refused(result)
     assert "File too large" in result.stderr or "No space" in result.stderr, result.stderr
     assert (out / "checkpoint.pt").read_bytes() == before
+    assert not (out / "checkpoint.pt.tmp").exists()  # the half-written one is not left behind
     rerun = jestkit(*args, "--resume")  # room again: the same run as if nothing happened
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     want = json.loads((straight / "result.json").read_text())

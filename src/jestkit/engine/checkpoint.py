@@ -22,9 +22,11 @@ from jestkit.engine.files import atomic_file, write_bytes_atomic, write_json_ato
 
 
 def save_atomic(obj, path: Path) -> None:
-    """torch.save to PATH.tmp, then rename (jestkit.engine.files.atomic_file)."""
-    with atomic_file(path) as f:
-        torch.save(obj, f)
+    """torch.save to memory, then to PATH.tmp and renamed (jestkit.engine.files): a full disk
+    is then an OSError naming the file (torch.save into the file raises a RuntimeError)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(buffer.getvalue(), path)
 
 
 FORMAT = "jestkit checkpoint 1"
