@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = _sections(COMMANDS[args.command])
     try:
         command, sub, quiet, switches = _command(parser, args)
-        save = lambda out: _save_config(args.command, sub, args[args.command], out)  # noqa: E731
+        save = lambda out: _save_config(sub, args[args.command], out)  # noqa: E731
         return _run(command, switches, save, not quiet)
     except (ValueError, OSError, CacheError, KeyError, TooManyBadSamples, StreamStopped) as e:
         if isinstance(e, KeyError | DuplicateIdError):  # a KeyError's message is quoted
@@ -342,24 +342,24 @@ def main(argv: list[str] | None = None) -> int:
 CONFIG_HEADER = "# jestkit {command}: every setting of this run; replay it with --config\n"
 
 
-def _save_config(command: str, sub: ArgumentParser, args: Namespace, out: Path) -> None:
+def _save_config(sub: ArgumentParser, args: Namespace, out: Path) -> None:
     """OUT/config.yaml: every setting of this run, replayable with --config; its first line
-    says which command wrote it."""
+    says which command wrote it (the last word of the command parser's prog)."""
     from jestkit.engine.files import write_bytes_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     args = args.clone()
     for name in ("config", "quiet", "resume", "overwrite"):  # how to run, not what
         args.pop(name, None)
-    text = CONFIG_HEADER.format(command=command) + sub.dump(args)
+    text = CONFIG_HEADER.format(command=sub.prog.split()[-1]) + sub.dump(args)
     write_bytes_atomic(text.encode(), out / "config.yaml")
 
 
 def config_command(path: str | Path) -> str | None:
     """The command that wrote the config.yaml at `path`: named by its first line, or, for one
-    written before that line was, the command whose settings it holds (every setting that has
-    a value, and no other); None for a file jestkit did not write. A RecordError for a file
-    that cannot be read (a FIFO, a symlink, not UTF-8)."""
+    written before that line was, the one command whose settings it holds (no other; an older
+    jestkit's file may lack a setting added since); None for a file jestkit did not write. A
+    RecordError for a file that cannot be read (a FIFO, a symlink, not UTF-8)."""
     import yaml
 
     from jestkit.engine.files import read_text
@@ -374,12 +374,13 @@ def config_command(path: str | Path) -> str | None:
         return None
     if not isinstance(settings, dict):
         return None
-    for name, cls in COMMANDS.items():
-        default = cls()
-        always = {f.name for f in fields(cls) if getattr(default, f.name) is not None}
-        if always <= settings.keys() <= {f.name for f in fields(cls)}:
-            return name
-    return None
+    fits = [name for name, cls in COMMANDS.items()
+            if settings and settings.keys() <= {f.name for f in fields(cls)}]  # fmt: skip
+    if len(fits) > 1:  # a few settings only: those without a value are not written
+        fits = [name for name in fits if {f.name for f in fields(COMMANDS[name])
+                                          if getattr(COMMANDS[name](), f.name) is not None}
+                <= settings.keys()]  # fmt: skip
+    return fits[0] if len(fits) == 1 else None
 
 
 def check_out_config(out: str | Path, command: str) -> None:

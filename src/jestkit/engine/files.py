@@ -57,7 +57,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
             os.fsync(f.fileno())
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+        if isinstance(e, OSError):
             raise OSError(e.errno, f"cannot write {tmp} ({e.strerror or e}); {path} is "
                           "unchanged") from None  # fmt: skip
         raise
