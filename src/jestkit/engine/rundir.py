@@ -74,8 +74,6 @@ class RunDirError(ValueError):
 def _check_folder(out: Path) -> None:
     """OUT is a folder or can be one, not the file system's root, and not inside a reference or
     its cache; refuses a file (or a file on its path)."""
-    if str(out) == "":
-        raise RunDirError("--out is empty: name the output folder")
     resolved = out.resolve()
     if resolved == Path(resolved.anchor):
         raise RunDirError(f"--out {out} is the file system's root; choose a folder for the output")
@@ -125,7 +123,7 @@ def check_run_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool 
             f"writes into another command's folder: choose another --out"
         )
     demo = [name for name in ("results.json", "runs", "reference") if name in names]
-    if demo:
+    if "results.json" in demo and len(demo) > 1:  # (a demo's config.yaml: refused by the CLI)
         raise RunDirError(
             f"{out} holds {', '.join(demo)}: it is a demo's folder, not a train run; a train "
             f"run never writes into another command's folder: choose another --out"
