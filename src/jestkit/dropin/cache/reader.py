@@ -17,6 +17,7 @@ from jestkit.dropin.cache.format import (
     CacheMeta,
     _part_info,
     _read_manifest,
+    _read_part_bytes,
     _read_part_table,
 )
 from jestkit.dropin.cache.ids import (
@@ -82,15 +83,7 @@ class ReferenceCache:
         for k, p in enumerate(manifest["parts"]):
             f = path / p["file"]
             corrupt = f"reference cache {path} is damaged: {p['file']}"
-            try:
-                raw = f.read_bytes()
-            except OSError as e:
-                raise CacheError(f"{corrupt} cannot be read ({e}); {_FIX}") from e
-            if len(raw) != p["bytes"]:
-                raise CacheError(
-                    f"{corrupt} has {len(raw)} bytes, the manifest says {p['bytes']} "
-                    f"(truncated or replaced); {_FIX}"
-                )
+            raw = _read_part_bytes(f, p["bytes"], _FIX)
             if hashlib.sha256(raw).hexdigest() != p["sha256"]:
                 raise CacheError(
                     f"{corrupt} does not match its sha256 in {MANIFEST} (changed on disk, or "
