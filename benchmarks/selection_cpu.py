@@ -62,15 +62,16 @@ def _recorded_products(loss: str, models: list[Weighted]) -> list[tuple]:
     """(a, b, out) operands for every matrix product one selection of the new sampler runs."""
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         _select("new", loss, models, seed=0)
-    operands = []
+    operands, by_shape = [], {}
     for evt in prof.events():
         if evt.name not in ("aten::mm", "aten::addmm"):
             continue
         shapes = evt.input_shapes[-2:] if evt.name == "aten::addmm" else evt.input_shapes[:2]
         (m, k), (_, n) = shapes
-        a = torch.randn(m, k)
-        b = torch.randn(n, k).T  # the right operand is always a transposed row-major matrix
-        operands.append((a, b, torch.empty(m, n)))
+        if (m, k, n) not in by_shape:  # one set of operands per shape: memory stays small
+            # the right operand is always a transposed row-major matrix, as in the sampler
+            by_shape[m, k, n] = (torch.randn(m, k), torch.randn(n, k).T, torch.empty(m, n))
+        operands.append(by_shape[m, k, n])
     return operands
 
 
@@ -174,6 +175,7 @@ def main() -> None:
             repeats = overrides.get((str(size), loss), args.repeats)
             print(f"B={size} {loss} x{repeats} ...", file=sys.stderr, flush=True)
             rows.append(case(size, loss, args.dim, repeats))
+            Path(args.out).with_suffix(".partial.json").write_text(json.dumps(rows, indent=2))
     profile_text = where_time_goes(args.profile, args.dim) if args.profile else ""
     load_after = os.getloadavg()
     result = {
