@@ -6,7 +6,8 @@ repeat), as process CPU time and wall time:
   * new: the sampler as jestkit runs it (jestkit.core.gains);
   * old: the gain states before issue 26 (benchmarks/_gains_before.py), same loop, same noise;
   * gemm: the sampler's own matrix products replayed alone: every aten::mm / addmm it runs,
-    recorded with torch.profiler (shapes and layouts), into preallocated outputs.
+    recorded with torch.profiler (shapes and layouts), into preallocated outputs, the right
+    operands read from a super-batch-sized matrix block after block as the sampler reads them.
 The ratio sampler / gemm is taken per repeat (the three ran within seconds of each other) and
 reported as median [min, max]. The sigmoid's products are the 4 (n_chunks - 1) c x d x B GEMMs
 of docs/design.md (its first chunk needs none); the softmax's are those plus the whole-super-batch
@@ -62,16 +63,24 @@ def _recorded_products(loss: str, models: list[Weighted]) -> list[tuple]:
     """(a, b, out) operands for every matrix product one selection of the new sampler runs."""
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         _select("new", loss, models, seed=0)
-    operands, by_shape = [], {}
+    operands, lefts, outs, rights, start = [], {}, {}, {}, {}
     for evt in prof.events():
         if evt.name not in ("aten::mm", "aten::addmm"):
             continue
         shapes = evt.input_shapes[-2:] if evt.name == "aten::addmm" else evt.input_shapes[:2]
         (m, k), (_, n) = shapes
-        if (m, k, n) not in by_shape:  # one set of operands per shape: memory stays small
-            # the right operand is always a transposed row-major matrix, as in the sampler
-            by_shape[m, k, n] = (torch.randn(m, k), torch.randn(n, k).T, torch.empty(m, n))
-        operands.append(by_shape[m, k, n])
+        # the right operand streams through a super-batch-sized matrix, as the sampler's
+        # column blocks do (never the same cache-warm block twice in a row); the left operands
+        # (a chunk's rows) and the outputs (the sampler's work buffer) are reused, as there
+        size = max(n, models[0].outputs.image.shape[0])
+        if k not in rights or rights[k].shape[0] < size:
+            rights[k], start[k] = torch.randn(size, k), 0
+        if start[k] + n > rights[k].shape[0]:
+            start[k] = 0
+        right = rights[k][start[k] : start[k] + n].T
+        start[k] += n
+        left = lefts.setdefault((m, k), torch.randn(m, k))
+        operands.append((left, right, outs.setdefault((m, n), torch.empty(m, n))))
     return operands
 
 
