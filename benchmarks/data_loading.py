@@ -192,7 +192,7 @@ def draft_costs(repeats: int, filter_ratio: float = 0.8, n: int = 100) -> dict:
             modes = {"full": None, **DRAFT_SIDES}
             times = {m: [] for m in modes}
             for r in range(repeats):  # interleaved, the order rotated every repeat
-                order = list(modes)[r % len(modes):] + list(modes)[: r % len(modes)]
+                order = list(modes)[r % len(modes) :] + list(modes)[: r % len(modes)]
                 for m in order:
                     times[m].append(_decode_seconds(jpegs, tf, modes[m]))
             for m in DRAFT_SIDES:

@@ -159,6 +159,33 @@ def _fmt(s: dict, fmt: str) -> str:
     return f"{s['median']:{fmt}} [{s['min']:{fmt}}, {s['max']:{fmt}}]"
 
 
+def table(rows: list[dict], config: dict) -> str:
+    """The results as a text table (also from a .partial.json: python ... --table FILE)."""
+    head = (
+        f"{'B':>6} {'loss':>7} {'n':>2} | {'GFLOP':>6} {'gemm CPU s':>22} | "
+        f"{'new CPU s':>22} {'old CPU s':>22} | {'new / gemm':>20} {'old / gemm':>20} | overlap"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        c = r["cpu_s"]
+        lines.append(
+            f"{r['size']:>6} {r['loss']:>7} {r['repeats']:>2} | {r['gemm_gflop']:6.1f} "
+            f"{_fmt(c['gemm'], '6.2f'):>22} | {_fmt(c['new'], '6.2f'):>22} "
+            f"{_fmt(c['old'], '6.2f'):>22} | {_fmt(r['new_vs_gemm'], '5.2f'):>20} "
+            f"{_fmt(r['old_vs_gemm'], '5.2f'):>20} | {r['selection_overlap_old_new']:.3f}"
+        )
+    if config:
+        before, after = config["loadavg_before"], config["loadavg_after"]
+        lines.append(
+            f"\nCPU seconds on 1 thread, median [min, max] over interleaved repeats; ratios per "
+            f"repeat.\nd = {config['dim']}, f = {config['filter_ratio']}, {config['n_chunks']} "
+            f"chunks, torch {config['torch']}, {config['cpus']} cores; load average (1, 5, 15 "
+            f"min) before {', '.join(f'{x:.1f}' for x in before)}, after "
+            f"{', '.join(f'{x:.1f}' for x in after)}"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 65536])
@@ -174,7 +201,13 @@ def main() -> None:
     )
     p.add_argument("--profile", type=int, help="also print the per-op profile at this B")
     p.add_argument("--out", default="benchmarks/results/selection_cpu.json")
+    p.add_argument("--table", help="only print the table of this results file (or .partial.json)")
     args = p.parse_args()
+    if args.table:
+        saved = json.loads(Path(args.table).read_text())
+        rows, config = (saved, {}) if isinstance(saved, list) else (saved["rows"], saved["config"])
+        print(table(rows, config))
+        return
     torch.set_num_threads(1)
     overrides = {tuple(o.split(":")[:2]): int(o.split(":")[2]) for o in args.repeats_at}
     load_before = os.getloadavg()
@@ -204,27 +237,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 
-    head = (
-        f"{'B':>6} {'loss':>7} {'n':>2} | {'GFLOP':>6} {'gemm CPU s':>22} | "
-        f"{'new CPU s':>22} {'old CPU s':>22} | {'new / gemm':>20} {'old / gemm':>20} | overlap"
-    )
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        c = r["cpu_s"]
-        print(
-            f"{r['size']:>6} {r['loss']:>7} {r['repeats']:>2} | {r['gemm_gflop']:6.1f} "
-            f"{_fmt(c['gemm'], '6.2f'):>22} | {_fmt(c['new'], '6.2f'):>22} "
-            f"{_fmt(c['old'], '6.2f'):>22} | {_fmt(r['new_vs_gemm'], '5.2f'):>20} "
-            f"{_fmt(r['old_vs_gemm'], '5.2f'):>20} | {r['selection_overlap_old_new']:.3f}"
-        )
-    print(
-        f"\nCPU seconds on 1 thread, median [min, max] over interleaved repeats; ratios per repeat."
-        f"\nd = {args.dim}, f = {FILTER_RATIO}, {N_CHUNKS} chunks, torch {torch.__version__}, "
-        f"{os.cpu_count()} cores; load average (1, 5, 15 min) before "
-        f"{', '.join(f'{x:.1f}' for x in load_before)}, after "
-        f"{', '.join(f'{x:.1f}' for x in load_after)}"
-    )
+    print(table(rows, result["config"]))
     if profile_text:
         print("\nself CPU time by op (torch.profiler), one selection:\n" + profile_text)
     print(f"\nwrote {args.out}")
