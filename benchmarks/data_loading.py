@@ -19,6 +19,18 @@ captions into 16 tar shards (img2dataset's layout), then:
    throughput of one worker gives the seconds of one worker's decoding per step, so the number
    of workers a node needs for a given step time.
 
+5. with --draft (only this part runs): decoding candidates no finer than they are scored
+   (jestkit.data.draft). Per trained example at filter ratio f, in CPU seconds on one thread:
+   uniform decodes 1 image in full, JEST today 1 / (1 - f), JEST with draft_side 1 / (1 - f)
+   drafted candidates plus the selected one again in full. Photo-like JPEGs of 224 and 512 px,
+   the ViT-B/16 eval transform (224), scoring views at patch 32 (draft side 112) and 64 (56, an
+   image size of 224 at a 4x coarser patch); decode alone and decode + transform, interleaved
+   repeats. Then how far the drafted view is from today's: a ViT-B/16 (open_clip, random
+   weights: none can be downloaded here) scoring both at patch 32 through
+   jestkit.openclip.views: cosine of the image embeddings, and the overlap of the b selected by
+   hard_learner (joint sigmoid, f = 0.8, the same noise) from each view's embeddings.
+   Results: benchmarks/results/data_loading_draft.{json,txt}.
+
 Each measurement is repeated (--repeats 3) and reported as the median and the range, with the
 machine's 1-minute load average when it started (`load`: on a shared 2-core machine other jobs
 take cores from the workers, and throughput with more processes than free cores does not grow).
@@ -152,10 +164,125 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+DRAFT_SIDES = {"patch 32 (side 112)": 112, "patch 64 (side 56)": 56}
+
+
+def _decode_seconds(jpegs: list[bytes], transform, side: int | None) -> float:
+    """Process CPU seconds per image to decode (and transform) every image once."""
+    from jestkit.data.draft import decode_image
+
+    start = time.process_time()
+    for data in jpegs:
+        decode_image(data, "RGB", transform, side)
+    return (time.process_time() - start) / len(jpegs)
+
+
+def draft_costs(repeats: int, filter_ratio: float = 0.8, n: int = 100) -> dict:
+    """Decode CPU per trained example: uniform, JEST today, JEST with drafted candidates."""
+    import torch
+    from jpeg_decode import make_jpegs
+
+    torch.set_num_threads(1)
+    transform, _ = vit_b32_inputs()  # open_clip's 224 eval transform (the same for B/16)
+    per_b = 1 / (1 - filter_ratio)
+    out = {}
+    for px in (224, 512):
+        jpegs = make_jpegs(n, px)
+        for stage, tf in (("decode", None), ("decode + transform", transform)):
+            modes = {"full": None, **DRAFT_SIDES}
+            times = {m: [] for m in modes}
+            for r in range(repeats):  # interleaved, the order rotated every repeat
+                order = list(modes)[r % len(modes) :] + list(modes)[: r % len(modes)]
+                for m in order:
+                    times[m].append(_decode_seconds(jpegs, tf, modes[m]))
+            for m in DRAFT_SIDES:
+                # per repeat: uniform = full; today = per_b * full; draft = per_b * drafted + full
+                today = [per_b for _ in times["full"]]
+                drafted = [per_b * d / f + 1 for d, f in zip(times[m], times["full"], strict=True)]
+                out[f"{px}px / {stage} / {m}"] = {
+                    "full_ms": spread([1e3 * t for t in times["full"]]),
+                    "drafted_ms": spread([1e3 * t for t in times[m]]),
+                    "jest_today_vs_uniform": spread(today),
+                    "jest_draft_vs_uniform": spread(drafted),
+                }
+    return out
+
+
+def view_distance(n: int = 100, filter_ratio: float = 0.8, seed: int = 0) -> dict:
+    """Today's patch-32 scoring view of a ViT-B/16 against the drafted one: embedding cosine and
+    the overlap of the selections they give (random weights; see the module docstring)."""
+    import open_clip
+    import torch
+    import torch.nn.functional as F
+    from jpeg_decode import make_jpegs
+
+    import jestkit
+    from jestkit.data.draft import decode_image
+    from jestkit.openclip.views import OpenClipViews
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model("ViT-B-16", pretrained=None).eval()
+    transform, _ = vit_b32_inputs()
+    views = OpenClipViews(model, "ViT-B-16")
+    tokens = open_clip.get_tokenizer("ViT-B-16")([f"a photo number {i}" for i in range(n)])
+    jpegs = make_jpegs(n, 512)
+    out = {}
+    with torch.no_grad():
+        text = F.normalize(model.encode_text(tokens), dim=-1)
+        emb = {}
+        for name, side in (("today", None), *DRAFT_SIDES.items()):
+            images = torch.stack([decode_image(d, "RGB", transform, side) for d in jpegs])
+            emb[name] = F.normalize(views.encode_image(images, patch_size=32), dim=-1)
+    for name in DRAFT_SIDES:
+        cos = (emb[name] * emb["today"]).sum(-1)
+        picks = []
+        for e in (emb["today"], emb[name]):
+            learner = jestkit.Embeddings(e, text, 10.0, -10.0)
+            picks.append(set(jestkit.select(
+                learner, None, policy="hard_learner", loss="sigmoid", filter_ratio=filter_ratio,
+                generator=torch.Generator().manual_seed(seed)).tolist()))  # fmt: skip
+        out[name] = {"cosine_median": float(cos.median()), "cosine_min": float(cos.min()),
+                     "selection_overlap": len(picks[0] & picks[1]) / len(picks[0])}  # fmt: skip
+    return out
+
+
+def draft_main(repeats: int) -> None:
+    load = os.getloadavg()
+    costs = draft_costs(repeats)
+    distance = view_distance()
+    lines = [f"decode CPU per trained example at f = 0.8, relative to uniform's; 100 photo-like "
+             f"JPEGs per size, ViT-B/16 224 eval transform, 1 thread; median (min-max) of "
+             f"{repeats} interleaved repeats; load average at start {load[0]:.1f}", "",
+             f"{'case':52s} {'full ms':>16s} {'drafted ms':>16s} {'JEST today':>10s} "
+             f"{'JEST draft':>18s}"]  # fmt: skip
+    for case, c in costs.items():
+        f, d, j = c["full_ms"], c["drafted_ms"], c["jest_draft_vs_uniform"]
+        lines.append(f"{case:52s} {f['median']:6.2f} ({f['min']:.2f}-{f['max']:.2f}) "
+                     f"{d['median']:6.2f} ({d['min']:.2f}-{d['max']:.2f}) "
+                     f"{c['jest_today_vs_uniform']['median']:9.1f}x "
+                     f"{j['median']:5.2f}x ({j['min']:.2f}-{j['max']:.2f})")  # fmt: skip
+    lines += ["", "today's patch-32 view of a ViT-B/16 (random weights) vs the drafted one, "
+              "100 512-px JPEGs:", f"{'draft':20s} {'cosine median':>13s} {'cosine min':>10s} "
+              f"{'overlap of b selected':>22s}"]  # fmt: skip
+    for name, v in distance.items():
+        lines.append(f"{name:20s} {v['cosine_median']:13.4f} {v['cosine_min']:10.4f} "
+                     f"{v['selection_overlap']:22.3f}")  # fmt: skip
+    text = "\n".join(lines)
+    RESULTS.mkdir(exist_ok=True)
+    result = {"costs": costs, "view_distance": distance, "repeats": repeats,
+              "load_average_start": load, "load_average_end": os.getloadavg()}  # fmt: skip
+    (RESULTS / "data_loading_draft.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "data_loading_draft.txt").write_text(text + "\n")
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--draft", action="store_true", help="only part 5 (drafted decoding)")
     args = parser.parse_args()
+    if args.draft:
+        return draft_main(args.repeats)
     tmp = Path(tempfile.mkdtemp(prefix="jestkit-data-loading-"))
     pattern = write_jpeg_shards(tmp / "shards")
     cases = [(1, 0, False), (1, 1, False), (1, 2, False), (2, 0, False), (2, 1, False),

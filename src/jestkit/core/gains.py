@@ -27,6 +27,12 @@ and the chunk's global positions, and the whole-super-batch pass of the independ
 split into `super_batch_terms` (this shard's rows against every column), `merge_columns`
 (combine the shards' column partials) and `scores_from_terms`. One process is the shard with
 offset 0 that holds everything: `add(idx)` is `absorb(shared(idx), idx)`.
+
+Speed (benchmarks/selection.py): the c x B pair terms cost as much as the GEMMs that make them
+unless they are cheap. Sums over rows of softplus, the bulk of both losses' work, go through
+`_softplus_row_sums`: a shift (the sigmoid bias, the softmax log-partition) is folded into the
+GEMM as an extra column, the logits are made one cache-sized block at a time, and
+sum_j softplus(x_j) = -log prod_j sigmoid(-x_j) takes one sigmoid per pair and one log per 16.
 """
 
 from __future__ import annotations
@@ -59,6 +65,10 @@ class _Tower:
     bias: float
     weight: float
 
+    def with_ones(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image, text) with a column of ones, the right side of _softplus_row_sums' GEMMs."""
+        return _with_ones(self.image), _with_ones(self.text)
+
     @classmethod
     def of(cls, w: Weighted) -> _Tower:
         e = w.outputs
@@ -70,6 +80,91 @@ class _Tower:
             as_scalar("logit_bias", e.logit_bias),
             w.weight,
         )
+
+
+def _with_ones(e: torch.Tensor) -> torch.Tensor:
+    """(n, d) -> (n, d + 1) with a last column of ones: a GEMM against it adds a per-row shift."""
+    return torch.cat([e, e.new_ones(e.shape[0], 1)], 1)
+
+
+GROUP = 16  # factors per product in _softplus_row_sums: one log per GROUP pairs
+BLOCK_ELEMENTS = 1 << 18  # pair terms per block of _softplus_row_sums (1 MiB in fp32: cache-sized)
+
+
+def _log_products(s: torch.Tensor) -> torch.Tensor:
+    """Multiply the rows of s (r, w) together in place, GROUP at most into each product; the
+    products, ceil(r / GROUP) rows or fewer, a view of s."""
+    r, factors = s.shape[0], 1
+    while r > 1 and factors < GROUP:
+        h = (r + 1) // 2
+        s[: r - h].mul_(s[h:r])
+        r, factors = h, 2 * factors
+    return s[:r]
+
+
+def _softplus_row_sums(
+    rows: torch.Tensor,
+    shifts: torch.Tensor,
+    cols: torch.Tensor,
+    out: torch.Tensor,
+    weight: float,
+    work: torch.Tensor,
+) -> None:
+    """out[k] += weight * sum_j softplus(<rows_j, cols_k[:-1]> + shifts_j) for every k.
+
+    cols: (n, d + 1), the embeddings with a last column of ones (_with_ones), so that one GEMM
+    against [-rows, -shifts] makes z = -x. work: a preallocated 1-D buffer; its length bounds the
+    pairs computed at once (at least 64 per row). One block at a time,
+    sum_j softplus(x_j) = -sum over products of log prod_j sigmoid(z_j), each product of GROUP
+    factors or fewer. A block where a product leaves the normal floating-point range (a sum of
+    softplus above ~ 70 in fp32, ~ 700 in fp64 within one product) is summed as logaddexp(x, 0)
+    instead (exact; F.softplus returns x for x > 20), so the result is exact to rounding for any
+    logits.
+    """
+    if rows.shape[0] == 0:
+        return
+    a = torch.cat([-rows, -shifts[:, None]], 1)
+    tiny = torch.finfo(a.dtype).tiny * 2**16  # products above it are normal: full precision
+    width = min(cols.shape[0], max(64, work.numel() // a.shape[0]))
+    n_rows = max(1, min(a.shape[0], work.numel() // width))
+    for rblk in _blocks(a.shape[0], n_rows):
+        ar = a[rblk]
+        for cblk in _blocks(cols.shape[0], width):
+            z = work[: ar.shape[0] * (cblk.stop - cblk.start)].view(ar.shape[0], -1)
+            torch.mm(ar, cols[cblk].T, out=z)
+            prods = _log_products(z.sigmoid_())
+            if bool(prods.amin() < tiny):
+                torch.mm(ar, cols[cblk].T, out=z)
+                out[cblk] += weight * torch.logaddexp(z.neg_(), z.new_zeros(())).sum(0)
+            else:
+                out[cblk] -= weight * prods.log_().sum(0)
+
+
+def _log1p_exp_sums(rows: torch.Tensor, cols: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+    """u_k = log(1 + sum_j exp(<rows_j, cols_k[:-1]> + cols_k[-1])) for every k: how much a
+    running log-partition L_k grows when the rows join it, if cols_k[-1] = -L_k
+    (LSE(L_k, x_1k, ..., x_ck) = L_k + u_k). One exp per pair, no max pass; a column block whose
+    sum overflows is recomputed with logsumexp, so the result is exact to rounding."""
+    a = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], 1)
+    out = cols.new_empty(cols.shape[0])
+    if rows.shape[0] == 0:
+        return out.zero_()
+    width = min(cols.shape[0], max(64, work.numel() // a.shape[0]))
+    n_rows = max(1, min(a.shape[0], work.numel() // width))
+    for cblk in _blocks(cols.shape[0], width):
+        total = out[cblk].zero_()
+        for rblk in _blocks(a.shape[0], n_rows):
+            z = work[: (rblk.stop - rblk.start) * (cblk.stop - cblk.start)].view(-1, total.shape[0])
+            total += torch.mm(a[rblk], cols[cblk].T, out=z).exp_().sum(0)
+        if bool(torch.isfinite(total).all()):
+            total.log1p_()
+            continue
+        lse = torch.full_like(total, float("-inf"))
+        for rblk in _blocks(a.shape[0], n_rows):
+            z = work[: (rblk.stop - rblk.start) * (cblk.stop - cblk.start)].view(-1, total.shape[0])
+            lse = torch.logaddexp(lse, torch.logsumexp(torch.mm(a[rblk], cols[cblk].T, out=z), 0))
+        total.copy_(torch.logaddexp(lse, lse.new_zeros(())))
+    return out
 
 
 def _pack(parts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -155,6 +250,10 @@ class _PairwiseGains:
         self.size = self.towers[0].image.shape[0]
         self.block_size = block_size
         self.offset = offset
+        self.columns = [t.with_ones() for t in self.towers]  # (image, text), each (size, d + 1)
+        # _softplus_row_sums' blocks: block_size rows, or BLOCK_ELEMENTS pairs (cache-sized)
+        n_work = min(block_size * self.size, max(BLOCK_ELEMENTS, 64 * block_size))
+        self.work = self.towers[0].image.new_empty(n_work)
 
     def shared(self, idx: torch.Tensor) -> torch.Tensor:
         """(len(idx), D): the image and text embeddings of candidates idx, every tower, packed."""
@@ -188,11 +287,11 @@ class SigmoidGains(_PairwiseGains):
 
     def __init__(self, models: Sequence[Weighted], block_size: int = 512, offset: int = 0):
         super().__init__(models, block_size, offset)
-        diag = [
-            t.weight * F.softplus(-(t.scale * (t.image * t.text).sum(1) + t.bias))
-            for t in self.towers
-        ]
-        self.diag = torch.stack(diag).sum(0)
+        # the positive pairs' logits: softplus(-x) = softplus(x) - x turns their negative-pair
+        # terms, which absorb() adds for every pair, into the positive-pair loss
+        self.positive_logits = [t.scale * (t.image * t.text).sum(1) + t.bias for t in self.towers]
+        pairs = zip(self.towers, self.positive_logits, strict=True)
+        self.diag = torch.stack([t.weight * F.softplus(-x) for t, x in pairs]).sum(0)
         self.gain = self.diag.clone()
 
     def super_batch_terms(self, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,11 +326,16 @@ class SigmoidGains(_PairwiseGains):
 
     def absorb(self, shared: torch.Tensor, chunk: torch.Tensor) -> None:
         """Add a chunk: shared = its members' packed embeddings, chunk = their global positions."""
-        pos = _local_positives(chunk, self.offset, self.size)
-        for t, (img_j, txt_j) in zip(self.towers, self._unshare(shared), strict=True):
-            rows = _sigmoid_block(t, img_j, t.text, pos)  # (c, B): pairs (j, k)
-            cols = _sigmoid_block(t, txt_j, t.image, pos)  # (c, B): pairs (k, j), transposed
-            self.gain += t.weight * (rows.sum(0) + cols.sum(0))
+        _, mine = _local_positives(chunk, self.offset, self.size)
+        chunks = self._unshare(shared)
+        for m, (t, (img_j, txt_j)) in enumerate(zip(self.towers, chunks, strict=True)):
+            image, text = self.columns[m]
+            bias = img_j.new_full((img_j.shape[0],), t.bias)
+            # every pair as a negative: sum_j softplus(x_jk) (pairs (j, k)) and softplus(x_kj)
+            _softplus_row_sums(t.scale * img_j, bias, text, self.gain, t.weight, self.work)
+            _softplus_row_sums(t.scale * txt_j, bias, image, self.gain, t.weight, self.work)
+            # the chunk's own pairs (j, j) are positives, counted twice above: minus x_jj each
+            self.gain[mine] -= 2 * t.weight * self.positive_logits[m][mine]
 
 
 class SoftmaxGains(_PairwiseGains):
@@ -241,7 +345,7 @@ class SoftmaxGains(_PairwiseGains):
     cand_col[k] = LSE_{j in C+k} s_jk, and for every selected j its embeddings and partitions
     sel_row[j], sel_col[j] over C. The terms sum_{j in C} softplus(s_jk - R_j) depend on R_j,
     which grows with C, so they are recomputed from the selected embeddings, one block of rows at
-    a time.
+    a time. The selected embeddings are kept multiplied by the scale: s_jk = <sel_image_j, v_k>.
     """
 
     first_is_independent = True  # first_scores() are the scores against the whole super-batch
@@ -251,6 +355,11 @@ class SoftmaxGains(_PairwiseGains):
         self.diag = [t.scale * (t.image * t.text).sum(1) for t in self.towers]
         self.cand_row = [d.clone() for d in self.diag]
         self.cand_col = [d.clone() for d in self.diag]
+        # (image, text) with a last column -cand_row, -cand_col: _log1p_exp_sums' right sides
+        self.shifted = [
+            (torch.cat([t.image, -r[:, None]], 1), torch.cat([t.text, -c[:, None]], 1))
+            for t, r, c in zip(self.towers, self.cand_row, self.cand_col, strict=True)
+        ]
         self.n_selected = 0
         self.sel_image = [t.image[:0] for t in self.towers]
         self.sel_text = [t.text[:0] for t in self.towers]
@@ -266,7 +375,7 @@ class SoftmaxGains(_PairwiseGains):
             row = torch.empty_like(self.diag[0])
             col = text.new_full((text.shape[0],), float("-inf"))
             for blk in _blocks(self.size, self.block_size):
-                logits = t.scale * (t.image[blk] @ text.T)
+                logits = (t.scale * t.image[blk]) @ text.T
                 row[blk] = torch.logsumexp(logits, 1)
                 col = torch.logaddexp(col, torch.logsumexp(logits, 0))
             rows.append(row)
@@ -292,11 +401,10 @@ class SoftmaxGains(_PairwiseGains):
         total = torch.zeros_like(self.diag[0])
         for m, t in enumerate(self.towers):
             g = self.cand_row[m] + self.cand_col[m] - 2 * self.diag[m]
-            for blk in _blocks(self.n_selected, self.block_size):
-                s_jk = t.scale * (self.sel_image[m][blk] @ t.text.T)  # (blk, B)
-                g += F.softplus(s_jk - self.sel_row[m][blk, None]).sum(0)
-                s_kj = t.scale * (self.sel_text[m][blk] @ t.image.T)  # (blk, B), transposed
-                g += F.softplus(s_kj - self.sel_col[m][blk, None]).sum(0)
+            image, text = self.columns[m]
+            # sum_{j in C} softplus(s_jk - R_j) and softplus(s_kj - K_j); sel_* hold scale * e
+            _softplus_row_sums(self.sel_image[m], -self.sel_row[m], text, g, 1.0, self.work)
+            _softplus_row_sums(self.sel_text[m], -self.sel_col[m], image, g, 1.0, self.work)
             total += t.weight * g
         return total
 
@@ -305,21 +413,23 @@ class SoftmaxGains(_PairwiseGains):
         (unused: the softmax loss treats a candidate's own pair like any other in the LSEs)."""
         chunk_embeddings = self._unshare(shared)
         for m, (t, (img_j, txt_j)) in enumerate(zip(self.towers, chunk_embeddings, strict=True)):
+            img_s, txt_s = t.scale * img_j, t.scale * txt_j  # scaled, like sel_image, sel_text
             img_c, txt_c = self.sel_image[m], self.sel_text[m]
-            s_cj = t.scale * (img_c @ txt_j.T)  # (|C|, c)
-            s_jc = t.scale * (img_j @ txt_c.T)  # (c, |C|)
-            s_jj = t.scale * (img_j @ txt_j.T)  # (c, c)
+            s_cj = img_c @ txt_j.T  # (|C|, c)
+            s_jc = img_j @ txt_c.T  # (c, |C|)
+            s_jj = img_s @ txt_j.T  # (c, c)
             new_row = torch.logsumexp(torch.cat([s_jc, s_jj], 1), 1)
             new_col = torch.logsumexp(torch.cat([s_cj, s_jj], 0), 0)
             old_row = torch.logaddexp(self.sel_row[m], torch.logsumexp(s_cj, 1))
             old_col = torch.logaddexp(self.sel_col[m], torch.logsumexp(s_jc, 0))
             self.sel_row[m] = torch.cat([old_row, new_row])
             self.sel_col[m] = torch.cat([old_col, new_col])
-            self.sel_image[m] = torch.cat([img_c, img_j])
-            self.sel_text[m] = torch.cat([txt_c, txt_j])
-            # candidates: extend their partitions by the chunk
-            s_kj = t.scale * (txt_j @ t.image.T)  # (c, B): s_kj for j in the chunk
-            s_jk = t.scale * (img_j @ t.text.T)  # (c, B): s_jk for j in the chunk
-            self.cand_row[m] = torch.logaddexp(self.cand_row[m], torch.logsumexp(s_kj, 0))
-            self.cand_col[m] = torch.logaddexp(self.cand_col[m], torch.logsumexp(s_jk, 0))
+            self.sel_image[m] = torch.cat([img_c, img_s])
+            self.sel_text[m] = torch.cat([txt_c, txt_s])
+            # candidates: extend their partitions by the chunk (s_kj, s_jk for j in the chunk)
+            image, text = self.shifted[m]
+            self.cand_row[m] += _log1p_exp_sums(txt_s, image, self.work)
+            self.cand_col[m] += _log1p_exp_sums(img_s, text, self.work)
+            image[:, -1] = -self.cand_row[m]
+            text[:, -1] = -self.cand_col[m]
         self.n_selected += len(chunk)

@@ -88,6 +88,7 @@ from jestkit.core.validate import (
     check_state,
     real_number,
 )
+from jestkit.data.draft import apply_draft, decode_image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 CAPTION_EXTENSIONS = ("txt", "caption", "text")
@@ -152,6 +153,10 @@ class ShardPoolConfig:
         (jestkit.data.parallel); a stream needs at least one shard.
     shuffle_shards: each epoch, the shards in an order drawn from (seed, epoch), the same for
         every stream and rank (open_clip_train's detshuffle); False: the given order.
+    draft_side: decode each JPEG at the smallest libjpeg scale (1/2, 1/4, 1/8) whose shorter
+        side stays >= this many pixels, for a coarse scoring view (jestkit.data.draft); the
+        sample then also holds its image bytes ('raw') for the full decode of the selected
+        ones (ShardPool.decode_full). None: every image decoded in full.
     """
 
     buffer_size: int = 1000
@@ -173,6 +178,7 @@ class ShardPoolConfig:
     stream: int = 0
     streams: int = 1
     shuffle_shards: bool = False
+    draft_side: int | None = None
 
     def __post_init__(self):
         # each value checked (and numbers of any kind kept as the plain int/float checked)
@@ -198,6 +204,8 @@ class ShardPoolConfig:
             raise ValueError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
         if not 0 <= self.stream < self.streams:
             raise ValueError(f"stream {self.stream} is not in [0, streams={self.streams})")
+        if self.draft_side is not None and self.draft_side < 1:
+            raise ValueError(f"draft_side must be >= 1 (or None), got {self.draft_side}")
 
 
 def _check_mode(mode: object) -> None:
@@ -803,6 +811,8 @@ class ShardPool(IterableDataset):
             with Image.open(io.BytesIO(data)) as im:
                 if im.width * im.height > self.config.max_image_pixels:
                     return IMAGE_TOO_LARGE  # judged from the header: never decoded
+                if self.config.draft_side is not None:
+                    apply_draft(im, self.config.draft_side)
                 im.load()
                 image = im.convert(self.config.mode) if self.config.mode else im.copy()
         except Image.DecompressionBombError:
@@ -815,7 +825,17 @@ class ShardPool(IterableDataset):
             array = np.asarray(image)
             out = torch.from_numpy(array.copy())
             out = out.unsqueeze(0) if out.dim() == 2 else out.permute(2, 0, 1).contiguous()
-        return {"image": out, "caption": rec.caption, "id": rec.id}
+        sample = {"image": out, "caption": rec.caption, "id": rec.id}
+        if self.config.draft_side is not None:
+            sample["raw"] = data
+        return sample
+
+    def decode_full(self, raw: bytes):
+        """A drafted sample's image decoded in full ('raw': its bytes) through the transform:
+        what the pool gives without draft_side, for the selected examples."""
+        if self.transform is None:
+            raise ValueError("decode_full needs the pool's transform (a PIL image -> tensor)")
+        return decode_image(raw, self.config.mode, self.transform)
 
     def _count_bad(self, rec: Record, reason: str) -> None:
         self.skipped[reason] += 1
