@@ -185,3 +185,28 @@ def test_a_tar_caption_stays_bad_when_not_utf8(tmp_path):
         add_sample(tar, "0000", {"png": png, "txt": b"\xff\xfe bad"})
     assert next(ShardPool(str(tmp_path / "c.tar")).records(0)).bad is not None
 
+
+
+def _killed(image):
+    """A transform whose worker is killed, as the out-of-memory killer does."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_worker_is_a_one_line_stream_stopped(tmp_path):
+    import multiprocessing
+
+    from jestkit.data.parallel import ParallelSource, StreamStopped
+    from jestkit.data.stream import HashedWords
+
+    multiprocessing.set_start_method("fork", force=True)
+    pattern = write_shards(tmp_path, shards=1, per_shard=4)
+    source = ParallelSource(pattern, ShardPoolConfig(buffer_size=0), _killed, HashedWords(64, 8),
+                            workers=1)  # fmt: skip
+    with pytest.raises(StreamStopped) as e:
+        source.draw(2)
+    assert "killed" in str(e.value) and "out of memory" in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+    source.close()
