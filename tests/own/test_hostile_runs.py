@@ -206,3 +206,17 @@ def test_ranks_started_with_other_settings_all_stop_naming_the_setting(scored, t
         assert rc == 2 and ("other shards" in err or "the shards' files" in err), err[-2000:]
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err[-2000:]
     assert not any((tmp_path / f"run{i}" / "checkpoint.pt").exists() for i in range(4))
+
+
+def test_an_eval_set_claiming_a_billion_shards_is_refused_at_once(tmp_path):
+    from data.test_hostile_shards import _memory_limit
+    from shard_files import write_eval_set
+
+    from jestkit.own.evalsets import EvalSetError, load_eval_set
+
+    folder = write_eval_set(tmp_path / "shapes", "zeroshot", per_shard=4)
+    (tmp_path / "shapes" / "test" / "nshards.txt").write_text("1000000000\n")
+    start = time.monotonic()
+    with _memory_limit(1 << 30), pytest.raises(EvalSetError, match="1.tar"):
+        load_eval_set(folder, "zeroshot")
+    assert time.monotonic() - start < 5
