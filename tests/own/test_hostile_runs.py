@@ -125,6 +125,7 @@ def test_a_super_batch_larger_than_the_pool_is_refused(scored, tmp_path, capsys)
                "200000", "--training.steps", "1")  # fmt: skip
     refused(rc, capsys, "larger than the data")
     assert time.monotonic() - start < 30
+    assert not (tmp_path / "a" / "config.yaml").exists()  # refused at the first draw, before it
     root = scored[0]
     assert score(ten, root / "ref0" / "checkpoint.pt", tmp_path / "s") == 0
     rc = train(ten, tmp_path / "b", *JEST, "--reference", str(tmp_path / "s"),

@@ -38,7 +38,7 @@ from jestkit.engine.checkpoint import (
 from jestkit.engine.config import TrainConfig
 from jestkit.engine.flops import FlopMeter
 from jestkit.engine.stats import SelectionStats
-from jestkit.engine.step import train_step
+from jestkit.engine.step import draw, train_step
 from jestkit.models.dual import DualEncoder
 
 
@@ -129,6 +129,19 @@ class Trainer:
         self.eval_seconds = 0.0  # wall time spent evaluating, in this process's run
         self.flops = FlopMeter(self.dist.world_size)
         self.stats = SelectionStats(source.categories)
+        self._first_draw: tuple[Examples, float] | None = None
+
+    def draw_first(self) -> None:
+        """Draw the next step's super-batch now (the step takes it): a source that cannot give
+        one (a super-batch larger than the data, unreadable shards) is refused before the run
+        writes its records. Nothing is drawn once the run has reached training.steps."""
+        if self._first_draw is None and self.step < self.config.training.steps:
+            self._first_draw = draw(self)
+
+    def take_first_draw(self) -> tuple[Examples, float] | None:
+        """The super-batch draw_first() drew, once (None: draw as usual)."""
+        first, self._first_draw = self._first_draw, None
+        return first
 
     @property
     def selected_ids(self) -> list[torch.Tensor]:

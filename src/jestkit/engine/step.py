@@ -29,11 +29,18 @@ if TYPE_CHECKING:
     from jestkit.engine.loop import Trainer
 
 
+def draw(t: Trainer) -> tuple[Examples, float]:
+    """The next super-batch (this rank's share of it, for a per-rank source) and the seconds
+    spent waiting for it."""
+    start = time.perf_counter()
+    drawn = t.source.draw(t.config.super_batch_size(), t.data_generator)
+    return drawn, time.perf_counter() - start
+
+
 def train_step(t: Trainer) -> float:
     """One optimizer step of trainer `t`; returns the loss."""
-    start = time.perf_counter()  # draw
-    drawn = t.source.draw(t.config.super_batch_size(), t.data_generator)
-    t.data_wait.append(time.perf_counter() - start)
+    drawn, wait = t.take_first_draw() or draw(t)  # draw
+    t.data_wait.append(wait)
     drawn = drawn.to(t.device)
     if getattr(t.source, "per_rank", False) and t.dist.world_size > 1:
         batch, mine = None, drawn  # this rank's B / world_size
