@@ -175,6 +175,8 @@ class Trainer:
         )
         while self.step < last:
             start = time.perf_counter()
+            if self._first_draw is not None:  # drawn ahead (draw_first): its wait is this step's
+                start -= self._first_draw[1]
             loss = train_step(self)
             self.step_seconds.append(time.perf_counter() - start)
             self.losses.append(loss)

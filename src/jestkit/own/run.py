@@ -99,9 +99,13 @@ def jestkit_reference(path: Path, learner: nn.Module, loss: str) -> nn.Module:
     (--model.*, --shards.vocab_size): the reference scores the same inputs as the learner."""
     import copy
 
-    from jestkit.engine.checkpoint import is_checkpoint, load_checkpoint
+    from jestkit.engine.checkpoint import CheckpointError, is_checkpoint, load_checkpoint
 
-    if not is_checkpoint(path):
+    try:
+        ours = is_checkpoint(path)
+    except CheckpointError:  # not a checkpoint jestkit can read: an open_clip one, or damaged
+        ours = False
+    if not ours:
         raise ValueError(
             f"--reference {path} is not a jestkit checkpoint.pt: for an open_clip checkpoint, "
             "name its config with --reference_model (or --open_clip for the learner's)"
