@@ -14,7 +14,9 @@ Sources
   folder) or Hugging Face's {bytes, path} struct, a caption column and an id column (DataComp:
   `uid`, 32 hex digits). Read a few hundred rows at a time (`parquet_batch_rows`).
 * `source`: a path, a brace pattern (`shards-{0000..0009}.tar`, `{a,b}.parquet`), a glob, or a
-  list of these. A pattern that matches nothing, or a listed file that is missing, raises.
+  list of these. A pattern that matches nothing, or a listed file that is missing, raises;
+  braces are expanded one name at a time, so a typo naming 10^9 files stops at the first missing
+  one.
 
 The stream. The pool reads its shards in the given order (globs sorted), each sample in file
 order: record g = 0, 1, 2, ... of the whole stream. Rank r of world_size W owns the records with
@@ -49,7 +51,14 @@ per shard) and the next good one takes its place, so every super-batch still hol
 Once more than `min_bad` samples were skipped and they are more than `max_bad_fraction` of the
 samples read by this rank, TooManyBadSamples stops the run, naming the shards. An id seen twice
 in one epoch (checked over the whole stream, all ranks' records) raises DuplicateIdError naming
-it and its shards.
+it and its shards. An id is a non-empty one-line string (a KEY.json uid of 123, [1, 2], true or
+"", a Parquet id of floats: bad samples), a caption text (a Parquet list<string> caption, a
+binary one that is not UTF-8: bad samples).
+
+take(n) never gives one id twice: at the end of a pass it continues into the next epoch, and a
+sample there whose id this take already holds waits for the next take (kept in the state). A
+pass of fewer than n good samples is refused ("the super-batch is larger than the data"), before
+any sample is decoded twice.
 
 Iterating a pool in DataLoader workers is refused (a clear error): the counters, the threshold
 and the exact resume live in the pool object, which workers would copy. jestkit.data.parallel
