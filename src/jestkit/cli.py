@@ -317,7 +317,22 @@ def _command(parser: ArgumentParser, args: Namespace):
         failed = _failing_section(cls, args[name])
         raise ValueError(flag_message(str(e), _sections(cls), failed)) from e
     switches = Switches(**{k: init[k] for k in SWITCHES.get(name, {})})
-    return cls(**{f.name: init[f.name] for f in fields(cls)}), sub, init.quiet, switches
+    command = cls(**{f.name: init[f.name] for f in fields(cls)})
+    check_no_empty_values(command)
+    return command, sub, init.quiet, switches
+
+
+def check_no_empty_values(config, prefix: str = "--") -> None:
+    """Refuse an empty or blank string anywhere in the command's settings (`--out ''`,
+    `--shards.pattern "$UNSET"`): never read as 'not given', which would train on Fashion-MNIST
+    or write to a default folder."""
+    for f in fields(config):
+        value, flag = getattr(config, f.name), f"{prefix}{f.name}"
+        if is_dataclass(value):
+            check_no_empty_values(value, f"{flag}.")
+        values = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            raise ValueError(f"{flag} is empty ({value!r}): give a value, or leave the flag out")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,12 +346,43 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command, sub, quiet, switches = _command(parser, args)
         save = lambda out: _save_config(sub, args[args.command], out)  # noqa: E731
-        return _run(command, switches, save, not quiet)
+        return _run(command, switches, save, not quiet, _settings(args[args.command].as_dict()))
     except (ValueError, OSError, CacheError, KeyError, TooManyBadSamples, StreamStopped) as e:
         if isinstance(e, KeyError | DuplicateIdError):  # a KeyError's message is quoted
             e = e.args[0] if e.args else e
         print(f"jestkit {args.command}: error: {flag_message(str(e), sections)}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if not _out_of_memory(e):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"jestkit {args.command}: error: not enough memory for the model or the batch "
+              f"({first[:300]}): use a smaller model (--model.*, the --open_clip config), "
+              f"batch (--training.batch_size) or --shards.buffer_size",
+              file=sys.stderr)  # fmt: skip
+        return 2
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether `error` says an allocation failed (Python's, torch's CPU allocator, CUDA's)."""
+    text = str(error)
+    return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "out of memory" in text.lower())  # fmt: skip
+
+
+def _settings(values: dict, prefix: str = "--") -> dict:
+    """The command's settings as {flag: value} ('--training.seed': 0), --resume and --overwrite
+    included; not --config or --quiet (how they were given, or shown): what every rank of one
+    run must share (jestkit.dropin.distributed.agree)."""
+    out = {}
+    for name, value in values.items():
+        if name in ("config", "quiet", "__path__"):
+            continue
+        if isinstance(value, dict):
+            out.update(_settings(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out
 
 
 CONFIG_HEADER = "# jestkit {command}: every setting of this run; replay it with --config\n"
@@ -437,9 +483,9 @@ def _check_demo_selection(selection: SelectionConfig) -> None:
             )
 
 
-def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
+def _run(cmd, switches: Switches, save_config, progress: bool, settings: dict) -> int:
     # imported here so that `jestkit --help` stays fast
-    from jestkit.dropin.distributed import setup, teardown
+    from jestkit.dropin.distributed import agree, setup, teardown
     from jestkit.engine.rundir import check_reference_dir, check_run_dir
     from jestkit.fashion.demo import run_demo
     from jestkit.fashion.evaluate import evaluator
@@ -462,11 +508,11 @@ def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
                  write_config=save_config, filter_keep=cmd.filter_keep)  # fmt: skip
         return 0
     if isinstance(cmd, Score):
-        return _score(cmd, save_config, progress)
+        return _score(cmd, save_config, progress, settings)
     if isinstance(cmd, Eval):
         return _eval(cmd)
     if isinstance(cmd, Train) and cmd.own_run().is_own:
-        return _train_own(cmd, switches, save_config, progress)
+        return _train_own(cmd, switches, save_config, progress, settings)
     if isinstance(cmd, Train) and cmd.eval.any:
         raise ValueError("--eval.zeroshot / --eval.retrieval evaluate a run on your own shards "
                          "(--shards.pattern); Fashion-MNIST runs evaluate on its test set")
@@ -482,6 +528,7 @@ def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
     data = prepare_caption_data(cmd.data)
     dist = setup(backend="gloo", device="cpu")  # under torchrun; else one process
     try:
+        agree(dist, {**settings, "the data (its fingerprint)": data.fingerprint})
         if isinstance(cmd, Reference):
             info = train_reference(data, cmd.model, cmd.reference, cmd.loss, cmd.out,
                                    evaluator(data), progress, dist, overwrite=switches.overwrite,
@@ -509,7 +556,8 @@ def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
     return 0
 
 
-def _train_own(cmd: Train, switches: Switches, save_config, progress: bool) -> int:
+def _train_own(cmd: Train, switches: Switches, save_config, progress: bool, settings: dict
+               ) -> int:  # fmt: skip
     """`jestkit train` on your own data, model, reference or device (jestkit.own.train)."""
     from jestkit.dropin.distributed import setup, teardown
     from jestkit.engine.device import resolve_device
@@ -527,7 +575,7 @@ def _train_own(cmd: Train, switches: Switches, save_config, progress: bool) -> i
     try:
         with claimed_run(out, switches.resume, switches.overwrite, dist.is_main):
             result = train_own(run, cmd.model, config, out, data, switches.resume, progress, dist,
-                               save_config, cmd.eval)  # fmt: skip
+                               save_config, cmd.eval, settings)  # fmt: skip
     finally:
         teardown(dist)
     if not dist.is_main:
@@ -565,9 +613,9 @@ def _eval(cmd: Eval) -> int:
     return 0
 
 
-def _score(cmd: Score, save_config, progress: bool) -> int:
+def _score(cmd: Score, save_config, progress: bool, settings: dict) -> int:
     """`jestkit score` (jestkit.own.score)."""
-    from jestkit.dropin.distributed import setup, teardown
+    from jestkit.dropin.distributed import agree, setup, teardown
     from jestkit.engine.device import resolve_device
     from jestkit.engine.rundir import check_output_file, check_score_dir, run_lock
     from jestkit.own.run import OwnModel, OwnRun
@@ -588,6 +636,7 @@ def _score(cmd: Score, save_config, progress: bool) -> int:
     device = resolve_device(cmd.device)
     dist = setup(backend="nccl" if device.type == "cuda" else "gloo", device=device)
     try:
+        agree(dist, settings)  # every rank scores the same shards with the same reference
         with run_lock(cmd.out) if dist.is_main else contextlib.nullcontext():  # one scorer
             info = score_shards(run, cmd.model, cmd.loss, cmd.out, cmd.batch_size, progress,
                                 dist, write_config=save_config)  # fmt: skip

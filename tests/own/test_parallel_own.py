@@ -99,7 +99,8 @@ def _on_3(ctx, pattern, out):
 def shards(tmp_path_factory):
     folder = tmp_path_factory.mktemp("parallel")
     good = write_shards(folder / "good", shards=6, per_shard=20)
-    bad = write_shards(folder / "bad", shards=2, per_shard=20, bad=tuple(range(20, 40)))
+    # rank 0: 40 good samples (a stream gives 30 per super-batch); rank 1: none good
+    bad = write_shards(folder / "bad", shards=2, per_shard=40, bad=tuple(range(40, 80)))
     return good, bad, folder
 
 

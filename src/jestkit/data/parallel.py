@@ -45,6 +45,8 @@ measures that time per step (jestkit.engine.loop).
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +58,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from jestkit.data.shards import ShardPool, ShardPoolConfig, TooManyBadSamples, list_shards
 from jestkit.data.source import Examples
+from jestkit.dropin.distributed.agree import one_line
 
 FORMAT = "jestkit parallel streams 1"
 
@@ -217,10 +220,22 @@ class ParallelSource:
         error = None
         try:
             mine = self._draw(size)
-        except (TooManyBadSamples, ValueError, OSError, RuntimeError) as e:
-            error, mine = _unwrapped(e), None
+        except (TooManyBadSamples, ValueError, OSError, RuntimeError, KeyError) as e:
+            error, mine = self._one_line(_unwrapped(e)), None
         self._agree(error)
         return mine
+
+    def _one_line(self, error: BaseException) -> BaseException:
+        """A failure of the DataLoader itself (a worker killed: the out-of-memory killer sends
+        SIGKILL) as a one-line StreamStopped; jestkit's own errors as they are."""
+        if type(error) is not RuntimeError or "DataLoader" not in str(error):
+            return error
+        hint = ""
+        if "killed by signal" in str(error) or "exited unexpectedly" in str(error):
+            hint = (" (a worker was killed: the system may have run out of memory; use fewer "
+                    "--shards.workers, a smaller --shards.buffer_size or a smaller super-batch)")
+        return StreamStopped(f"the data stream of rank {self.rank} stopped: "
+                             f"{one_line(error)}{hint}")  # fmt: skip
 
     def _draw(self, size: int) -> Examples:
         if self._iter is None:
@@ -276,7 +291,12 @@ class ParallelSource:
                 raise error
             return
         flags = [None] * self.world_size
-        dist.all_gather_object(flags, None if error is None else f"{error}", group=self.group)
+        dist.all_gather_object(flags, None if error is None else one_line(error),
+                               group=self.group)  # fmt: skip
+        if any(m is not None and not isinstance(m, str) for m in flags):
+            raise StreamStopped(  # another collective answered: the ranks run other steps
+                "the ranks are out of step (another rank is in another collective): were they "
+                "started with other settings? Start every rank with the same command line")
         failed = [(r, m) for r, m in enumerate(flags) if m is not None]
         if error is not None:
             raise error
@@ -366,6 +386,9 @@ def _unwrapped(error: BaseException) -> BaseException:
         return error
     last = text.rstrip().splitlines()[-1]
     name, _, message = last.partition(": ")
+    if isinstance(error, KeyError) and message[:1] in "'\"":  # KeyError's message is quoted
+        with contextlib.suppress(ValueError, SyntaxError):
+            message = str(ast.literal_eval(message))
     if name.rsplit(".", 1)[-1] == type(error).__name__ and message:
         try:
             return type(error)(message)

@@ -14,7 +14,9 @@ Sources
   folder) or Hugging Face's {bytes, path} struct, a caption column and an id column (DataComp:
   `uid`, 32 hex digits). Read a few hundred rows at a time (`parquet_batch_rows`).
 * `source`: a path, a brace pattern (`shards-{0000..0009}.tar`, `{a,b}.parquet`), a glob, or a
-  list of these. A pattern that matches nothing, or a listed file that is missing, raises.
+  list of these. A pattern that matches nothing, or a listed file that is missing, raises;
+  braces are expanded one name at a time, so a typo naming 10^9 files stops at the first missing
+  one.
 
 The stream. The pool reads its shards in the given order (globs sorted), each sample in file
 order: record g = 0, 1, 2, ... of the whole stream. Rank r of world_size W owns the records with
@@ -49,7 +51,14 @@ per shard) and the next good one takes its place, so every super-batch still hol
 Once more than `min_bad` samples were skipped and they are more than `max_bad_fraction` of the
 samples read by this rank, TooManyBadSamples stops the run, naming the shards. An id seen twice
 in one epoch (checked over the whole stream, all ranks' records) raises DuplicateIdError naming
-it and its shards.
+it and its shards. An id is a non-empty one-line string (a KEY.json uid of 123, [1, 2], true or
+"", a Parquet id of floats: bad samples), a caption text (a Parquet list<string> caption, a
+binary one that is not UTF-8: bad samples).
+
+take(n) never gives one id twice: at the end of a pass it continues into the next epoch, and a
+sample there whose id this take already holds waits for the next take (kept in the state). A
+pass of fewer than n good samples is refused ("the super-batch is larger than the data"), before
+any sample is decoded twice.
 
 Iterating a pool in DataLoader workers is refused (a clear error): the counters, the threshold
 and the exact resume live in the pool object, which workers would copy. jestkit.data.parallel
@@ -113,6 +122,10 @@ IMAGE_TOO_LARGE = "image too large"
 LINK_MEMBER = "link member"
 NOT_A_FILE = "image path not a regular file"
 OUTSIDE = "image path outside the table's folder"
+BAD_PATH = "image path not a valid path"  # a NUL byte, or not a string
+BAD_ID_TYPE = "id not a string"  # a KEY.json uid of 123, [1, 2], true, 1e400; a float id column
+BAD_ID_TEXT = "id empty or with control characters"  # '', '  ', 'a\nb'
+BAD_CAPTION_TYPE = "caption not text"  # a Parquet caption of list<string>, a number
 MAX_JSON_BYTES = 1 << 20  # a sample's json metadata; larger is a bad sample (BAD_METADATA)
 
 
@@ -242,27 +255,67 @@ def epoch_shards(n_shards: int, config: ShardPoolConfig, epoch: int) -> list[int
 # --- shard lists ---------------------------------------------------------------------------
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
+MAX_EXPANDED = 1_000_000  # the most names expand_braces lists (list_shards expands lazily)
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """`a-{0000..0002}.tar` -> a-0000.tar, a-0001.tar, a-0002.tar; `{x,y}` -> x, y (nested in
-    order, zero padding kept from the first bound)."""
-    m = _BRACE.search(pattern)
-    if m is None:
-        return [pattern]
-    body = m.group(1)
+def _brace_items(body: str, pattern: str) -> range | list[str]:
+    """The items of one {...}: a range (lazy, never built whole) or the comma-separated names."""
     rng = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
     if rng:
         lo, hi = int(rng.group(1)), int(rng.group(2))
-        width = len(rng.group(1)) if rng.group(1).startswith("0") else 0
-        step = 1 if hi >= lo else -1
-        items = [str(i).zfill(width) for i in range(lo, hi + step, step)]
-    elif "," in body:
-        items = body.split(",")
-    else:
-        raise ValueError(f"cannot expand {{{body}}} in {pattern!r}: use {{0000..0009}} or {{a,b}}")
+        return range(lo, hi + 1) if hi >= lo else range(lo, hi - 1, -1)
+    if "," in body:
+        return body.split(",")
+    raise ValueError(f"cannot expand {{{body}}} in {pattern!r}: use {{0000..0009}} or {{a,b}}")
+
+
+def brace_count(pattern: str) -> int:
+    """How many names `pattern` expands to (without expanding it)."""
+    n = 1
+    for m in _BRACE.finditer(pattern):
+        n *= len(_brace_items(m.group(1), pattern))
+    return n
+
+
+def iter_braces(pattern: str) -> Iterator[str]:
+    """`a-{0000..0002}.tar` -> a-0000.tar, a-0001.tar, a-0002.tar; `{x,y}` -> x, y (nested in
+    order, zero padding kept from the first bound), one name at a time: a pattern naming 10^9
+    files costs nothing until its names are used."""
+    m = _BRACE.search(pattern)
+    if m is None:
+        yield pattern
+        return
+    items = _brace_items(m.group(1), pattern)
+    if isinstance(items, range):
+        first = m.group(1).split("..")[0]
+        width = len(first) if first.startswith("0") else 0
+        items = (str(i).zfill(width) for i in items)
     head, tail = pattern[: m.start()], pattern[m.end() :]
-    return [out for item in items for out in expand_braces(head + item + tail)]
+    for item in items:
+        yield from iter_braces(head + item + tail)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Every name of `pattern` (see iter_braces), as a list; more than MAX_EXPANDED names is a
+    ValueError (a typo such as {0000..99999999}), raised before any is built."""
+    n = brace_count(pattern)
+    if n > MAX_EXPANDED:
+        raise ValueError(f"{pattern!r} expands to {n:,} names, more than {MAX_EXPANDED:,}: check "
+                         "its {lo..hi} ranges")  # fmt: skip
+    return list(iter_braces(pattern))
+
+
+def split_patterns(text: str) -> list[str]:
+    """A comma-separated list of patterns, split only at the commas outside braces
+    ('a/{0,1}.tar, b.tar' -> ['a/{0,1}.tar', 'b.tar']), each stripped, empty parts dropped."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if ch == "," and depth <= 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
 
 
 def shard_format(path: str) -> str:
@@ -298,18 +351,20 @@ def list_shards(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     out: list[str] = []
     for item in items:
         item = os.fspath(item)
-        for path in expand_braces(item):
+        count = brace_count(item)
+        names = f", which names {count:,} files" if count > 1 else ""
+        for path in iter_braces(item):  # lazily: the first missing file stops it
             if glob.has_magic(path):
                 found = sorted(glob.glob(path))
                 if not found:
-                    raise FileNotFoundError(f"no file matches {path!r} (from {item!r})")
+                    raise FileNotFoundError(f"no file matches {path!r} (from {item!r}{names})")
                 out.extend(found)
             elif os.path.isdir(path):
                 raise IsADirectoryError(
                     f"{path!r} is a folder: pass its shards, e.g. {os.path.join(path, '*.tar')!r}"
                 )
             elif not os.path.isfile(path):
-                raise FileNotFoundError(f"shard {path!r} (from {item!r}) does not exist")
+                raise FileNotFoundError(f"shard {path!r} (from {item!r}{names}) does not exist")
             else:
                 out.append(path)
     for path in out:
@@ -350,12 +405,26 @@ def _tar_group(shard: int, key: str, files: dict[str, bytes], bad: str | None,
         if "json" in files:
             meta = json.loads(files["json"])
             if isinstance(meta, dict) and meta.get("uid") is not None:
-                uid = str(meta["uid"])
+                uid = meta["uid"]
     except (UnicodeDecodeError, ValueError):
         return Record(shard, key, key, "", None, None, BAD_METADATA)
+    bad = _id_verdict(uid, ints=False)
+    if bad is not None:
+        return Record(shard, key, key, "", None, None, bad)
     if image is None:
         return Record(shard, key, uid, "", None, None, NO_IMAGE)
     return _checked(Record(shard, key, uid, caption or "", image, None), config)
+
+
+def _id_verdict(ident, ints: bool) -> str | None:
+    """Why `ident` cannot be a sample's id (None: it can): ids are non-empty one-line strings (a
+    Parquet integer column too, `ints`); anything else would be str()-ed into a wrong id."""
+    if isinstance(ident, bool) or not isinstance(ident, str | int) or \
+            (isinstance(ident, int) and not ints):  # fmt: skip
+        return BAD_ID_TYPE
+    if isinstance(ident, str) and (not ident.strip() or not ident.isprintable()):
+        return BAD_ID_TEXT
+    return None
 
 
 def _checked(rec: Record, config: ShardPoolConfig) -> Record:
@@ -436,28 +505,45 @@ def _pick_column(names: list[str], wanted: str | None, defaults: tuple[str, ...]
         if name in names:
             return name
     raise KeyError(
-        f"{path}: no {what} column (looked for {', '.join(defaults)}); its columns are {names}; "
-        f"set ShardPoolConfig.{what}_column"
+        f"{path}: no {what} column (looked for {', '.join(defaults)}); its columns are {names}: "
+        f"rename its {what} column to one of these (the Python API can name it: "
+        f"ShardPoolConfig.{what}_column)"
     )
 
 
 def _parquet_record(shard: int, key: str, image, caption, ident, folder: str,
                     config: ShardPoolConfig) -> Record:  # fmt: skip
-    ident = key if ident is None else (ident.hex() if isinstance(ident, bytes) else str(ident))
+    if ident is None:
+        ident = key
+    elif isinstance(ident, bytes):
+        ident = ident.hex()
+    bad = _id_verdict(ident, ints=True)
+    if bad is not None:
+        return Record(shard, key, key, "", None, None, bad)
+    ident = str(ident)
     if isinstance(image, dict):  # Hugging Face's Image feature: {bytes, path}
         image = image.get("bytes") or image.get("path")
     if image is None:
         return Record(shard, key, ident, "", None, None, NO_IMAGE)
     if caption is None:
         return Record(shard, key, ident, "", None, None, NO_CAPTION)
+    if isinstance(caption, bytes):  # a binary column: text only when it is UTF-8, as in a tar
+        try:
+            caption = caption.decode("utf-8")
+        except UnicodeDecodeError:
+            return Record(shard, key, ident, "", None, None, BAD_METADATA)
+    if not isinstance(caption, str):
+        return Record(shard, key, ident, "", None, None, BAD_CAPTION_TYPE)
     if isinstance(image, bytes):
         if len(image) > config.max_sample_bytes:
             return Record(shard, key, ident, "", None, None, TOO_LARGE)
-        return _checked(Record(shard, key, ident, str(caption), image, None), config)
-    path = _inside(folder, str(image))
+        return _checked(Record(shard, key, ident, caption, image, None), config)
+    if not isinstance(image, str) or "\0" in image:
+        return Record(shard, key, ident, "", None, None, BAD_PATH)
+    path = _inside(folder, image)
     if path is None:
         return Record(shard, key, ident, "", None, None, OUTSIDE)
-    return _checked(Record(shard, key, ident, str(caption), None, path), config)
+    return _checked(Record(shard, key, ident, caption, None, path), config)
 
 
 def _inside(folder: str, relative: str) -> str | None:
@@ -640,6 +726,7 @@ class ShardPool(IterableDataset):
             self.rank, self.world_size = _default_rank()
         else:
             self.rank, self.world_size = config.rank, config.world_size
+        self._deferred: list[tuple[Record, dict | None]] = []  # take()'s repeats, for the next
         self._start_epoch(0)
 
     # -- state --
@@ -693,6 +780,7 @@ class ShardPool(IterableDataset):
             "skipped": dict(self.skipped),
             "skipped_by_shard": dict(self.skipped_by_shard),
             "seen_ids": dict(self._seen_ids),
+            "deferred": [tuple(rec) for rec, _ in self._deferred],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -722,6 +810,7 @@ class ShardPool(IterableDataset):
         self.skipped = Counter(state["skipped"])
         self.skipped_by_shard = Counter(state["skipped_by_shard"])
         self._seen_ids = dict(state["seen_ids"])
+        self._deferred = [(Record(*r), None) for r in state.get("deferred", [])]
 
     # -- reading --
 
@@ -765,7 +854,8 @@ class ShardPool(IterableDataset):
         if first is not None:
             raise DuplicateIdError(
                 f"id {rec.id!r} appears twice in the stream: in {self.shards[first]} and in "
-                f"{where}; ids must be unique (set check_duplicates=False to allow it)"
+                f"{where}; ids must be unique: list each shard once, and give every sample its own "
+                f"id (a tar sample's KEY.json uid, else its key; a Parquet uid, key or id column)"
             )
         self._seen_ids[rec.id] = rec.shard
 
@@ -851,9 +941,9 @@ class ShardPool(IterableDataset):
                 f"(key {rec.key}); bad samples by shard: {worst}"
             )
 
-    def _take(self, n: int, executor: ThreadPoolExecutor | None) -> list[dict]:
-        """The next n good samples (fewer only at the end of the epoch)."""
-        out: list[dict] = []
+    def _take(self, n: int, executor: ThreadPoolExecutor | None) -> list[tuple[Record, dict]]:
+        """The next n good samples with their records (fewer only at the end of the epoch)."""
+        out: list[tuple[Record, dict]] = []
         while len(out) < n:
             recs = []
             while len(recs) < n - len(out):
@@ -871,7 +961,7 @@ class ShardPool(IterableDataset):
                 else:
                     self.good += 1
                     self._epoch_good += 1
-                    out.append(sample)
+                    out.append((rec, sample))
         return out
 
     def _check_workers(self) -> None:
@@ -892,7 +982,7 @@ class ShardPool(IterableDataset):
             if not got:
                 self._start_epoch(self.epoch + 1)
                 return
-            yield got[0]
+            yield got[0][1]
 
     def super_batches(self, batch_size: int, collate: Callable | None = default_collate
                       ) -> Iterator[Any]:  # fmt: skip
@@ -904,7 +994,7 @@ class ShardPool(IterableDataset):
         executor = ThreadPoolExecutor(threads) if threads > 0 else None
         try:
             while True:
-                samples = self._take(batch_size, executor)
+                samples = [sample for _, sample in self._take(batch_size, executor)]
                 if len(samples) < batch_size:
                     self._start_epoch(self.epoch + 1)
                     return
@@ -915,22 +1005,63 @@ class ShardPool(IterableDataset):
 
     def take(self, n: int, executor: ThreadPoolExecutor | None = None) -> list[dict]:
         """The next n good samples, continuing into the next epoch (reshuffled) when this one
-        ends, so never fewer; each sample also holds its 'epoch'. Unlike iteration, this runs
-        in a DataLoader worker (jestkit.data.parallel keeps one pool per stream there)."""
-        out: list[dict] = []
+        ends, so never fewer, and never one id twice: a sample of the next epoch whose id this
+        take already holds waits for the next take (`deferred`, kept in the state). Each sample
+        also holds its 'epoch'. A pass holding fewer than n good samples is refused (the take
+        would repeat samples). Unlike iteration, this runs in a DataLoader worker
+        (jestkit.data.parallel keeps one pool per stream there)."""
+        out, ids = [], set()
+        waiting, self._deferred = self._deferred, []
+        for rec, sample in waiting:  # the previous take's repeats, first
+            if len(out) < n:
+                sample = sample if sample is not None else self._redecode(rec)
+                out.append(sample)
+                ids.add(sample["id"])
+            else:
+                self._deferred.append((rec, sample))
+        this_epoch = 0  # good samples of the current epoch drawn by this take
         while len(out) < n:
-            got = self._take(n - len(out), executor)
-            for sample in got:
+            wanted = n - len(out)
+            got = self._take(wanted, executor)
+            this_epoch += len(got)
+            for rec, sample in got:
                 sample["epoch"] = self.epoch
-            out += got
-            if len(out) < n:  # the epoch ended
-                if self._epoch_good == 0:
-                    raise ValueError(
-                        f"no good sample in a whole pass over the shards of stream "
-                        f"{self.config.stream} ({', '.join(self.shards[i] for i in self._order)})"
-                    )
+                if sample["id"] in ids:
+                    self._deferred.append((rec, sample))
+                else:
+                    out.append(sample)
+                    ids.add(sample["id"])
+            if len(got) < wanted:  # the epoch ended
+                self._check_pass(n, this_epoch)
                 self._start_epoch(self.epoch + 1)
+                this_epoch = 0
         return out
+
+    def _check_pass(self, n: int, this_epoch: int) -> None:
+        """At the end of an epoch within a take of n: refuse a pass that holds no good sample,
+        or that this take drew whole and still needs more (fewer than n good samples)."""
+        shards = ", ".join(self.shards[i] for i in self._order[:3])
+        shards += ", ..." if len(self._order) > 3 else ""
+        if self._epoch_good == 0:
+            raise ValueError(f"no good sample in a whole pass over the shards of stream "
+                             f"{self.config.stream} ({shards})")  # fmt: skip
+        if this_epoch == self._epoch_good:
+            raise ValueError(
+                f"the super-batch is larger than the data: stream {self.config.stream}'s shards "
+                f"({shards}) hold {self._epoch_good} good samples, and it gives {n} to every "
+                f"super-batch, which would repeat samples; lower the batch size or the filter "
+                f"ratio (--training.batch_size, --selection.filter_ratio), use fewer streams "
+                f"(--shards.streams), or add shards"
+            )
+
+    def _redecode(self, rec: Record) -> dict:
+        """A deferred sample restored from a state: decoded again (it was good when drawn)."""
+        sample = self._decode(rec)
+        if isinstance(sample, str):
+            raise ValueError(f"{self.shards[rec.shard]} (key {rec.key}) changed since the state "
+                             f"was saved: its sample is now bad ({sample})")  # fmt: skip
+        sample["epoch"] = self.epoch
+        return sample
 
 
 _STATE_KEYS = (
@@ -987,7 +1118,10 @@ __all__ = [
     "ShardPoolConfig",
     "TooManyBadSamples",
     "epoch_shards",
+    "brace_count",
     "expand_braces",
+    "iter_braces",
     "list_shards",
     "read_ids",
+    "split_patterns",
 ]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from jestkit.data.shards import ShardPool, ShardPoolConfig
+from jestkit.data.shards import ShardPool, ShardPoolConfig, split_patterns
 from jestkit.data.source import Examples
 from jestkit.data.tokenizer import PAD, SPECIALS, tokenize
 
@@ -40,10 +40,11 @@ class ShardsConfig:
     """Your own data: WebDataset tar shards (img2dataset's layout) or Parquet tables.
 
     Attributes:
-        pattern: the shards: a path, brace pattern ('data/{0000..0099}.tar'), glob, or several
-            separated by commas; None trains on the Fashion-MNIST captions (--data.*)
+        pattern: the shards: a path, brace pattern ('data/{0000..0099}.tar', '{a,b}.tar'), glob,
+            or several separated by commas (outside braces); None trains on the Fashion-MNIST
+            captions (--data.*); an empty one is refused
         buffer_size: samples in the shuffle buffer (encoded; decoded when drawn)
-        seed: the shuffle's seed (each epoch reshuffles from it)
+        seed: the shuffle's seed (each epoch reshuffles from it), in [0, 2**64)
         max_bad_fraction: stop the run when more than this share of the samples read were bad
             (undecodable image, truncated shard; past 10 bad samples)
         decode_threads: threads decoding images in each reader (0: in its own thread)
@@ -74,6 +75,12 @@ class ShardsConfig:
     shuffle_shards: bool = True
 
     def __post_init__(self):
+        if self.pattern is not None and not split_patterns(self.pattern):
+            raise ValueError(f"--shards.pattern is empty ({self.pattern!r}): give the shards, or "
+                             "leave the flag out to train on Fashion-MNIST")  # fmt: skip
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or \
+                not 0 <= self.seed < 2**64:  # fmt: skip
+            raise ValueError(f"--shards.seed must be an int in [0, 2**64), got {self.seed!r}")
         if self.vocab_size <= len(SPECIALS):
             raise ValueError(f"vocab_size must be > {len(SPECIALS)}, got {self.vocab_size}")
         self.pool_config()  # its checks, before any work
@@ -83,10 +90,10 @@ class ShardsConfig:
             raise ValueError(f"--shards.streams must be >= 1, got {self.streams}")
 
     def shards(self) -> list[str]:
-        """The pattern's parts (comma-separated)."""
+        """The pattern's parts (separated by the commas outside braces)."""
         if not self.pattern:
             raise ValueError("no shards given (shards.pattern)")
-        return [p.strip() for p in self.pattern.split(",") if p.strip()]
+        return split_patterns(self.pattern)
 
     def pool_config(self, mode: str | None = "RGB") -> ShardPoolConfig:
         """The ShardPoolConfig of these settings (which checks them)."""

@@ -38,6 +38,7 @@ FILTER_KEEP = 0.3
 
 
 DEFAULT_WARMUP = 20
+MAX_SEED = 2**64 - 3  # training.seed + 2 is still a uint64 (torch.Generator's seeds)
 # candidates scored at a time on a CPU: the tiny ViT's scoring of 1,280 candidates took 0.47 CPU-s
 # in chunks of 128 against 0.64 at once (one pinned thread, 5 interleaved repeats; the
 # timing benchmark's per-step rates show it in context)
@@ -108,7 +109,8 @@ class TrainingConfig:
         weight_decay: AdamW's weight decay
         warmup_steps: steps of linear warm-up (at most steps; default: 20, or steps when the
             run is shorter)
-        seed: the initial weights, the data order and the selection's noise
+        seed: the initial weights, the data order and the selection's noise (seed + 1 seeds the
+            selection, seed + 2 the scoring views: at most 2**64 - 3)
         eval_every: evaluate every this many steps (and at the end); None: at the end only
         checkpoint_every: write a checkpoint every this many steps (and at the end)
     """
@@ -135,6 +137,11 @@ class TrainingConfig:
                 continue
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.seed > MAX_SEED:  # torch.Generator takes uint64 seeds: seed + 2 must fit
+            raise ValueError(
+                f"seed must be at most 2**64 - 3 = {MAX_SEED} (seed + 1 and seed + 2 seed the "
+                f"selection and the scoring views), got {self.seed}"
+            )
         if self.warmup_steps is not None and self.warmup_steps > self.steps:
             raise ValueError(
                 f"warmup_steps={self.warmup_steps} is longer than the run (steps={self.steps}): "

@@ -133,6 +133,21 @@ class Trainer:
         self.flops = FlopMeter(self.dist.world_size)
         self.clock = PhaseClock(self.device)  # seconds by phase (jestkit.engine.timing)
         self.stats = SelectionStats(source.categories)
+        self._first_draw: tuple[Examples, dict[str, float]] | None = None
+
+    def draw_first(self) -> None:
+        """Draw the next step's super-batch now (the step takes it, its wait counted in that
+        step): a source that cannot give one (a super-batch larger than the data, unreadable
+        shards) is refused before the run writes its records. Nothing is drawn once the run has
+        reached training.steps."""
+        if self._first_draw is None and self.step < self.config.training.steps:
+            B = self.config.super_batch_size()
+            self._first_draw = self.clock.timed(lambda: self.source.draw(B, self.data_generator))
+
+    def take_first_draw(self) -> Examples | None:
+        """The super-batch draw_first() drew, once (None: draw as usual)."""
+        first, self._first_draw = self._first_draw, None
+        return None if first is None else first[0]
 
     @property
     def data_wait(self) -> list[float]:
@@ -177,8 +192,9 @@ class Trainer:
             leave=False,
         )
         while self.step < last:
-            self.clock.start_step()
-            start = time.perf_counter()
+            ahead = self._first_draw[1] if self._first_draw is not None else None
+            self.clock.start_step(ahead)  # a super-batch drawn ahead: its wait is this step's
+            start = time.perf_counter() - (ahead["wall"] if ahead else 0.0)
             loss = train_step(self)
             self.step_seconds.append(time.perf_counter() - start)
             self.losses.append(loss)

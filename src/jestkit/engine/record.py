@@ -1,8 +1,9 @@
 """One run, recorded: resume if asked, run the loop, write OUT/result.json.
 
 Records are written only once every check passed: config.yaml after the resume check (a refused
-resume leaves the folder as it was), result.json at the end. Resuming a finished run (its
-result.json written) changes nothing: the recorded result is returned as it is.
+resume leaves the folder as it was) and the first super-batch's draw (a super-batch larger than
+the data, or shards that give none, write nothing), result.json at the end. Resuming a finished
+run (its result.json written) changes nothing: the recorded result is returned as it is.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def run_and_record(trainer: Trainer, resume: bool, out: Path, extra=None,
             return read_json_record(finished, "a run's result.json")
         if dist.is_main:
             print(f"resumed {trainer.desc} from {trainer.checkpoint_path} at step {trainer.step}")
+    trainer.draw_first()  # a source that cannot give a super-batch stops before any record
     if dist.is_main and write_config is not None:
         write_config(out)
     start = time.perf_counter()

@@ -29,8 +29,10 @@ def train_step(t: Trainer) -> float:
     """One optimizer step of trainer `t`; returns the loss. Each part is a phase of t.clock
     (jestkit.engine.timing)."""
     clock = t.clock
-    with clock.phase("data"):  # draw
-        drawn = t.source.draw(t.config.super_batch_size(), t.data_generator)
+    with clock.phase("data"):  # draw (or take the super-batch drawn ahead)
+        drawn = t.take_first_draw()
+        if drawn is None:
+            drawn = t.source.draw(t.config.super_batch_size(), t.data_generator)
         drawn = drawn.to(t.device)
         if getattr(t.source, "per_rank", False) and t.dist.world_size > 1:
             batch, mine = None, drawn  # this rank's B / world_size

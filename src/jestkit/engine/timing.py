@@ -79,10 +79,26 @@ class PhaseClock:
                 if self._step is not None:
                     self._step[c][name] = self._step[c].get(name, 0.0) + spent
 
-    def start_step(self) -> None:
+    def start_step(self, ahead: dict[str, float] | None = None) -> None:
+        """Open a step. ahead: seconds by clock it already spent in its data phase before it
+        opened (a super-batch drawn ahead with timed(), Trainer.draw_first)."""
         self._sync()
         self._step = {c: {} for c in CLOCKS}
         self._step_start = _now()
+        for c, spent in (ahead or {}).items():
+            self._step[c]["data"] = spent
+            self._step_start[c] -= spent
+            self.total[c]["data"] = self.total[c].get("data", 0.0) + spent
+
+    def timed(self, fn):
+        """fn()'s result and the seconds it took by clock, outside any step (for
+        start_step(ahead=...))."""
+        self._sync()
+        start = _now()
+        out = fn()
+        self._sync()
+        end = _now()
+        return out, {c: end[c] - start[c] for c in CLOCKS}
 
     def end_step(self) -> None:
         """Close the open step: its phases (0 for those it did not enter) and its whole time."""

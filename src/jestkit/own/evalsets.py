@@ -113,11 +113,13 @@ def _layout_shards(folder: Path) -> list[str]:
         raise EvalSetError(f"{nshards} must hold the number of shards, an integer") from None
     if n < 1:
         raise EvalSetError(f"{nshards} says {n} shards: an evaluation set needs at least one")
-    shards = [folder / "test" / f"{i}.tar" for i in range(n)]
-    missing = [str(s) for s in shards if not s.is_file()]
-    if missing:
-        raise EvalSetError(f"{nshards} says {n} shards, but {missing[:3]} do not exist")
-    return [str(s) for s in shards]
+    shards = []
+    for i in range(n):  # checked one by one: a wrong count stops at the first missing shard
+        shard = folder / "test" / f"{i}.tar"
+        if not shard.is_file():
+            raise EvalSetError(f"{nshards} says {n} shards, but {shard} does not exist")
+        shards.append(str(shard))
+    return shards
 
 
 def _dataset_type(folder: Path) -> str:

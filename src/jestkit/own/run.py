@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from jestkit.data.parallel import ParallelSource
-from jestkit.data.shards import list_shards, shard_digest
+from jestkit.data.shards import shard_digest
 from jestkit.data.stream import HashedWords, ShardsConfig, StreamSource, grayscale
-from jestkit.dropin.cache import CacheError, ReferenceCache, fingerprint_ids
+from jestkit.dropin.cache import CacheError, ReferenceCache, fingerprint_ids, fingerprint_state_dict
 from jestkit.dropin.distributed import Distributed
 from jestkit.engine.reference import ModelReference, ReferenceOutputs, read_reference_info
 from jestkit.fashion.reference import load_reference as load_fashion_reference
@@ -78,11 +78,8 @@ def load_any_reference(run: OwnRun, loss: str, learner: nn.Module, data=None, so
     path = Path(run.own.reference)
     if path.is_file():
         spec = run.own.reference_model or run.own.open_clip
-        if spec is None:
-            raise ValueError(
-                f"--reference {path} is a checkpoint file: name its open_clip config with "
-                "--reference_model (or --open_clip for the learner's)"
-            )
+        if spec is None:  # jestkit's dual encoder: a `jestkit train` run's checkpoint.pt
+            return ModelReference(jestkit_reference(path, learner, loss).to(device or "cpu"))
         from jestkit.openclip.dual import matching_reference  # open_clip is optional
 
         reference = matching_reference(spec, str(path), run.own.open_clip, learner)
@@ -95,6 +92,45 @@ def load_any_reference(run: OwnRun, loss: str, learner: nn.Module, data=None, so
     if run.shards.pattern:
         return load_stream_reference(path, source, loss)
     return load_fashion_reference(path, data, loss)
+
+
+def jestkit_reference(path: Path, learner: nn.Module, loss: str) -> nn.Module:
+    """A `jestkit train` run's checkpoint.pt as a frozen reference of the learner's architecture
+    (--model.*, --shards.vocab_size): the reference scores the same inputs as the learner."""
+    import copy
+
+    from jestkit.engine.checkpoint import CheckpointError, is_checkpoint, load_checkpoint
+
+    try:
+        ours = is_checkpoint(path)
+    except CheckpointError:  # not a checkpoint jestkit can read: an open_clip one, or damaged
+        ours = False
+    if not ours:
+        raise ValueError(
+            f"--reference {path} is not a jestkit checkpoint.pt: for an open_clip checkpoint, "
+            "name its config with --reference_model (or --open_clip for the learner's)"
+        )
+    state = load_checkpoint(path)
+    model = copy.deepcopy(learner)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"--reference {path} does not fit the learner's --model.* and --shards.vocab_size "
+            f"with loss {loss!r} (a jestkit reference checkpoint must be of the learner's "
+            f"architecture): {str(err).splitlines()[0]}"
+        ) from None
+    return model.eval().requires_grad_(False)
+
+
+def reference_fingerprint(reference) -> str | None:
+    """What identifies the reference a run selects with: its cache's model fingerprint, or the
+    frozen model's weights (a checkpoint scoring in the loop); None without a reference."""
+    if reference is None:
+        return None
+    if isinstance(reference, ModelReference):
+        return fingerprint_state_dict(reference.model.state_dict())
+    return reference.cache.meta.model_fingerprint
 
 
 def build_learner(run: OwnRun, model_config: ModelConfig, loss: str, vocab_size: int | None,
@@ -137,12 +173,12 @@ def build_source(run: OwnRun, model: nn.Module, dist: Distributed | None = None,
                                snapshot_every=snapshot_every)  # fmt: skip
 
 
-def shards_fingerprint(shards: ShardsConfig) -> str:
-    """The data fingerprint of a shard cache: the shard files' names, sizes and contents
+def shards_fingerprint(paths: list[str]) -> str:
+    """The data fingerprint of a shard cache: the listed shard files' names, sizes and contents
     (jestkit.data.shards.shard_digest: member headers and caption bytes, or a Parquet footer and
-    its caption and id columns; no image is decoded), in order."""
-    files = [f"{Path(p).name}:{os.path.getsize(p)}:{shard_digest(p)}"
-             for p in list_shards(shards.shards())]  # fmt: skip
+    its caption and id columns; no image is decoded), in any order: the cache is keyed by id, so
+    the same shards listed in another order share it."""
+    files = sorted(f"{Path(p).name}:{os.path.getsize(p)}:{shard_digest(p)}" for p in paths)
     return fingerprint_ids(files, "jestkit shards v2")
 
 
@@ -154,12 +190,13 @@ def load_stream_reference(ref_dir: str | os.PathLike,
     ref = Path(ref_dir)
     build = f"`jestkit score --shards.pattern ... --reference CHECKPOINT --out {ref}`"
     info = read_reference_info(ref, loss, build)
-    shards = ShardsConfig(pattern=",".join(source.shards)) if source is not None else None
+    shards = list(source.shards) if source is not None else None
     data_fp = shards_fingerprint(shards) if shards is not None else info["data_fingerprint"]
     if data_fp != info.get("data_fingerprint"):
+        listed = ", ".join(shards[:3]) + (", ..." if len(shards) > 3 else "")
         raise CacheError(
             f"the reference cache at {ref} was built for other shards ({info.get('shards')}): "
-            f"these ({shards.pattern[:200]}) have other file names, sizes or contents; score "
+            f"these ({listed[:200]}) have other file names, sizes or contents; score "
             "them with `jestkit score` (into another --out)"
         )
     cache = ReferenceCache.open(ref / "cache", info["model_fingerprint"], data_fp)

@@ -216,7 +216,7 @@ def score_shards(
     fingerprint = fingerprint_state_dict(model.state_dict())
     emb = model.embeddings(*_Scorer(pool, {ids[0]: where[0]}, tokenize, model, device)
                            .inputs(ids[:1]))  # one sample: the embedding widths
-    meta = CacheMeta(fingerprint, shards_fingerprint(run.shards),
+    meta = CacheMeta(fingerprint, shards_fingerprint(pool.shards),
                      {"image": [emb.image.shape[1]], "text": [emb.text.shape[1]]})  # fmt: skip
     scorer = _Scorer(pool, dict(zip(ids, where, strict=True)), tokenize, model, device)
     build_cache_sharded(out / "cache", ids, scorer, meta, group=dist.group,

@@ -19,7 +19,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from jestkit.dropin.distributed import Distributed
+from jestkit.dropin.distributed import Distributed, agreed
 from jestkit.engine.config import TrainConfig
 from jestkit.engine.device import bf16_autocast, resolve_device
 from jestkit.engine.loop import Trainer
@@ -27,7 +27,13 @@ from jestkit.engine.record import run_and_record
 from jestkit.models.factory import ModelConfig
 from jestkit.own.curves import plot_history
 from jestkit.own.evaluate import EvalConfig, Evaluator, check_held_out, load_sets
-from jestkit.own.run import OwnRun, build_learner, build_source, load_any_reference
+from jestkit.own.run import (
+    OwnRun,
+    build_learner,
+    build_source,
+    load_any_reference,
+    reference_fingerprint,
+)
 
 
 def _on_cpu(evaluate):
@@ -46,52 +52,63 @@ def train_own(
     dist: Distributed | None = None,
     write_config=None,
     eval_config: EvalConfig | None = None,
+    settings: dict | None = None,
 ) -> dict:
     """One learner run on the data, model, reference and device of `run`; data: the prepared
     Fashion-MNIST captions when run.shards.pattern is None. Writes OUT/checkpoint.pt as it goes
     and OUT/result.json (train_learner's keys, plus 'losses', 'data', 'model', 'device',
     'skipped': the bad samples skipped, by reason, over every rank; on shards 'streams',
     'workers', 'ranks'). write_config(OUT): called once every check passed (the CLI writes
-    config.yaml); eval_config: held-out sets on shards."""
+    config.yaml); eval_config: held-out sets on shards. settings: the command line's settings
+    (flag -> value), compared over the ranks at start-up with the shards' names and sizes and the
+    reference's fingerprint (jestkit.dropin.distributed.agree): a rank started otherwise, or
+    failing a start-up check alone, stops every rank with one message."""
     dist = dist or Distributed()
     device = resolve_device(run.own.device)
     loss = config.selection.loss
-    if run.shards.pattern is None:
-        if data is None:
-            raise ValueError("no data: give --shards.pattern, or the Fashion-MNIST captions")
-        if run.own.open_clip is not None:
-            raise ValueError(
-                "an open_clip model trains on image-caption shards (--shards.pattern): the "
-                "Fashion-MNIST source is tokenised for jestkit's own text tower"
-            )
-    eval_config = eval_config or EvalConfig()
-    if eval_config.any and run.shards.pattern is None:
-        raise ValueError("--eval.zeroshot / --eval.retrieval evaluate a run on your own shards "
-                         "(--shards.pattern); Fashion-MNIST runs evaluate on its test set")
-    sets = load_sets(eval_config)  # checked before any model is built
-    check_held_out(sets, run.shards.shards() if sets else [], eval_config.overlap,
-                   progress and dist.is_main)  # fmt: skip
-    vocab = None if data is None or run.shards.pattern else len(data.vocab)
-    model = build_learner(run, model_config, loss, vocab, config.training.seed).to(device)
-    model.check_view(config.scoring.view(), config.scoring.multires_fraction)  # before records
-    if run.shards.pattern:
-        source = build_source(run, model, dist, config.training.checkpoint_every)
-        source.check(config.super_batch_size())  # B splits over the ranks and streams
-        evaluate = None
-        if sets:
-            evaluate = Evaluator(sets, source.transform, source.tokenize,
-                                 eval_config.batch_size)  # fmt: skip
-    else:
-        from jestkit.fashion.evaluate import evaluator
+    with agreed(dist, settings) as shared:  # every rank checks alike, or all stop (no collective)
+        if run.shards.pattern is None:
+            if data is None:
+                raise ValueError("no data: give --shards.pattern, or the Fashion-MNIST captions")
+            if run.own.open_clip is not None:
+                raise ValueError(
+                    "an open_clip model trains on image-caption shards (--shards.pattern): the "
+                    "Fashion-MNIST source is tokenised for jestkit's own text tower"
+                )
+        eval_config = eval_config or EvalConfig()
+        if eval_config.any and run.shards.pattern is None:
+            raise ValueError("--eval.zeroshot / --eval.retrieval evaluate a run on your own shards "
+                             "(--shards.pattern); Fashion-MNIST runs evaluate on its test set")
+        sets = load_sets(eval_config)  # checked before any model is built
+        check_held_out(sets, run.shards.shards() if sets else [], eval_config.overlap,
+                       progress and dist.is_main)  # fmt: skip
+        vocab = None if data is None or run.shards.pattern else len(data.vocab)
+        model = build_learner(run, model_config, loss, vocab, config.training.seed).to(device)
+        model.check_view(config.scoring.view(), config.scoring.multires_fraction)  # before records
+        if run.shards.pattern:
+            source = build_source(run, model, dist, config.training.checkpoint_every)
+            shared["the shards' files (name:size)"] = [
+                f"{Path(p).name}:{os.path.getsize(p)}" for p in source.shards]
+            source.check(config.super_batch_size())  # B splits over the ranks and streams
+            evaluate = None
+            if sets:
+                evaluate = Evaluator(sets, source.transform, source.tokenize,
+                                     eval_config.batch_size)  # fmt: skip
+        else:
+            from jestkit.fashion.evaluate import evaluator
 
-        source = data.pool_source()
-        evaluate = evaluator(data) if device.type == "cpu" else _on_cpu(evaluator(data))
-    reference = None
-    if config.policy.uses_reference:
-        reference = load_any_reference(run, loss, model, data, source, device)
-    out = Path(out_dir)
+            source = data.pool_source()
+            evaluate = evaluator(data) if device.type == "cpu" else _on_cpu(evaluator(data))
+        reference = None
+        if config.policy.uses_reference:
+            reference = load_any_reference(run, loss, model, data, source, device)
+        out = Path(out_dir)
+        run_info = {"model": run.own.open_clip or asdict(model_config),  # compared on resume
+                    "reference_fingerprint": reference_fingerprint(reference),
+                    **({"data_fingerprint": data.fingerprint} if data is not None else {})}
+        shared["the reference (its fingerprint)"] = run_info["reference_fingerprint"]
     trainer = Trainer(model, config, source, reference, evaluate, out, progress=progress,
-                      dist=dist, autocast=bf16_autocast(device))  # fmt: skip
+                      dist=dist, autocast=bf16_autocast(device), run_info=run_info)  # fmt: skip
     try:
         result = run_and_record(trainer, resume, out, lambda: {
             "model_config": asdict(model_config),

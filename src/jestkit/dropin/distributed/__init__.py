@@ -7,6 +7,7 @@ positions = selector(learner_shard, reference_shard)    # same on every rank
 batch = redistribute(shard_data, positions, ctx.group)  # b / world_size rows on each rank
 """
 
+from jestkit.dropin.distributed.agree import RankStopped, agree, agreed
 from jestkit.dropin.distributed.batch import (
     assign_ranks,
     per_rank_batch,
@@ -30,7 +31,10 @@ from jestkit.dropin.distributed.select import GlobalSelector, select_global
 __all__ = [
     "Distributed",
     "GlobalSelector",
+    "RankStopped",
     "Traffic",
+    "agree",
+    "agreed",
     "all_gather_with_grad",
     "assign_ranks",
     "average_gradients",
