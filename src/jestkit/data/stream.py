@@ -41,7 +41,7 @@ class ShardsConfig:
 
     Attributes:
         pattern: the shards: a path, brace pattern ('data/{0000..0099}.tar'), glob, or several
-            separated by commas; None trains on the Fashion-MNIST captions (--data.*)
+            separated by commas
         buffer_size: samples in the shuffle buffer (encoded; decoded when drawn)
         seed: the shuffle's seed (each epoch reshuffles from it)
         max_bad_fraction: stop the run when more than this share of the samples read were bad

@@ -25,7 +25,7 @@ from jestkit.engine.device import bf16_autocast, resolve_device
 from jestkit.engine.loop import Trainer
 from jestkit.engine.record import run_and_record
 from jestkit.models.factory import ModelConfig
-from jestkit.own.curves import plot_history
+from jestkit.own.curves import plot_run
 from jestkit.own.evaluate import EvalConfig, Evaluator, check_held_out, load_sets
 from jestkit.own.run import OwnRun, build_learner, build_source, load_any_reference
 
@@ -46,13 +46,17 @@ def train_own(
     dist: Distributed | None = None,
     write_config=None,
     eval_config: EvalConfig | None = None,
+    report_to: tuple[str, ...] = ("jsonl",),
 ) -> dict:
     """One learner run on the data, model, reference and device of `run`; data: the prepared
     Fashion-MNIST captions when run.shards.pattern is None. Writes OUT/checkpoint.pt as it goes
     and OUT/result.json (train_learner's keys, plus 'losses', 'data', 'model', 'device',
     'skipped': the bad samples skipped, by reason, over every rank; on shards 'streams',
     'workers', 'ranks'). write_config(OUT): called once every check passed (the CLI writes
-    config.yaml); eval_config: held-out sets on shards."""
+    config.yaml); eval_config: held-out sets on shards; report_to: where the metrics go as the
+    run goes (jestkit.engine.reports). An open_clip learner's checkpoints record its config, and
+    the run ends by writing OUT/open_clip_model.pt, the model in open_clip's checkpoint layout
+    (jestkit.openclip.export)."""
     dist = dist or Distributed()
     device = resolve_device(run.own.device)
     loss = config.selection.loss
@@ -90,8 +94,16 @@ def train_own(
     if config.policy.uses_reference:
         reference = load_any_reference(run, loss, model, data, source, device)
     out = Path(out_dir)
+    export = None
+    if run.own.open_clip is not None:
+        from jestkit.openclip.export import open_clip_record
+        from jestkit.openclip.model import read_config
+
+        record = open_clip_record(run.own.open_clip, read_config(run.own.open_clip))
+        export = lambda: record  # noqa: E731
     trainer = Trainer(model, config, source, reference, evaluate, out, progress=progress,
-                      dist=dist, autocast=bf16_autocast(device))  # fmt: skip
+                      dist=dist, autocast=bf16_autocast(device), report_to=report_to,
+                      export=export)  # fmt: skip
     try:
         result = run_and_record(trainer, resume, out, lambda: {
             "model_config": asdict(model_config),
@@ -109,9 +121,13 @@ def train_own(
     finally:
         if hasattr(source, "close"):
             source.close()
-    if sets and dist.is_main and result["history"]:
-        plot_history(result["history"], out / "curves.png",
-                     title=f"{config.name()} on {run.shards.pattern}"[:120])  # fmt: skip
+    if dist.is_main and export is not None:
+        from jestkit.openclip.export import export_open_clip
+
+        export_open_clip(out)
+    if run.shards.pattern and dist.is_main and result["losses"]:
+        plot_run(result["losses"], result["history"], out / "curves.png",
+                 title=f"{config.name()} on {run.shards.pattern}"[:120])  # fmt: skip
     return result
 
 
