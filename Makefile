@@ -9,11 +9,13 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
 # pins.txt holds torch at the CPU build: without it pip would replace torch with a CUDA build
 # (several GB) when it resolves the open_clip extra (open_clip_torch, timm, torchvision).
+# The tests run the examples (open_clip_train, lightning) and every --report_to (tensorboard,
+# wandb), so `make test` installs those extras too.
 $(VENV)/.installed: pyproject.toml pins.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c pins.txt torch
-	$(PY) -m pip install -q -c pins.txt -e '.[dev,open_clip]'
+	$(PY) -m pip install -q -c pins.txt -e '.[dev,open_clip,open_clip_train,lightning,tensorboard,wandb]'
 	touch $@
 
 setup: $(VENV)/.installed data
