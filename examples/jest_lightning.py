@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> L.Trainer:
     parser.add_argument("--n-chunks", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-steps", type=int, default=1000)
+    parser.add_argument("--log-every", type=int, default=50, help="log the loss every N steps")
     parser.add_argument("--out", default="runs/lightning-jest")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> L.Trainer:
                         args.filter_ratio, args.n_chunks, args.lr)  # fmt: skip
     trainer = L.Trainer(max_steps=args.max_steps, accelerator="auto", devices=1,
                         default_root_dir=args.out, logger=L.pytorch.loggers.CSVLogger(args.out),
-                        enable_progress_bar=False)  # fmt: skip
+                        log_every_n_steps=args.log_every, enable_progress_bar=False)  # fmt: skip
     trainer.fit(module)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     torch.save({"epoch": trainer.current_epoch, "name": "lightning-jest",
