@@ -18,10 +18,10 @@ folder's. clip_benchmark's names are taken as they are: `wds/vtab/cifar10=FOLDER
 `--dataset_root` template: `{dataset}` is the name without `wds/`, `{dataset_cleaned}` the same
 with '/' as '-'), as `clip_benchmark eval --dataset wds/vtab/cifar10 --dataset_root ...` reads it.
 
-Blank lines: a blank line inside classnames.txt or the templates file is refused (clip_benchmark
-would keep it as an empty class name or template; trailing blank lines are dropped by both); in a
-retrieval sample's captions (KEY.txt) blank lines are dropped (clip_benchmark keeps them as
-empty captions, which count in its recall).
+Blank lines: trailing blank lines of classnames.txt and the templates file are dropped and a
+blank line inside either is refused (clip_benchmark keeps every blank line as an empty class
+name or template); in a retrieval sample's captions (KEY.txt) blank lines are dropped
+(clip_benchmark keeps them as empty captions, which count in its recall).
 
 Everything is checked when the set is loaded, before any training: unreadable, truncated or
 empty shards, images that do not decode, samples without a label or caption, labels outside
