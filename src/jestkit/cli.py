@@ -261,10 +261,10 @@ EXAMPLES = {
              "    --reference runs/reference-small --training.steps 10 --out runs/jest-small",
     "score": "jestkit score --shards.pattern 'pool/*.tar' --open_clip tiny-sig.json \\\n"
              "    --reference runs/ref-train/checkpoint.pt --out runs/score-pool\n"
-             "(the files of the README's \"Your own data and model\")",
+             "(the files of the manual's \"Your own data and model\")",
     "eval": "jestkit eval --checkpoint runs/uniform/checkpoint.pt --eval.zeroshot eval/shapes \\\n"
             "    --eval.retrieval eval/captions\n"
-            "(the files of the README's \"Held-out evaluation on your own data\")",
+            "(the files of the manual's \"Held-out evaluation on your own data\")",
     "export": "jestkit export runs/jest  # writes runs/jest/open_clip_model.pt",
 }
 

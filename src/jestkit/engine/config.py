@@ -26,7 +26,7 @@ FLEXI_PREFIX = "flexi-"
 FLEXI_PATCH_SIZE = 14  # 4 tokens instead of 16 on 28 x 28 images
 FLEXI_MULTIRES = 0.5  # the paper: half of each sub-batch at each resolution
 # half of each caption's positions when scoring: kept because benchmarks/frontier.py measured it
-# cutting FLOPs at equal accuracy on both pools (README, "The payoff")
+# cutting FLOPs at equal accuracy on both pools (docs/benchmarks.md, "The payoff")
 FLEXI_TEXT_DROP = 0.5
 DEMO_POLICIES = ("learnability-independent", "learnability-joint", "flexi-learnability-joint")
 UNIFORM_BUDGETS = (0.5, 1.0, 2.0, 4.0)  # the demo's uniform runs, in multiples of training.steps

@@ -2,11 +2,14 @@
 
 FLOPs are measured with torch.utils.flop_counter on the first step of each kind and split into
 training, learner scoring and reference scoring (zero: the reference comes from its cache); see
-jestkit.engine.flops. The data wait (seconds each step spent in the source's draw, waiting for
-decoded samples) is kept per step with each step's wall time; the progress bar shows its share
-of the step time over the last 20 steps, result.json its total share (`data_wait_share`; on
-rank 0, under torchrun). Under torchrun (jestkit.dropin.distributed, gloo on CPU) the FLOPs are
-those of all ranks together, and rank 0 evaluates and writes the files.
+jestkit.engine.flops. Time is kept by phase (jestkit.engine.timing: data, learner scoring,
+reference scoring, selection, forward/backward, optimizer, evaluation, checkpoint), in process
+CPU time and wall time, per step and in total: result.json's "timing". The data wait (the data
+phase's wall time: the source's draw, waiting for decoded samples) is kept per step with each
+step's wall time; the progress bar shows its share of the step time over the last 20 steps,
+result.json its total share (`data_wait_share`; on rank 0, under torchrun). Under torchrun
+(jestkit.dropin.distributed, gloo on CPU) the FLOPs are those of all ranks together, the times
+are rank 0's, and rank 0 evaluates and writes the files.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from jestkit.engine.flops import FlopMeter
 from jestkit.engine.reports import Reports, step_record
 from jestkit.engine.stats import SelectionStats
 from jestkit.engine.step import train_step
+from jestkit.engine.timing import PhaseClock
 from jestkit.models.dual import DualEncoder
 
 # settings a resumed run may change: where its numbered checkpoints go, not what it trains
@@ -118,7 +122,6 @@ class Trainer:
         self.run_info = dict(run_info or {})
         self.report_to, self.export = tuple(report_to), export
         self.reports = Reports(None, ())
-        self.step_stats: dict = {}  # what the step measured, logged with it (metrics.jsonl)
         train = config.training
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=train.lr, weight_decay=train.weight_decay
@@ -137,11 +140,16 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.losses: list[float] = []  # the training loss of every step
-        self.data_wait: list[float] = []  # seconds each step waited in source.draw
-        self.step_seconds: list[float] = []  # each step's wall time (data wait included)
+        self.step_seconds: list[float] = []  # train_step's wall time (data wait included)
         self.eval_seconds = 0.0  # wall time spent evaluating, in this process's run
         self.flops = FlopMeter(self.dist.world_size)
+        self.clock = PhaseClock(self.device)  # seconds by phase (jestkit.engine.timing)
         self.stats = SelectionStats(source.categories)
+
+    @property
+    def data_wait(self) -> list[float]:
+        """The seconds each finished step spent in its data phase (source.draw)."""
+        return self.clock.per_step["wall"].get("data", [])
 
     @property
     def selected_ids(self) -> list[torch.Tensor]:
@@ -155,7 +163,8 @@ class Trainer:
             return
         record = {"step": self.step, "flops": self.flops.sum(), **self.flops.total}
         start = time.perf_counter()
-        record.update(self.evaluate(self.model))
+        with self.clock.phase("evaluate"):
+            record.update(self.evaluate(self.model))
         self.eval_seconds += time.perf_counter() - start
         self.history.append(record)
         self.reports.log("eval", record)
@@ -168,11 +177,13 @@ class Trainer:
             self.reports = Reports(self.out_dir, self.report_to, self.step, self.desc,
                                    asdict(self.config))  # fmt: skip
         try:
-            return self._run(last)
+            with self.clock.run():
+                self._run(last)
         finally:
             self.reports.close()
+        return self.summary()
 
-    def _run(self, last: int) -> dict:
+    def _run(self, last: int) -> None:
         train = self.config.training
         if self.step == 0:
             self._record_eval()
@@ -185,25 +196,26 @@ class Trainer:
             leave=False,
         )
         while self.step < last:
+            self.clock.start_step()
             start, lr = time.perf_counter(), self.optimizer.param_groups[0]["lr"]
-            self.step_stats = {}
             loss = train_step(self)
             self.step_seconds.append(time.perf_counter() - start)
             self.losses.append(loss)
+            evaluated = self.step % train.eval_interval == 0 or self.step == train.steps
+            if evaluated:
+                self._record_eval()
+            if self.step % train.checkpoint_every == 0 or self.step == last:
+                self.save()
+            self.clock.end_step()
             self.reports.log("train", step_record(self, loss, lr))
             bar.update(1)
             postfix = {"loss": f"{loss:.3f}", "data": f"{self._wait_share(20):.0%}"}
-            if self.step % train.eval_interval == 0 or self.step == train.steps:
-                self._record_eval()
-                if self.history:  # the first metric the evaluation gave
-                    name, value = next(iter(self.final_metrics().items()), ("", None))
-                    if value is not None:
-                        postfix[name] = f"{value:.3f}"
+            if evaluated and self.history:  # the first metric the evaluation gave
+                name, value = next(iter(self.final_metrics().items()), ("", None))
+                if value is not None:
+                    postfix[name] = f"{value:.3f}"
             bar.set_postfix(postfix)
-            if self.step % train.checkpoint_every == 0 or self.step == last:
-                self.save()
         bar.close()
-        return self.summary()
 
     def _wait_share(self, last: int | None = None) -> float:
         """The share of the step time spent waiting for data (over the last `last` steps)."""
@@ -230,6 +242,7 @@ class Trainer:
             "data_wait_share": self._wait_share(),
             "data_wait": self.data_wait,
             "step_seconds": self.step_seconds,
+            "timing": self.clock.summary(),
         }
         for name in self.stats.categories:  # e.g. selected_noise_fraction
             result[f"selected_{name}_fraction"] = self.stats.fractions(name)
@@ -251,8 +264,8 @@ class Trainer:
             **self.flops.state_dict(),
             "stats": self.stats.state_dict(),
             "losses": self.losses,
-            "data_wait": self.data_wait,
             "step_seconds": self.step_seconds,
+            "clock": self.clock.state_dict(),
             **({"source": self.source.state_dict()} if self._streamed else {}),
         }
 
@@ -276,7 +289,8 @@ class Trainer:
         self.flops.load_state_dict(state)
         self.stats.load_state_dict(state["stats"])
         self.losses = list(state.get("losses", []))
-        self.data_wait = list(state.get("data_wait", []))
+        if "clock" in state:  # a checkpoint written before jestkit timed phases has none
+            self.clock.load_state_dict(state["clock"])
         self.step_seconds = list(state.get("step_seconds", []))
         if self._streamed:
             if "source" not in state:
@@ -295,16 +309,17 @@ class Trainer:
         training.keep_checkpoints of them."""
         if self.checkpoint_path is None:
             return
-        state = self.state_dict() if self.dist.is_main or self._streamed else None
-        if self.dist.is_main:
-            if self.export is not None:
-                state.update(self.export())
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(state, self.checkpoint_path)
-            every = self.config.training.save_every
-            if every is not None and self.step % every == 0:
-                save_numbered(state, self.out_dir, self.step,
-                              self.config.training.keep_checkpoints)  # fmt: skip
+        with self.clock.phase("checkpoint"):
+            state = self.state_dict() if self.dist.is_main or self._streamed else None
+            if self.dist.is_main:
+                if self.export is not None:
+                    state.update(self.export())
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(state, self.checkpoint_path)
+                every = self.config.training.save_every
+                if every is not None and self.step % every == 0:
+                    save_numbered(state, self.out_dir, self.step,
+                                  self.config.training.keep_checkpoints)  # fmt: skip
 
     def resume(self, path: str | os.PathLike | None = None) -> bool:
         """Load out_dir/checkpoint.pt (or `path`, e.g. a numbered checkpoint of this run) if it

@@ -10,8 +10,9 @@
 
 A training line holds {"kind": "train", "step", "loss", "lr", "samples_per_second", ...}: the
 step's statistics (`step_record`: its loss, the learning rate it trained with, its data wait
-and wall time, the FLOPs so far by kind, the selection's counts, and whatever the step put in
-`Trainer.step_stats`); an evaluation line {"kind": "eval", "step", "flops", NAME/metric...}.
+and wall time, its time by phase as jestkit.engine.timing's clock kept it, the FLOPs so far by
+kind, the selection's counts); an evaluation line {"kind": "eval", "step", "flops",
+NAME/metric...}.
 TensorBoard and W&B get the same numbers as scalars named `train/loss`, `eval/NAME/acc1`, ...
 at their step. A resumed run first drops what the killed run logged after its checkpoint (the
 lines of later steps; TensorBoard's purge_step), then logs those steps again: the file holds each
@@ -74,7 +75,8 @@ def flatten(record: dict, prefix: str = "") -> dict:
 
 
 def step_record(t: Trainer, loss: float, lr: float) -> dict:
-    """The statistics of trainer `t`'s step just done (t.step): what metrics.jsonl logs."""
+    """The statistics of trainer `t`'s step just done (t.step, its clock's step ended): what
+    metrics.jsonl logs."""
     seconds = t.step_seconds[-1] if t.step_seconds else float("nan")
     b, B = t.config.training.batch_size, t.config.super_batch_size()
     record = {
@@ -90,7 +92,7 @@ def step_record(t: Trainer, loss: float, lr: float) -> dict:
     }
     for name in t.stats.categories:  # the share of each category trained on so far
         record["selection"][f"selected_{name}_fraction"] = t.stats.fractions(name)
-    record.update(t.step_stats)  # what the step itself measured (e.g. its phases' times)
+    record["time"] = t.clock.last_step()  # {"wall": {phase: s}, "cpu": {phase: s}}
     return record
 
 
