@@ -47,21 +47,16 @@ def test_metrics_jsonl_every_step_and_evaluation(data, reference_dir, tmp_path):
     assert evals[-1]["zero_shot"] == result["final"]["zero_shot"]
 
 
-def test_step_stats_flow_into_metrics(data, reference_dir, tmp_path, monkeypatch):
-    """Whatever the step puts in trainer.step_stats (e.g. its phases' times) is logged with it."""
-    import jestkit.engine.loop as loop
-
-    step = loop.train_step
-
-    def timed(t):
-        loss = step(t)
-        t.step_stats["phase_seconds"] = {"select": 0.25 * t.step}
-        return loss
-
-    monkeypatch.setattr(loop, "train_step", timed)
-    _trainer(data, reference_dir, tmp_path).run(stop_at=2)
+def test_phase_times_flow_into_metrics(data, reference_dir, tmp_path):
+    """Each step's line holds its time by phase, as the run's clock kept it (result.json's
+    timing.per_step), CPU and wall."""
+    result = _trainer(data, reference_dir, tmp_path).run(stop_at=3)
     rows = read_metrics(tmp_path / "metrics.jsonl", "train")
-    assert [r["phase_seconds"]["select"] for r in rows] == [0.25, 0.5]
+    per_step = result["timing"]["per_step"]
+    for clock in ("wall", "cpu"):
+        for phase in ("data", "learner_score", "select", "forward_backward", "step"):
+            assert [r["time"][clock][phase] for r in rows] == per_step[clock][phase]
+    assert [r["time"]["wall"].get("checkpoint", 0) > 0 for r in rows] == [False, False, True]
 
 
 def test_resume_logs_each_step_once(data, reference_dir, tmp_path):
