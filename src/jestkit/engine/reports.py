@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jestkit.engine.files import write_bytes_atomic
+
 if TYPE_CHECKING:
     from jestkit.engine.loop import Trainer
 
@@ -118,9 +120,7 @@ class JsonlReport:
                     continue  # a line cut by the kill
                 if isinstance(row, dict) and row.get("step", math.inf) <= resumed_at:
                     keep.append(line)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.path)
+        write_bytes_atomic("".join(line + "\n" for line in keep).encode(), self.path)
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
 
     def log(self, kind: str, record: dict) -> None:

@@ -42,7 +42,8 @@ def train_step(t: Trainer) -> float:
         with clock.phase("learner_score"), torch.autocast(t.device.type, torch.bfloat16,
                                                           t.config.scoring.bf16):  # fmt: skip
             learner = t.flops.run("learner_score", t.model.embeddings, mine.images, mine.tokens,
-                                  t.config.scoring.view(), t.view_generator)  # fmt: skip
+                                  t.config.scoring.view(), t.view_generator,
+                                  t.config.scoring.chunk_rows(t.device))  # fmt: skip
     if t.config.policy.uses_reference:  # cached: no FLOPs; a reference model: its forward
         with clock.phase("reference_score"):
             reference = t.flops.run("reference_score", t.reference, mine)

@@ -119,17 +119,30 @@ class ContrastiveDual(nn.Module):
         tokens: torch.Tensor,
         view: View | None = None,
         generator: torch.Generator | None = None,
+        chunk_size: int | None = None,
     ) -> Embeddings:
         """The model's outputs on a super-batch for the selection core (no gradients), float32,
         seen through `view` (None: the plain forward); its random token drops are drawn from
-        `generator` (the image's first, then the text's)."""
+        `generator` (the image's first, then the text's).
+
+        chunk_size: encode this many rows at a time (None: all at once). The same embeddings
+        (no drops: up to float rounding; drops: other draws of the same generator, chunk by
+        chunk); on a CPU, chunks that stay in cache cost less time for the same FLOPs
+        (ScoringConfig.chunk_size).
+        """
         view = view or View()
-        img = self.encode_image(images, patch_size=view.patch_size, token_drop=view.token_drop,
-                                generator=generator)  # fmt: skip
-        txt = self.encode_text(tokens, view.text_token_drop, generator)
+        rows = len(images) if chunk_size is None else chunk_size
+        if rows < 1:
+            raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+        parts = []
+        for start in range(0, len(images), rows):
+            img = self.encode_image(images[start:start + rows], patch_size=view.patch_size,
+                                    token_drop=view.token_drop, generator=generator)  # fmt: skip
+            txt = self.encode_text(tokens[start:start + rows], view.text_token_drop, generator)
+            parts.append((img.float(), txt.float()))
         return Embeddings(
-            image=img.float(),
-            text=txt.float(),
+            image=torch.cat([p[0] for p in parts]),
+            text=torch.cat([p[1] for p in parts]),
             logit_scale=float(self.logit_scale),
             logit_bias=float(self.logit_bias),
         )

@@ -21,13 +21,8 @@ from pathlib import Path
 
 import torch
 
-from jestkit.engine.checkpoint import (
-    CheckpointError,
-    is_checkpoint,
-    load_checkpoint,
-    save_atomic,
-    write_bytes_atomic,
-)
+from jestkit.engine.checkpoint import CheckpointError, is_checkpoint, load_checkpoint, save_atomic
+from jestkit.engine.files import write_bytes_atomic
 
 EXPORT_NAME = "open_clip_model.pt"
 PREFIX = "model."  # OpenClipDual holds the open_clip model as .model
