@@ -38,10 +38,18 @@ def section(text: str, heading: str) -> str:
 
 
 def blocks(text: str, language: str, runs_as_written: bool = False) -> list[str]:
-    """The fenced blocks of `language`; with runs_as_written, only those that begin by saying so."""
-    found = [textwrap.dedent(b) for b in
+    """The fenced blocks of `language`, files included with pymdownx.snippets' `--8<-- "FILE"`
+    (FILE from the repository's root, as mkdocs.yml's base_path) read in as the site shows
+    them; with runs_as_written, only those that begin by saying so."""
+    found = [_included(textwrap.dedent(b)) for b in
              re.findall(rf"^ *```{language}\n(.*?)^ *```", text, re.S | re.M)]
     return [b for b in found if b.startswith("# runs as written")] if runs_as_written else found
+
+
+def _included(block: str) -> str:
+    """A block with each `--8<-- "FILE"` line replaced by FILE's text."""
+    return re.sub(r'^--8<-- "([^"]+)"\n?', lambda m: (ROOT / m.group(1)).read_text(), block,
+                  flags=re.M)  # fmt: skip
 
 
 def commands(sh_blocks: list[str]) -> list[list[str]]:

@@ -63,10 +63,11 @@ def sample(i: int, rng: np.random.Generator, size: int = 32, noisy: bool = False
 
 def write_shards(folder: str | Path, shards: int = 2, per_shard: int = 64, seed: int = 0,
                  size: int = 32, bad: tuple[int, ...] = (), noisy: bool = False,
-                 first: int = 0) -> str:  # fmt: skip
+                 first: int = 0, uids: bool = True) -> str:  # fmt: skip
     """Write shards-0000.tar ...; returns their brace pattern. Samples numbered in `bad` get
     bytes that are not an image; noisy: wrong captions (is_noisy); first: the first sample's
-    number (its uid)."""
+    number (its uid); uids False: plain img2dataset shards, whose json has no uid (the ids are
+    the keys)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -76,8 +77,8 @@ def write_shards(folder: str | Path, shards: int = 2, per_shard: int = 64, seed:
                 n = first + s * per_shard + i
                 png, caption = sample(n, rng, size, noisy)
                 png = b"not a png" if n in bad else png
-                files = {"png": png, "txt": caption.encode(),
-                         "json": json.dumps({"uid": f"{n:032x}"}).encode()}  # fmt: skip
+                meta = {"uid": f"{n:032x}"} if uids else {"key": f"{n:08d}", "status": "success"}
+                files = {"png": png, "txt": caption.encode(), "json": json.dumps(meta).encode()}
                 add_sample(tar, f"{n:08d}", files)
     return str(folder / f"shards-{{0000..{shards - 1:04d}}}.tar")
 

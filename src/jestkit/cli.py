@@ -43,6 +43,7 @@ from jestkit.engine.config import (
     TrainingConfig,
     reference_training,
 )
+from jestkit.engine.reports import parse_report_to
 from jestkit.fashion.captions import PoolConfig
 from jestkit.models.factory import ModelConfig
 from jestkit.own.evaluate import EvalConfig
@@ -129,14 +130,17 @@ class Train(_Learner):
         reference: the reference: a folder (`jestkit reference` for Fashion-MNIST, `jestkit
             score` for shards: its embeddings read from the cache) or a checkpoint file
             (open_clip's, or a `jestkit train` run's checkpoint.pt: scored in the loop)
-        shards: your own data: WebDataset tar or Parquet shards (--shards.pattern) instead of
-            the Fashion-MNIST captions
+        shards: your own data: WebDataset tar or Parquet shards (--shards.pattern); without a
+            pattern, the Fashion-MNIST captions (--data.*)
         open_clip: an open_clip model config (a name open_clip knows, or a JSON file) instead of
             jestkit's dual encoder; it trains on shards
         reference_model: the open_clip config of a reference checkpoint (default: open_clip)
         device: cpu, or cuda (NCCL under torchrun; bfloat16 autocast where the GPU has it)
         eval: held-out sets on your own data (zero-shot, retrieval), evaluated every
             training.eval_every steps and at the end
+        report_to: where the metrics go while the run goes, comma-separated: jsonl
+            (OUT/metrics.jsonl), tensorboard (OUT/tensorboard/), wandb (OUT/wandb/; offline
+            with WANDB_MODE=offline), or none
     """
 
     out: str | None = None
@@ -146,6 +150,7 @@ class Train(_Learner):
     reference_model: str | None = None
     device: Literal["cpu", "cuda"] = "cpu"
     eval: EvalConfig = field(default_factory=EvalConfig)
+    report_to: str = "jsonl"
 
     def own_run(self):
         """The data, model, reference and device choices (jestkit.own.train)."""
@@ -172,7 +177,9 @@ class Score:
         keep: with subset: the share of the cached samples to keep, those with the highest
             reference image-text similarity (default with subset: 0.3, DataComp's CLIP-score
             filter and the best of 10, 30 and 50 % in jestkit's benchmark)
-        subset: write the kept uids there as a DataComp subset (.npy of uids)
+        subset: write the kept samples there: FILE.npy, a DataComp subset (its uids: the
+            samples need 32-hex-digit uids in KEY.json), or FILE.txt, their ids one a line
+            (plain img2dataset shards: their keys); checked before any sample is scored
     """
 
     shards: ShardsConfig = field(default_factory=ShardsConfig)
@@ -190,7 +197,8 @@ class Score:
 @dataclass
 class Eval:
     """Evaluates a checkpoint on held-out sets (zero-shot, retrieval): prints a table, writes
-    JSON.
+    its JSON and, beside it in clip_benchmark/, one result file per set in clip_benchmark's
+    layout (`clip_benchmark build` makes its CSV of them).
 
     Attributes:
         checkpoint: a `jestkit train` run's checkpoint.pt (its model read from the run's
@@ -208,16 +216,39 @@ class Eval:
     device: Literal["cpu", "cuda"] = "cpu"
 
 
-COMMANDS = {"demo": Demo, "reference": Reference, "train": Train, "score": Score, "eval": Eval}
+@dataclass
+class Export:
+    """Writes a `jestkit train` run's open_clip model in open_clip's checkpoint layout
+    ({"epoch", "name", "state_dict"}), which open_clip.create_model_and_transforms(CONFIG,
+    pretrained=FILE) and clip_benchmark load as they are.
+
+    Attributes:
+        run: a run folder (its checkpoint.pt) or one of its checkpoint files (a numbered
+            checkpoints/step_N.pt)
+        out: the file written (default: RUN/open_clip_model.pt)
+        name: the name recorded in the file (default: the run folder's)
+    """
+
+    run: str | None = None
+    out: str | None = None
+    name: str | None = None
+
+
+COMMANDS = {"demo": Demo, "reference": Reference, "train": Train, "score": Score, "eval": Eval,
+            "export": Export}  # fmt: skip
+# Arguments given by position (`jestkit export RUN`) rather than as flags.
+POSITIONAL = {"export": "run"}
 
 # What to do with the output folder: switches of the command line, never written to config.yaml.
 SWITCHES = {
     "demo": {"overwrite": "replace a demo already in OUT (its reference and runs)"},
     "reference": {"overwrite": "replace a reference already in OUT (built beside it in "
                                "OUT.partial, then swapped in whole)"},
-    "train": {"resume": "continue exactly from OUT/checkpoint.pt (every setting must be the same)",
-              "overwrite": "delete the run already in OUT (checkpoint.pt, result.json) and start "
-                           "afresh"},
+    "train": {"resume": "continue exactly from OUT/checkpoint.pt (every setting must be the "
+                        "same); `--resume latest` says the same, as open_clip_train's; "
+                        "`--resume OUT/checkpoints/step_N.pt` continues from a numbered one",
+              "overwrite": "delete the run already in OUT (checkpoint.pt, metrics, results) and "
+                           "start afresh"},
 }
 
 # One example per command, ending its --help (tests/test_cli.py runs them).
@@ -234,14 +265,16 @@ EXAMPLES = {
     "eval": "jestkit eval --checkpoint runs/uniform/checkpoint.pt --eval.zeroshot eval/shapes \\\n"
             "    --eval.retrieval eval/captions\n"
             "(the files of the manual's \"Held-out evaluation on your own data\")",
+    "export": "jestkit export runs/jest  # writes runs/jest/open_clip_model.pt",
 }
 
 
 @dataclass(frozen=True)
 class Switches:
-    """--resume and --overwrite, as given."""
+    """--resume and --overwrite, as given: resume is None, 'latest' (OUT/checkpoint.pt) or a
+    checkpoint file of the run."""
 
-    resume: bool = False
+    resume: str | None = None
     overwrite: bool = False
 
 
@@ -262,10 +295,32 @@ def build_parser() -> ArgumentParser:
         sub.add_argument("--config", action=ActionConfigFile, help="replay a run's config.yaml")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
         for switch, text in SWITCHES.get(name, {}).items():
-            sub.add_argument(f"--{switch}", action="store_true", help=text)
-        sub.add_class_arguments(cls, None, fail_untyped=True)
-        commands.add_subcommand(name, sub, help=cls.__doc__.split("\n")[0])
+            if switch == "resume":  # open_clip_train's `--resume latest` too
+                sub.add_argument("--resume", nargs="?", const="latest", default=None, type=str,
+                                 metavar="latest|CHECKPOINT", help=text)  # fmt: skip
+            else:
+                sub.add_argument(f"--{switch}", action="store_true", help=text)
+        positional = POSITIONAL.get(name)
+        if positional is not None:
+            sub.add_argument(positional, nargs="?", default=None, type=str,
+                             help=_attribute_help(cls, positional))  # fmt: skip
+        sub.add_class_arguments(cls, None, fail_untyped=True,
+                                skip={positional} if positional else None)  # fmt: skip
+        commands.add_subcommand(name, sub, help=summary(cls))
     return parser
+
+
+def summary(cls) -> str:
+    """A command's one-paragraph summary (its docstring's first paragraph, on one line)."""
+    return " ".join(cls.__doc__.split("\n\n")[0].split())
+
+
+def _attribute_help(cls, name: str) -> str:
+    """The `Attributes:` line of `name` in the class's docstring, on one line."""
+    from docstring_parser import parse
+
+    doc = next((p.description for p in parse(cls.__doc__).params if p.arg_name == name), "")
+    return " ".join((doc or "").split())
 
 
 def _sections(cls) -> dict[str, set[str]]:
@@ -345,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = _sections(COMMANDS[args.command])
     try:
         command, sub, quiet, switches = _command(parser, args)
-        save = lambda out: _save_config(sub, args[args.command], out)  # noqa: E731
+        save = lambda out: _save_config(sub, args[args.command], out, command)  # noqa: E731
         return _run(command, switches, save, not quiet, _settings(args[args.command].as_dict()))
     except (ValueError, OSError, CacheError, KeyError, TooManyBadSamples, StreamStopped) as e:
         if isinstance(e, KeyError | DuplicateIdError):  # a KeyError's message is quoted
@@ -388,15 +443,16 @@ def _settings(values: dict, prefix: str = "--") -> dict:
 CONFIG_HEADER = "# jestkit {command}: every setting of this run; replay it with --config\n"
 
 
-def _save_config(sub: ArgumentParser, args: Namespace, out: Path) -> None:
-    """OUT/config.yaml: every setting of this run, replayable with --config; its first line
-    says which command wrote it (the last word of the command parser's prog)."""
+def _save_config(sub: ArgumentParser, args: Namespace, out: Path, command=None) -> None:
+    """OUT/config.yaml: every setting of this run that it used (not the sections it never
+    read, unused_sections), replayable with --config; its first line says which command wrote
+    it (the last word of the command parser's prog)."""
     from jestkit.engine.files import write_bytes_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     args = args.clone()
-    for name in ("config", "quiet", "resume", "overwrite"):  # how to run, not what
-        args.pop(name, None)
+    for name in ("config", "quiet", "resume", "overwrite", *unused_sections(command)):
+        args.pop(name, None)  # how to run, not what; sections this run never read
     text = CONFIG_HEADER.format(command=sub.prog.split()[-1]) + sub.dump(args)
     write_bytes_atomic(text.encode(), out / "config.yaml")
 
@@ -471,6 +527,18 @@ def _replayed_config_error(argv: list[str]) -> str | None:
     return None
 
 
+def unused_sections(command) -> list[str]:
+    """The sections of `command` that its run does not read: on your shards, the Fashion-MNIST
+    data (--data.*); with --open_clip, jestkit's own model (--model.*); on Fashion-MNIST, the
+    shards and held-out sets."""
+    unused = []
+    if isinstance(command, Train | Score) and command.open_clip is not None:
+        unused.append("model")
+    if isinstance(command, Train):
+        unused += ["data"] if command.shards.pattern else ["shards", "eval"]
+    return unused
+
+
 def _check_demo_selection(selection: SelectionConfig) -> None:
     """The demo's --policies chooses policy and method: refuse a --selection.policy or
     --selection.method that it would ignore."""
@@ -511,6 +579,8 @@ def _run(cmd, switches: Switches, save_config, progress: bool, settings: dict) -
         return _score(cmd, save_config, progress, settings)
     if isinstance(cmd, Eval):
         return _eval(cmd)
+    if isinstance(cmd, Export):
+        return _export(cmd)
     if isinstance(cmd, Train) and cmd.own_run().is_own:
         return _train_own(cmd, switches, save_config, progress, settings)
     if isinstance(cmd, Train) and cmd.eval.any:
@@ -518,6 +588,7 @@ def _run(cmd, switches: Switches, save_config, progress: bool, settings: dict) -
                          "(--shards.pattern); Fashion-MNIST runs evaluate on its test set")
     config = cmd.train_config() if isinstance(cmd, Train) else None
     if isinstance(cmd, Train):
+        report_to = parse_report_to(cmd.report_to)
         cmd.model.check_patch_size(config.scoring.patch_size)
         out = cmd.out or f"runs/train/{config.name()}"
         check_run_dir(out, switches.resume, switches.overwrite)  # before any work
@@ -536,7 +607,7 @@ def _run(cmd, switches: Switches, save_config, progress: bool, settings: dict) -
         else:
             result = train_learner(data, cmd.model, config, cmd.reference, out, switches.resume,
                                    progress, dist, overwrite=switches.overwrite,
-                                   write_config=save_config)  # fmt: skip
+                                   write_config=save_config, report_to=report_to)  # fmt: skip
     finally:
         teardown(dist)
     if not dist.is_main:
@@ -566,6 +637,7 @@ def _train_own(cmd: Train, switches: Switches, save_config, progress: bool, sett
     from jestkit.own.train import train_own
 
     run, config = cmd.own_run(), cmd.train_config()
+    report_to = parse_report_to(cmd.report_to)
     device = resolve_device(run.own.device)  # a clear error before any work
     data = None if run.shards.pattern else prepare_caption_data(cmd.data)
     out = cmd.out or f"runs/train/{config.name()}"
@@ -575,7 +647,7 @@ def _train_own(cmd: Train, switches: Switches, save_config, progress: bool, sett
     try:
         with claimed_run(out, switches.resume, switches.overwrite, dist.is_main):
             result = train_own(run, cmd.model, config, out, data, switches.resume, progress, dist,
-                               save_config, cmd.eval, settings)  # fmt: skip
+                               save_config, cmd.eval, settings, report_to)  # fmt: skip
     finally:
         teardown(dist)
     if not dist.is_main:
@@ -596,7 +668,12 @@ def _eval(cmd: Eval) -> int:
     """`jestkit eval` (jestkit.own.evaluate)."""
     from jestkit.engine.device import resolve_device
     from jestkit.engine.files import write_json_atomic
-    from jestkit.own.evaluate import check_eval_out, evaluate_checkpoint, metrics_table
+    from jestkit.own.evaluate import (
+        check_eval_out,
+        clip_benchmark_results,
+        evaluate_checkpoint,
+        metrics_table,
+    )
 
     if cmd.checkpoint is None:
         raise ValueError("--checkpoint is required: the checkpoint file to evaluate")
@@ -604,12 +681,33 @@ def _eval(cmd: Eval) -> int:
     out = Path(cmd.out) if cmd.out else Path(cmd.checkpoint).parent / "eval.json"
     check_eval_out(out)  # before the pass
     result = evaluate_checkpoint(cmd.checkpoint, cmd.eval, cmd.open_clip, str(device))
+    folder = out.parent / "clip_benchmark"
+    files = clip_benchmark_results(result)
+    result["clip_benchmark"] = [str(folder / name) for name in files]
+    for name, dump in files.items():
+        write_json_atomic(dump, folder / name)
     write_json_atomic(result, out)
     sizes = ", ".join(f"{n} ({s['kind']}, {s['samples']} samples)"
                       for n, s in result["sets"].items())  # fmt: skip
     print(f"{cmd.checkpoint} ({result['model']}) on {sizes}:")
     print(metrics_table(result["metrics"]))
-    print(f"wrote {out}")
+    print(f"wrote {out}, and {len(files)} clip_benchmark result file(s) in {folder}")
+    return 0
+
+
+def _export(cmd: Export) -> int:
+    """`jestkit export` (jestkit.openclip.export)."""
+    if cmd.run is None:
+        raise ValueError("give the run to export: `jestkit export RUN` (a run folder or one of "
+                         "its checkpoint files)")  # fmt: skip
+    from jestkit.openclip.export import export_open_clip
+
+    info = export_open_clip(cmd.run, cmd.out, cmd.name)
+    register = (f"open_clip.add_model_config({info['config_file']!r}); "
+                if info["config_file"] else "")  # fmt: skip
+    print(f"wrote {info['path']} (step {info['step']}); load it with {register}"
+          f"open_clip.create_model_and_transforms({info['config']!r}, "
+          f"pretrained={info['path']!r})")  # fmt: skip
     return 0
 
 
@@ -630,8 +728,9 @@ def _score(cmd: Score, save_config, progress: bool, settings: dict) -> int:
         raise ValueError(f"--batch_size must be >= 1, got {cmd.batch_size}")
     check_score_dir(cmd.out)  # before any work
     check_out_config(cmd.out, "score")
-    if cmd.subset is not None:
-        check_output_file(cmd.subset, "--subset", ".npy")
+    if cmd.subset is not None:  # a DataComp subset (.npy) or a keys file (.txt)
+        suffix = ".txt" if Path(cmd.subset).suffix == ".txt" else ".npy"
+        check_output_file(cmd.subset, "--subset", suffix)
     run = OwnRun(cmd.shards, OwnModel(cmd.open_clip, cmd.reference, None, cmd.device))
     device = resolve_device(cmd.device)
     dist = setup(backend="nccl" if device.type == "cuda" else "gloo", device=device)
@@ -639,7 +738,7 @@ def _score(cmd: Score, save_config, progress: bool, settings: dict) -> int:
         agree(dist, settings)  # every rank scores the same shards with the same reference
         with run_lock(cmd.out) if dist.is_main else contextlib.nullcontext():  # one scorer
             info = score_shards(run, cmd.model, cmd.loss, cmd.out, cmd.batch_size, progress,
-                                dist, write_config=save_config)  # fmt: skip
+                                dist, write_config=save_config, subset=cmd.subset)  # fmt: skip
     finally:
         teardown(dist)
     if not dist.is_main:
@@ -649,7 +748,7 @@ def _score(cmd: Score, save_config, progress: bool, settings: dict) -> int:
           f"({skipped} bad samples skipped)")  # fmt: skip
     if cmd.subset is not None:
         sub = export_subset(cmd.out, keep, cmd.subset)
-        print(f"kept {sub['kept']} of {sub['of']} uids (image-text similarity >= "
+        print(f"kept {sub['kept']} of {sub['of']} samples (image-text similarity >= "
               f"{sub['min_similarity']:.4f}): wrote {sub['path']}")  # fmt: skip
     return 0
 

@@ -351,6 +351,19 @@ def test_embeddings_of_scalars_are_a_message():
         list(loader)
 
 
+def test_a_generator_of_super_batches_has_no_len_and_says_so():
+    """ShardPool.super_batches(B) is a one-pass generator: the wrapper iterates it once, and
+    its len() is a TypeError saying why, not Python's bare one."""
+    x, y = toy(40)
+    batches = ((x[i : i + 10], y[i : i + 10]) for i in range(0, 40, 10))
+    selected = SelectiveLoader(batches, learner=lambda x, y: x[:, 0], config=PER_EXAMPLE,
+                               policy="hard_learner")  # fmt: skip
+    with pytest.raises(TypeError, match=r"has no len: a generator such as "
+                                        r"ShardPool.super_batches\(B\) is one pass"):
+        len(selected)
+    assert len(list(selected)) == 4 and list(selected) == []  # one pass
+
+
 # --- issue 28, round three: arguments of the wrong kind ------------------------------------------
 
 

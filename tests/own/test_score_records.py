@@ -100,7 +100,7 @@ def test_subset_keeps_the_filter_s_default_share_without_keep(scored, tmp_path, 
     out = copy_of(root / "score", tmp_path / "score")  # the cache is complete: no new pass
     assert score(pattern, root / "ref0" / "checkpoint.pt", out, "--subset",
                  str(tmp_path / "default.npy")) == 0  # fmt: skip
-    assert "kept 29 of 96 uids" in capsys.readouterr().out  # round(0.3 * 96)
+    assert "kept 29 of 96 samples" in capsys.readouterr().out  # round(0.3 * 96)
     export_subset(out, FILTER_KEEP, tmp_path / "explicit.npy")
     default = load_datacomp_subset(tmp_path / "default.npy")
     assert np.array_equal(default, load_datacomp_subset(tmp_path / "explicit.npy"))
@@ -173,7 +173,7 @@ def test_score_refuses_a_config_yaml_it_did_not_write(scored, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("subset, says", [
-    ("s.txt", "must end in .npy"),
+    ("s.csv", "must end in .npy"),
     ("file/s.npy", "is not a folder"),
     ("score/cache/s.npy", "inside"),
     ("ref/checkpoint.pt", "jestkit record"),

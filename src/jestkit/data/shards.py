@@ -987,7 +987,14 @@ class ShardPool(IterableDataset):
     def super_batches(self, batch_size: int, collate: Callable | None = default_collate
                       ) -> Iterator[Any]:  # fmt: skip
         """The rest of this epoch as super-batches of exactly batch_size samples, collated (a
-        short last one is dropped, as DataLoader(drop_last=True) does)."""
+        short last one is dropped, as DataLoader(drop_last=True) does).
+
+        A generator: one pass (the rest of this epoch; the pool then starts its next epoch, so
+        call it again for the next), and no len, since how many samples a stream holds is known
+        only once it has been read (bad samples are skipped). A loop that needs a len (an LR
+        schedule sized on it, jestkit.dropin.SelectiveLoader's len) counts its steps itself:
+        e.g. itertools.islice(pool.super_batches(B), steps) after sizing the schedule on steps,
+        or wrap an epoch of known size in a DataLoader of your own."""
         batch_size = check_int("batch_size", batch_size)
         self._check_workers()
         threads = self.config.decode_threads

@@ -113,7 +113,11 @@ def holdout_reference_losses(
     """RHO-LOSS's recipe: (learner_indices, their reference losses, the reference model).
 
     A random `holdout` of the dataset trains a fresh make_model(); the learner trains on the
-    remaining examples, learner_indices, scored here by that reference.
+    remaining examples, learner_indices, scored here by that reference. The losses are aligned
+    with learner_indices, not with the dataset: losses[k] is example learner_indices[k]'s. To
+    look one up by the example's position p in the dataset, map it first (e.g. a tensor
+    `by_position` of len(dataset) with by_position[learner_indices] = losses), or give each
+    learner example its k as id.
     """
     config = config or ReferenceTraining()
     train_idx, hold_idx = split_holdout(len(dataset), holdout, generator)

@@ -312,8 +312,18 @@ class SelectiveLoader:
             )
 
     def __len__(self) -> int:
-        """The wrapped loader's len: one selected sub-batch per super-batch."""
-        return len(self.loader)
+        """The wrapped loader's len: one selected sub-batch per super-batch. A TypeError says so
+        when the loader has none (a generator, such as ShardPool.super_batches(B): one pass,
+        of a length known only once read)."""
+        try:
+            return len(self.loader)
+        except TypeError:
+            raise TypeError(
+                f"the wrapped loader ({type(self.loader).__name__}) has no len: a generator such "
+                f"as ShardPool.super_batches(B) is one pass whose length is known only once it "
+                f"is read; size the schedule on the steps you run (itertools.islice), or wrap a "
+                f"DataLoader with a len"
+            ) from None
 
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.loader:

@@ -43,6 +43,30 @@ def save_checkpoint(state: dict, path: Path) -> None:
                  "payload": payload}, path)  # fmt: skip
 
 
+NUMBERED_DIR = "checkpoints"
+
+
+def save_numbered(state: dict, out: Path, step: int, keep: int | None = None) -> Path:
+    """A numbered checkpoint, OUT/checkpoints/step_N.pt (save_checkpoint's format: resumable
+    with --resume PATH), as open_clip_train keeps epoch_N.pt; then only the `keep` latest are
+    kept (None: all)."""
+    folder = out / NUMBERED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step}.pt"
+    save_checkpoint(state, path)
+    if keep is not None:
+        for old in numbered_checkpoints(out)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def numbered_checkpoints(out: Path) -> list[Path]:
+    """The numbered checkpoints of run folder `out`, oldest first."""
+    folder = Path(out) / NUMBERED_DIR
+    paths = [p for p in folder.glob("step_*.pt") if p.stem.removeprefix("step_").isdigit()]
+    return sorted(paths, key=lambda p: int(p.stem.removeprefix("step_")))
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded: damaged, or not a plain jestkit checkpoint."""
 

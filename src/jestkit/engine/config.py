@@ -113,6 +113,10 @@ class TrainingConfig:
             selection, seed + 2 the scoring views: at most 2**64 - 3)
         eval_every: evaluate every this many steps (and at the end); None: at the end only
         checkpoint_every: write a checkpoint every this many steps (and at the end)
+        save_every: also keep a numbered checkpoint (OUT/checkpoints/step_N.pt) every this many
+            steps, as open_clip_train keeps epoch_N.pt; a multiple of checkpoint_every; None:
+            none
+        keep_checkpoints: keep only this many of the latest numbered checkpoints; None: all
     """
 
     batch_size: int = 128
@@ -123,11 +127,14 @@ class TrainingConfig:
     seed: int = 0
     eval_every: int | None = 25
     checkpoint_every: int = 100
+    save_every: int | None = None
+    keep_checkpoints: int | None = None
 
     def __post_init__(self):
-        for name in ("batch_size", "steps", "eval_every", "checkpoint_every"):
+        for name in ("batch_size", "steps", "eval_every", "checkpoint_every", "save_every",
+                     "keep_checkpoints"):  # fmt: skip
             value = getattr(self, name)
-            if name == "eval_every" and value is None:
+            if name in ("eval_every", "save_every", "keep_checkpoints") and value is None:
                 continue
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -142,6 +149,13 @@ class TrainingConfig:
                 f"seed must be at most 2**64 - 3 = {MAX_SEED} (seed + 1 and seed + 2 seed the "
                 f"selection and the scoring views), got {self.seed}"
             )
+        if self.save_every is not None and self.save_every % self.checkpoint_every:
+            raise ValueError(
+                f"save_every={self.save_every} must be a multiple of checkpoint_every="
+                f"{self.checkpoint_every} (a numbered checkpoint is a copy of one written then)"
+            )
+        if self.keep_checkpoints is not None and self.save_every is None:
+            raise ValueError("keep_checkpoints needs save_every (numbered checkpoints to keep)")
         if self.warmup_steps is not None and self.warmup_steps > self.steps:
             raise ValueError(
                 f"warmup_steps={self.warmup_steps} is longer than the run (steps={self.steps}): "

@@ -37,13 +37,18 @@ from jestkit.engine.checkpoint import (
     check_same_config,
     load_checkpoint,
     save_checkpoint,
+    save_numbered,
 )
 from jestkit.engine.config import TrainConfig
 from jestkit.engine.flops import FlopMeter
+from jestkit.engine.reports import Reports, step_record
 from jestkit.engine.stats import SelectionStats
 from jestkit.engine.step import train_step
 from jestkit.engine.timing import PhaseClock
 from jestkit.models.dual import DualEncoder
+
+# settings a resumed run may change: where its numbered checkpoints go, not what it trains
+NOT_COMPARED = ("training.save_every", "training.keep_checkpoints")
 
 
 def lr_schedule(warmup: int, total: int) -> Callable[[int], float]:
@@ -73,6 +78,9 @@ class Trainer:
     data order, + 1 for selection, + 2 for scoring views.
     run_info: what else the run depends on (model config, data and reference fingerprints),
     saved in the checkpoint and compared on resume like the config.
+    report_to: where the metrics go while the run goes, in out_dir (jestkit.engine.reports:
+    'jsonl' for OUT/metrics.jsonl, 'tensorboard', 'wandb'); export: a function of the
+    checkpoint's state returning extra entries saved with it (the open_clip model's config).
     """
 
     def __init__(
@@ -88,6 +96,8 @@ class Trainer:
         dist: Distributed | None = None,
         autocast: bool = False,
         run_info: dict | None = None,
+        report_to: tuple[str, ...] = ("jsonl",),
+        export: Callable[[], dict] | None = None,
     ):
         if config.policy.uses_reference and reference is None:
             raise ValueError(f"policy {config.name()!r} needs the reference (its cache)")
@@ -110,6 +120,8 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress, self.desc = progress, desc or config.name()
         self.run_info = dict(run_info or {})
+        self.report_to, self.export = tuple(report_to), export
+        self.reports = Reports(None, ())
         train = config.training
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=train.lr, weight_decay=train.weight_decay
@@ -170,13 +182,20 @@ class Trainer:
             record.update(self.evaluate(self.model))
         self.eval_seconds += time.perf_counter() - start
         self.history.append(record)
+        self.reports.log("eval", record)
 
     def run(self, stop_at: int | None = None) -> dict:
         """Train to training.steps (or stop after `stop_at` steps, checkpointed, to resume)."""
         train = self.config.training
         last = train.steps if stop_at is None else min(stop_at, train.steps)
-        with self.clock.run():
-            self._run(last)
+        if self.dist.is_main:
+            self.reports = Reports(self.out_dir, self.report_to, self.step, self.desc,
+                                   asdict(self.config))  # fmt: skip
+        try:
+            with self.clock.run():
+                self._run(last)
+        finally:
+            self.reports.close()
         return self.summary()
 
     def _run(self, last: int) -> None:
@@ -195,6 +214,7 @@ class Trainer:
             ahead = self._first_draw[1] if self._first_draw is not None else None
             self.clock.start_step(ahead)  # a super-batch drawn ahead: its wait is this step's
             start = time.perf_counter() - (ahead["wall"] if ahead else 0.0)
+            lr = self.optimizer.param_groups[0]["lr"]
             loss = train_step(self)
             self.step_seconds.append(time.perf_counter() - start)
             self.losses.append(loss)
@@ -204,6 +224,7 @@ class Trainer:
             if self.step % train.checkpoint_every == 0 or self.step == last:
                 self.save()
             self.clock.end_step()
+            self.reports.log("train", step_record(self, loss, lr))
             bar.update(1)
             postfix = {"loss": f"{loss:.3f}", "data": f"{self._wait_share(20):.0%}"}
             if evaluated and self.history:  # the first metric the evaluation gave
@@ -274,7 +295,7 @@ class Trainer:
         run that wrote it (every setting must match: resume continues exactly, never with a
         stretched schedule or other data)."""
         check_same_config(state.get("run", {}), self.run_info)
-        check_same_config(state["config"], asdict(self.config))
+        check_same_config(state["config"], asdict(self.config), may_differ=NOT_COMPARED)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -300,20 +321,29 @@ class Trainer:
 
     def save(self) -> None:
         """Rank 0 writes the checkpoint; every rank builds the state (a streamed source that
-        reads per rank gathers every rank's position there)."""
+        reads per rank gathers every rank's position there). Every training.save_every steps
+        also a numbered copy, OUT/checkpoints/step_N.pt (resumable too), keeping the last
+        training.keep_checkpoints of them."""
         if self.checkpoint_path is None:
             return
         with self.clock.phase("checkpoint"):
             state = self.state_dict() if self.dist.is_main or self._streamed else None
             if self.dist.is_main:
+                if self.export is not None:
+                    state.update(self.export())
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 save_checkpoint(state, self.checkpoint_path)
+                every = self.config.training.save_every
+                if every is not None and self.step % every == 0:
+                    save_numbered(state, self.out_dir, self.step,
+                                  self.config.training.keep_checkpoints)  # fmt: skip
 
-    def resume(self) -> bool:
-        """Load out_dir/checkpoint.pt if it exists; True if it did. The file is loaded with
-        torch.load(weights_only=True): a checkpoint that would run code, or a damaged one, is
-        refused with a CheckpointError, as are other settings (ValueError)."""
-        path = self.checkpoint_path
+    def resume(self, path: str | os.PathLike | None = None) -> bool:
+        """Load out_dir/checkpoint.pt (or `path`, e.g. a numbered checkpoint of this run) if it
+        exists; True if it did. The file is loaded with torch.load(weights_only=True): a
+        checkpoint that would run code, or a damaged one, is refused with a CheckpointError, as
+        are other settings (ValueError)."""
+        path = self.checkpoint_path if path is None else Path(path)
         if path is None or not path.exists():
             return False
         state = load_checkpoint(path)

@@ -15,21 +15,24 @@ from jestkit.engine.files import read_json_record, write_json_atomic
 from jestkit.engine.loop import Trainer
 
 
-def run_and_record(trainer: Trainer, resume: bool, out: Path, extra=None,
+def run_and_record(trainer: Trainer, resume: bool | str | None, out: Path, extra=None,
                    write_config=None) -> dict:  # fmt: skip
-    """Resume `trainer` from its checkpoint if asked, run it, and return its summary with the
+    """Resume `trainer` from its checkpoint if asked (resume: True or 'latest' for
+    OUT/checkpoint.pt, or a checkpoint file of the run), run it, and return its summary with the
     wall time, the training time (without evaluations) and what extra() gives after the run,
     also written to OUT/result.json by rank 0. write_config(OUT): called by rank 0 once the
     resume check passed, before the first step (the CLI writes config.yaml)."""
     dist = trainer.dist
-    if resume and trainer.resume():
+    path = None if resume in (True, "latest") else resume
+    if resume and trainer.resume(path):
         finished = out / "result.json"
         if finished.exists():
             if dist.is_main:
                 print(f"{trainer.desc} in {out} already finished; {finished} left as it is")
             return read_json_record(finished, "a run's result.json")
         if dist.is_main:
-            print(f"resumed {trainer.desc} from {trainer.checkpoint_path} at step {trainer.step}")
+            print(f"resumed {trainer.desc} from {path or trainer.checkpoint_path} at step "
+                  f"{trainer.step}")  # fmt: skip
     trainer.draw_first()  # a source that cannot give a super-batch stops before any record
     if dist.is_main and write_config is not None:
         write_config(out)

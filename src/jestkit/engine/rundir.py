@@ -40,10 +40,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 LOCK_NAME = ".jestkit.lock"
-RUN_FILES = ("checkpoint.pt", "result.json")
+RUN_FILES = ("checkpoint.pt", "result.json", "metrics.jsonl")
 # what a run wrote beside its checkpoint and results, and --overwrite removes with them: its
-# curves and a `jestkit eval` of its checkpoint
-RUN_EXTRAS = ("curves.png", "eval.json")
+# curves, a `jestkit eval` of its checkpoint (and its clip_benchmark result files), numbered
+# checkpoints, the open_clip export, TensorBoard's and W&B's files (jestkit.engine.reports)
+RUN_EXTRAS = ("curves.png", "eval.json", "clip_benchmark", "checkpoints", "open_clip_model.pt",
+              "open_clip_model.json", "tensorboard", "wandb")
 # the names a train run writes (or holds): a symlink among them is refused
 RUN_NAMES = frozenset(
     [LOCK_NAME, "config.yaml", *RUN_FILES, *RUN_EXTRAS]
@@ -107,12 +109,25 @@ def _entries(folder: Path, ours=None) -> list[str]:
     return names
 
 
-def check_run_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> None:
+def check_run_dir(out: str | os.PathLike, resume: bool | str | None = False,
+                  overwrite: bool = False) -> None:  # fmt: skip
     """Refuse, before any work, an OUT this learner run may not use (see the module's rules).
-    Reads only; run_lock then creates the folder and proves it writable."""
+    resume: True or 'latest' (OUT/checkpoint.pt), or a checkpoint file of this run (a numbered
+    OUT/checkpoints/step_N.pt). Reads only; run_lock then creates the folder and proves it
+    writable."""
     out = Path(out)
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite contradict each other; choose one")
+    if resume not in (None, False, True, "latest"):
+        path = Path(resume)
+        if not path.is_file():
+            raise RunDirError(f"--resume {path}: no such checkpoint file (give `latest`, or one "
+                              f"of {out / 'checkpoints'}/step_N.pt)")  # fmt: skip
+        if path.resolve().parent not in (out.resolve(), (out / "checkpoints").resolve()):
+            raise RunDirError(
+                f"--resume {path} is not a checkpoint of the run in {out} (its checkpoint.pt or "
+                f"checkpoints/step_N.pt): a run continues in its own folder"
+            )
     _check_folder(out)
     names = _entries(out, RUN_NAMES)
     theirs = [name for name in ("reference.json", "model.pt", "cache", "manifest.json")
@@ -143,12 +158,15 @@ def check_run_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool 
 
 
 def clear_run(out: str | os.PathLike) -> None:
-    """Delete a learner run's checkpoint and results, and what was drawn or evaluated from
-    them (curves.png, eval.json): what --overwrite replaces."""
+    """Delete a learner run's checkpoints, metrics and results, and what was drawn, evaluated or
+    exported from them (RUN_EXTRAS): what --overwrite replaces."""
     out = Path(out)
     for name in (*RUN_FILES, *RUN_EXTRAS):
         for path in (out / name, out / (name + ".tmp")):
-            path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def check_demo_dir(out: str | os.PathLike) -> None:

@@ -29,6 +29,7 @@ def train_learner(
     dist: Distributed | None = None,
     overwrite: bool = False,
     write_config=None,
+    report_to: tuple[str, ...] = ("jsonl",),
 ) -> dict:
     """Train one learner on data.pool, evaluated on data.test; returns the result dict, also
     written to out_dir/result.json (checkpoint.pt as it goes): per-evaluation 'history' (step,
@@ -42,15 +43,16 @@ def train_learner(
     lifetime. A folder already holding a run is refused unless `resume` (continue exactly:
     every setting, the model, the data and the reference must be the same) or `overwrite`
     (delete its checkpoint and results, then start afresh); `resume` without a checkpoint is
-    refused. write_config: called with OUT once every check passed (the CLI writes config.yaml)."""
+    refused. write_config: called with OUT once every check passed (the CLI writes config.yaml).
+    report_to: where the metrics go as the run goes (jestkit.engine.reports)."""
     dist = dist or Distributed()
     with claimed_run(out_dir, resume, overwrite, dist.is_main) as out:
         return _train(data, model_config, config, reference_dir, out, resume, progress, dist,
-                      write_config)  # fmt: skip
+                      write_config, report_to)  # fmt: skip
 
 
 def _train(data, model_config, config, reference_dir, out, resume, progress, dist,
-           write_config) -> dict:  # fmt: skip
+           write_config, report_to) -> dict:  # fmt: skip
     torch.manual_seed(config.training.seed)  # the same initial weights for every policy of a seed
     model = build_model(model_config, len(data.vocab), config.selection.loss)
     reference, reference_fingerprint = None, None
@@ -73,6 +75,7 @@ def _train(data, model_config, config, reference_dir, out, resume, progress, dis
         progress=progress,
         dist=dist,
         run_info=run_info,
+        report_to=report_to,
     )
     return run_and_record(trainer, resume, out, lambda: {"model_config": asdict(model_config)},
                           write_config)  # fmt: skip

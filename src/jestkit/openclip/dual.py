@@ -37,7 +37,14 @@ from torch import nn
 from jestkit.engine.checkpoint import is_checkpoint, load_checkpoint
 from jestkit.models.dual import MAX_LOGIT_SCALE, ContrastiveDual
 from jestkit.models.view import View
-from jestkit.openclip.model import create_model, freeze, load_reference, read_config, selection_loss
+from jestkit.openclip.model import (
+    create_model,
+    freeze,
+    load_reference,
+    quiet_local_config,
+    read_config,
+    selection_loss,
+)
 from jestkit.openclip.views import OpenClipViews
 
 
@@ -142,7 +149,7 @@ def open_clip_inputs(spec: str, model: OpenClipDual) -> tuple[Callable, Callable
     config = read_config(spec) if str(spec).endswith(".json") else None
     if config is None:
         return transform, open_clip.get_tokenizer(spec)
-    with tempfile.TemporaryDirectory() as tmp:  # open_clip reads a JSON config from a folder
+    with tempfile.TemporaryDirectory() as tmp, quiet_local_config():  # a config in a folder
         (Path(tmp) / "open_clip_config.json").write_text(json.dumps({"model_cfg": config}))
         return transform, open_clip.get_tokenizer(f"local-dir:{tmp}")
 

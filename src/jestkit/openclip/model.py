@@ -20,7 +20,9 @@ A constant factor per batch size does not change which sub-batch is selected.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -152,7 +154,8 @@ def create_model(
         registry.
     checkpoint: the weights: a checkpoint file (open_clip_train's epoch_N.pt with its
         'state_dict', DDP's 'module.' prefix included, a bare state dict, .safetensors,
-        big_vision .npz), or, with a config name, a pretrained tag that open_clip downloads.
+        big_vision .npz, a `jestkit train` run's checkpoint.pt or checkpoints/step_N.pt of an
+        open_clip learner), or, with a config name, a pretrained tag that open_clip downloads.
         None: random weights.
     Other keyword arguments go to open_clip.create_model.
     """
@@ -162,18 +165,52 @@ def create_model(
             raise FileNotFoundError(f"no checkpoint file at {path}")
     cfg = read_config(model)
     kwargs = dict(device=device, precision=precision, output_dict=True, **create_kwargs)
+    ours = None  # the weights of a jestkit checkpoint
+    if checkpoint is not None and Path(checkpoint).is_file():
+        from jestkit.openclip.export import jestkit_state_dict
+
+        ours = jestkit_state_dict(checkpoint)
     if cfg is None:
-        return open_clip.create_model(str(model), pretrained=checkpoint, **kwargs)
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise FileNotFoundError(
-            f"no checkpoint file at {checkpoint} (a pretrained tag needs a config name)"
-        )
-    with tempfile.TemporaryDirectory() as tmp:  # open_clip's 'local-dir:' config source
-        (Path(tmp) / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
-        net = open_clip.create_model(f"local-dir:{tmp}", **kwargs)
-    if checkpoint is not None:
-        open_clip.load_checkpoint(net, str(checkpoint), strict=True)
+        pretrained = None if ours is not None else checkpoint
+        net = open_clip.create_model(str(model), pretrained=pretrained, **kwargs)
+    else:
+        if checkpoint is not None and not Path(checkpoint).is_file():
+            raise FileNotFoundError(
+                f"no checkpoint file at {checkpoint} (a pretrained tag needs a config name)"
+            )
+        with tempfile.TemporaryDirectory() as tmp, quiet_local_config():
+            (Path(tmp) / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+            net = open_clip.create_model(f"local-dir:{tmp}", **kwargs)
+        if checkpoint is not None and ours is None:
+            open_clip.load_checkpoint(net, str(checkpoint), strict=True)
+    if ours is not None:
+        net.load_state_dict(ours, strict=True)
     return net
+
+
+class _NoLocalWeightsNote(logging.Filter):
+    """Drops open_clip's notes that a config folder holds no weights ('Local config loaded, but
+    no CLIP weights found in /tmp/...', 'No pretrained weights loaded for model
+    'local-dir:/tmp/...''): jestkit hands it a config folder of its own making, and loads the
+    weights after."""
+
+    NOTES = ("Local config loaded, but no CLIP weights",
+             "No pretrained weights loaded for model 'local-dir:")  # fmt: skip
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.NOTES)
+
+
+@contextlib.contextmanager
+def quiet_local_config():
+    """For the `with` block, open_clip's note that a config folder jestkit wrote holds no
+    weights is not shown (a filter on the root logger, where open_clip logs it, removed after)."""
+    root, note = logging.getLogger(), _NoLocalWeightsNote()
+    root.addFilter(note)
+    try:
+        yield
+    finally:
+        root.removeFilter(note)
 
 
 def load_reference(

@@ -1,6 +1,7 @@
-"""The curves picture of a run on your own data (OUT/curves.png): its held-out metrics against
+"""The curves picture of a run on your own data (OUT/curves.png): its training loss against
+steps (every step, and a running mean over 1/20 of the run), and its held-out metrics against
 training steps and against total FLOPs (training + scoring), one line per set and metric, read
-from result.json's history."""
+from result.json's losses and history."""
 
 from __future__ import annotations
 
@@ -20,18 +21,45 @@ def drawn_metrics(history: list[dict]) -> list[str]:
     return [k for k in keys if k.rpartition("/")[2] in DRAWN]
 
 
-def plot_history(history: list[dict], path: str | Path, title: str = "") -> None:
-    """Held-out metrics against steps and total FLOPs (log), one line per NAME/metric."""
+def plot_run(losses: list[float], history: list[dict], path: str | Path, title: str = "") -> None:
+    """The training loss against steps; with held-out metrics in the history, also those
+    against steps and total FLOPs (log), one line per NAME/metric."""
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not losses:
+        raise ValueError("no training loss to draw")
     keys = drawn_metrics(history)
-    if not keys:
-        raise ValueError("the history holds no held-out metrics to draw")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
+    fig, axes = plt.subplots(1, 3 if keys else 1, figsize=(17, 4.4) if keys else (6, 4.4))
+    loss_ax = axes[0] if keys else axes
+    steps = range(1, len(losses) + 1)
+    loss_ax.plot(steps, losses, color="0.7", lw=0.8, label="loss (each step)")
+    window = max(1, len(losses) // 20)
+    if window > 1:
+        running = [sum(losses[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1))
+                   for i in range(len(losses))]  # fmt: skip
+        loss_ax.plot(steps, running, color="C0", label=f"running mean ({window} steps)")
+    loss_ax.set_xlabel("training steps")
+    loss_ax.set_ylabel("training loss")
+    loss_ax.grid(alpha=0.3)
+    loss_ax.legend(fontsize=8)
+    if keys:
+        _plot_metrics(history, keys, axes[1:])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_file(path) as f:  # never through a symlink, never half a file
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _plot_metrics(history: list[dict], keys: list[str], axes) -> None:
+    """Held-out metrics against steps (axes[0]) and total FLOPs, log (axes[1])."""
+    import matplotlib.ticker
+
+    axes[1].sharey(axes[0])
     sets = list(dict.fromkeys(k.rpartition("/")[0] for k in keys))
     for key in keys:
         name, _, metric = key.rpartition("/")
@@ -51,9 +79,3 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> None
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_file(path) as f:  # never through a symlink, never half a file
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)

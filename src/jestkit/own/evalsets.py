@@ -13,7 +13,15 @@ A retrieval set may also be a shard pattern (img2dataset's layout, as `--shards.
 reads it: KEY.jpg + KEY.txt + optional KEY.json with a uid). A zero-shot set given as a shard
 pattern finds its classnames.txt and templates in the shards' folder or the one above it.
 `NAME=PATH` names a set (its metrics are recorded as NAME/metric); the default name is the
-folder's.
+folder's. clip_benchmark's names are taken as they are: `wds/vtab/cifar10=FOLDER`, or
+`wds/vtab/cifar10` alone with a dataset root (`--eval.dataset_root`, clip_benchmark's
+`--dataset_root` template: `{dataset}` is the name without `wds/`, `{dataset_cleaned}` the same
+with '/' as '-'), as `clip_benchmark eval --dataset wds/vtab/cifar10 --dataset_root ...` reads it.
+
+Blank lines: trailing blank lines of classnames.txt and the templates file are dropped and a
+blank line inside either is refused (clip_benchmark keeps every blank line as an empty class
+name or template); in a retrieval sample's captions (KEY.txt) blank lines are dropped
+(clip_benchmark keeps them as empty captions, which count in its recall).
 
 Everything is checked when the set is loaded, before any training: unreadable, truncated or
 empty shards, images that do not decode, samples without a label or caption, labels outside
@@ -84,11 +92,29 @@ class EvalSet:
         return texts, image
 
 
-def parse_spec(spec: str) -> tuple[str | None, str]:
-    """'NAME=PATH' -> (NAME, PATH); 'PATH' -> (None, PATH)."""
+WDS = "wds/"
+
+
+def parse_spec(spec: str, dataset_root: str | None = None) -> tuple[str | None, str]:
+    """'NAME=PATH' -> (NAME, PATH); 'PATH' -> (None, PATH); clip_benchmark's 'wds/NAME' ->
+    ('wds/NAME', dataset_root filled in as clip_benchmark fills it)."""
     name, eq, path = spec.partition("=")
-    if eq and name and "/" not in name and "{" not in name:
+    if eq and name and "{" not in name and ("/" not in name or name.startswith(WDS)):
         return name, path
+    if spec.startswith(WDS) and not os.path.exists(spec):
+        dataset = spec.removeprefix(WDS)
+        if dataset_root is None:
+            raise EvalSetError(
+                f"{spec}: a clip_benchmark dataset name needs its folder: {spec}=FOLDER, or "
+                f"--eval.dataset_root as clip_benchmark's --dataset_root (e.g. "
+                f"'/data/wds_{{dataset_cleaned}}')"
+            )
+        try:
+            root = dataset_root.format(dataset=dataset, dataset_cleaned=dataset.replace("/", "-"))
+        except (KeyError, IndexError, ValueError):
+            raise EvalSetError(f"--eval.dataset_root {dataset_root!r}: only {{dataset}} and "
+                               "{dataset_cleaned} may stand in braces") from None  # fmt: skip
+        return spec, root
     return None, spec
 
 
@@ -230,11 +256,13 @@ def _check_image(data: bytes, path: str, key: str) -> None:
         raise EvalSetError(f"{path} (key {key}): the image does not decode ({e})") from None
 
 
-def load_eval_set(spec: str, kind: Literal["zeroshot", "retrieval"]) -> EvalSet:
-    """The set `spec` (NAME=PATH, PATH a clip_benchmark folder or a shard pattern), checked."""
+def load_eval_set(spec: str, kind: Literal["zeroshot", "retrieval"],
+                  dataset_root: str | None = None) -> EvalSet:  # fmt: skip
+    """The set `spec` (NAME=PATH, PATH a clip_benchmark folder or a shard pattern, or a
+    clip_benchmark name wds/NAME under dataset_root), checked."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    name, path = parse_spec(spec)
+    name, path = parse_spec(spec, dataset_root)
     flag = f"--eval.{kind} {spec}"
     if os.path.isdir(path):
         folder = Path(path)

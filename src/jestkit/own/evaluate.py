@@ -49,12 +49,16 @@ class EvalConfig:
         batch_size: images or captions encoded at once
         overlap: a set sharing ids with the training shards: refuse (default), warn, or skip
             the check (the training shards' ids are then not read)
+        dataset_root: where sets named as clip_benchmark names them (wds/NAME) are, as its
+            --dataset_root: a folder template with {dataset} (NAME) or {dataset_cleaned} (NAME
+            with '/' as '-')
     """
 
     zeroshot: str | None = None
     retrieval: str | None = None
     batch_size: int = 256
     overlap: Literal["refuse", "warn", "skip"] = "refuse"
+    dataset_root: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -71,8 +75,9 @@ def _specs(value: str | None) -> list[str]:
 
 def load_sets(config: EvalConfig) -> list[EvalSet]:
     """Every set of `config`, loaded and checked; names must differ."""
-    sets = [load_eval_set(s, "zeroshot") for s in _specs(config.zeroshot)]
-    sets += [load_eval_set(s, "retrieval") for s in _specs(config.retrieval)]
+    root = config.dataset_root
+    sets = [load_eval_set(s, "zeroshot", root) for s in _specs(config.zeroshot)]
+    sets += [load_eval_set(s, "retrieval", root) for s in _specs(config.retrieval)]
     names = [s.name for s in sets]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -279,5 +284,32 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, config: EvalConfig,
     }
 
 
-__all__ = ["EvalConfig", "Evaluator", "check_eval_out", "check_held_out", "evaluate_checkpoint",
-           "load_sets"]
+# clip_benchmark's task names, and its result file name (`clip_benchmark eval --output`'s default)
+TASKS = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval"}
+RESULT_NAME = "{dataset}_{pretrained}_{model}_{language}_{task}.json"
+
+
+def clip_benchmark_results(result: dict) -> dict[str, dict]:
+    """`jestkit eval`'s result as clip_benchmark's result files, one per set: file name ->
+    {"dataset", "model", "pretrained", "task", "metrics", "language"}, what `clip_benchmark eval`
+    writes and `clip_benchmark build` reads. dataset: the set's name (clip_benchmark's wds/NAME
+    as given); model: the open_clip config (or 'jestkit'); pretrained: the checkpoint file."""
+    files = {}
+    pretrained = result["checkpoint"]
+    for name, info in result["sets"].items():
+        task = TASKS[info["kind"]]
+        prefix = f"{name}/"
+        metrics = {k.removeprefix(prefix): v for k, v in result["metrics"].items()
+                   if k.startswith(prefix) and "/" not in k.removeprefix(prefix)}  # fmt: skip
+        dump = {"dataset": name, "model": result["model"], "pretrained": pretrained, "task": task,
+                "metrics": metrics, "language": "en"}  # fmt: skip
+        file = RESULT_NAME.format(dataset=name.removeprefix("wds/").replace("/", "_"),
+                                  pretrained=Path(pretrained).name,
+                                  model=Path(result["model"]).name.replace("/", "_"),
+                                  language="en", task=task)  # fmt: skip
+        files[file] = dump
+    return files
+
+
+__all__ = ["EvalConfig", "Evaluator", "check_eval_out", "check_held_out",
+           "clip_benchmark_results", "evaluate_checkpoint", "load_sets"]  # fmt: skip

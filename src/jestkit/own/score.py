@@ -30,9 +30,13 @@ The reference model is an open_clip checkpoint (with its config: --open_clip) or
 checkpoint.pt of a `jestkit train` run on shards (jestkit's dual encoder with --model.* and
 --shards.vocab_size; e.g. a uniform run on your curated shards).
 
-DataComp subsets (`--keep F --subset OUT.npy`): the uids of the share F of cached samples with
-the highest reference image-text similarity (DataComp's "CLIP score" filter), as a sorted .npy
-of uids (jestkit.dropin.cache.save_datacomp_subset); the ids must be 32-hex-digit uids.
+Subsets (`--keep F --subset FILE`): the share F of cached samples with the highest reference
+image-text similarity (DataComp's "CLIP score" filter). FILE.npy: DataComp's format, a sorted
+.npy of uids (jestkit.dropin.cache.save_datacomp_subset), which needs 32-hex-digit uids as ids
+(DataComp's, in KEY.json); FILE.txt: the kept ids, one a line, sorted: for plain img2dataset
+shards, whose ids are their keys (`webdataset`'s `.select(lambda s: s["__key__"] in keep)`
+filters on them). Which one a subset can be is checked once the shards are listed, before any
+sample is scored.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ from jestkit.dropin.cache import (
 from jestkit.dropin.distributed import Distributed, build_cache_sharded
 from jestkit.engine.checkpoint import is_checkpoint, load_checkpoint
 from jestkit.engine.device import resolve_device
-from jestkit.engine.files import read_json_record, write_json_atomic
+from jestkit.engine.files import read_json_record, write_bytes_atomic, write_json_atomic
 from jestkit.engine.reference import REFERENCE_FIELDS
 from jestkit.engine.rundir import check_score_dir
 from jestkit.models.factory import ModelConfig, build_model
@@ -190,12 +194,14 @@ def score_shards(
     dist: Distributed | None = None,
     rows_per_part: int = 8192,
     write_config=None,
+    subset: str | os.PathLike | None = None,
 ) -> dict:
     """Build OUT/cache and OUT/reference.json for run.shards with the reference checkpoint
     run.own.reference (see the module docstring); returns reference.json's contents. OUT must
     be a score's folder or new (jestkit.engine.rundir.check_score_dir). write_config(OUT): called
     by rank 0 once the cache is built, before reference.json (the CLI writes config.yaml), so
-    a refused or failed build rewrites no record."""
+    a refused or failed build rewrites no record. subset: the subset file to be written after
+    (export_subset); its format is checked against the ids before any sample is scored."""
     dist = dist or Distributed()
     if run.shards.workers or run.shards.streams is not None:
         raise ValueError(
@@ -212,6 +218,8 @@ def score_shards(
     ids, where, skipped = _list_shards(pool, dist)
     if not ids:
         raise ValueError(f"no good sample in {', '.join(pool.shards[:3])}")
+    if subset is not None:
+        check_subset_ids(ids, subset)
     out = Path(out_dir)
     fingerprint = fingerprint_state_dict(model.state_dict())
     emb = model.embeddings(*_Scorer(pool, {ids[0]: where[0]}, tokenize, model, device)
@@ -240,11 +248,41 @@ def score_shards(
     return info
 
 
+SUBSET_FORMATS = (".npy", ".txt")
+
+
+def subset_format(path: str | os.PathLike) -> str:
+    """'.npy' (DataComp's uids) or '.txt' (ids, one a line), by the file's suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUBSET_FORMATS:
+        raise ValueError(f"--subset {path}: give FILE.npy (DataComp's subset of uids) or "
+                         "FILE.txt (the kept ids, one a line)")  # fmt: skip
+    return suffix
+
+
+def check_subset_ids(ids: list[str], path: str | os.PathLike) -> None:
+    """Refuse a DataComp subset (.npy) of ids that are not 32-hex-digit uids, saying what to do
+    instead: a keys file (.txt), or uids in the samples' json."""
+    if subset_format(path) != ".npy":
+        return
+    bad = [i for i in ids if len(i) != 32 or any(c not in "0123456789abcdefABCDEF" for c in i)]
+    if bad:
+        raise ValueError(
+            f"--subset {path}: a DataComp subset (.npy) holds 32-hex-digit uids, and "
+            f"{len(bad)} of the {len(ids)} samples' ids are not (e.g. {bad[0]!r}: img2dataset's "
+            f"keys, as its shards have no uid in KEY.json). Write the kept ids as a keys file "
+            f"instead, --subset {Path(path).with_suffix('.txt')} (one id a line; webdataset "
+            f"filters on __key__), or give every sample a 'uid' in its KEY.json (DataComp's)"
+        )
+
+
 def export_subset(ref_dir: str | os.PathLike, keep: float, path: str | os.PathLike) -> dict:
     """The share `keep` of the cached samples with the highest reference image-text cosine
-    similarity, saved as a DataComp subset (.npy of uids) at `path`."""
+    similarity, saved at `path`: a DataComp subset (.npy of uids), or their ids one a line,
+    sorted (.txt)."""
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
+    fmt = subset_format(path)
     ref = Path(ref_dir)
     info = read_json_record(ref / "reference.json", "a reference's reference.json",
                             REFERENCE_FIELDS, f"score the shards again into {ref}")  # fmt: skip
@@ -254,13 +292,15 @@ def export_subset(ref_dir: str | os.PathLike, keep: float, path: str | os.PathLi
     score = similarity(rows["image"], rows["text"])
     top = keep_top(score, keep)
     n = len(top)
-    try:
-        uids = parse_uids([ids[i] for i in top.tolist()])
-    except ValueError as err:
-        raise ValueError(f"a DataComp subset needs 32-hex-digit uids as ids: {err}") from err
-    save_datacomp_subset(path, uids)
+    kept = [ids[i] for i in top.tolist()]
+    if fmt == ".txt":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic("".join(f"{i}\n" for i in sorted(kept)).encode(), Path(path))
+    else:
+        check_subset_ids(kept, path)
+        save_datacomp_subset(path, parse_uids(kept))
     threshold = float(score[top[-1]])
     return {"kept": n, "of": len(ids), "min_similarity": threshold, "path": str(path)}
 
 
-__all__ = ["export_subset", "score_shards"]
+__all__ = ["check_subset_ids", "export_subset", "score_shards"]

@@ -25,7 +25,7 @@ from jestkit.engine.device import bf16_autocast, resolve_device
 from jestkit.engine.loop import Trainer
 from jestkit.engine.record import run_and_record
 from jestkit.models.factory import ModelConfig
-from jestkit.own.curves import plot_history
+from jestkit.own.curves import plot_run
 from jestkit.own.evaluate import EvalConfig, Evaluator, check_held_out, load_sets
 from jestkit.own.run import (
     OwnRun,
@@ -53,6 +53,7 @@ def train_own(
     write_config=None,
     eval_config: EvalConfig | None = None,
     settings: dict | None = None,
+    report_to: tuple[str, ...] = ("jsonl",),
 ) -> dict:
     """One learner run on the data, model, reference and device of `run`; data: the prepared
     Fashion-MNIST captions when run.shards.pattern is None. Writes OUT/checkpoint.pt as it goes
@@ -62,7 +63,10 @@ def train_own(
     config.yaml); eval_config: held-out sets on shards. settings: the command line's settings
     (flag -> value), compared over the ranks at start-up with the shards' names and sizes and the
     reference's fingerprint (jestkit.dropin.distributed.agree): a rank started otherwise, or
-    failing a start-up check alone, stops every rank with one message."""
+    failing a start-up check alone, stops every rank with one message. report_to: where the
+    metrics go as the run goes (jestkit.engine.reports). An open_clip learner's checkpoints
+    record its config, and the run ends by writing OUT/open_clip_model.pt, the model in
+    open_clip's checkpoint layout (jestkit.openclip.export)."""
     dist = dist or Distributed()
     device = resolve_device(run.own.device)
     loss = config.selection.loss
@@ -107,8 +111,16 @@ def train_own(
                     "reference_fingerprint": reference_fingerprint(reference),
                     **({"data_fingerprint": data.fingerprint} if data is not None else {})}
         shared["the reference (its fingerprint)"] = run_info["reference_fingerprint"]
+    export = None
+    if run.own.open_clip is not None:
+        from jestkit.openclip.export import open_clip_record
+        from jestkit.openclip.model import read_config
+
+        record = open_clip_record(run.own.open_clip, read_config(run.own.open_clip))
+        export = lambda: record  # noqa: E731
     trainer = Trainer(model, config, source, reference, evaluate, out, progress=progress,
-                      dist=dist, autocast=bf16_autocast(device), run_info=run_info)  # fmt: skip
+                      dist=dist, autocast=bf16_autocast(device), run_info=run_info,
+                      report_to=report_to, export=export)  # fmt: skip
     try:
         result = run_and_record(trainer, resume, out, lambda: {
             "model_config": asdict(model_config),
@@ -126,9 +138,13 @@ def train_own(
     finally:
         if hasattr(source, "close"):
             source.close()
-    if sets and dist.is_main and result["history"]:
-        plot_history(result["history"], out / "curves.png",
-                     title=f"{config.name()} on {run.shards.pattern}"[:120])  # fmt: skip
+    if dist.is_main and export is not None:
+        from jestkit.openclip.export import export_open_clip
+
+        export_open_clip(out)
+    if run.shards.pattern and dist.is_main and result["losses"]:
+        plot_run(result["losses"], result["history"], out / "curves.png",
+                 title=f"{config.name()} on {run.shards.pattern}"[:120])  # fmt: skip
     return result
 
 
