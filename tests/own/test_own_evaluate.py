@@ -123,7 +123,7 @@ def test_evaluation_during_training_and_jestkit_eval(files, tmp_path, capsys):
 def test_jestkit_eval_of_an_open_clip_checkpoint(files, tmp_path, capsys):
     """An open_clip checkpoint file with --open_clip: the Evaluator's numbers on that model."""
     from jestkit.openclip import create_model
-    from jestkit.openclip.dual import open_clip_inputs, open_clip_reference_file
+    from jestkit.openclip.dual import open_clip_inputs, open_clip_model
 
     torch.manual_seed(5)
     torch.save({"state_dict": create_model(files["config"]).state_dict()}, tmp_path / "m.pt")
@@ -131,7 +131,7 @@ def test_jestkit_eval_of_an_open_clip_checkpoint(files, tmp_path, capsys):
                      files["config"], "--eval.zeroshot", files["zeroshot"]])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     written = json.loads((tmp_path / "eval.json").read_text())["metrics"]
-    model = open_clip_reference_file(files["config"], tmp_path / "m.pt")
+    model = open_clip_model(files["config"], tmp_path / "m.pt", frozen=True)
     transform, tokenize = open_clip_inputs(files["config"], model)
     expected = Evaluator(load_sets(EvalConfig(zeroshot=files["zeroshot"])), transform, tokenize)
     assert written == pytest.approx(expected(model))

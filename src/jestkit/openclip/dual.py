@@ -34,13 +34,11 @@ import open_clip
 import torch
 from torch import nn
 
-from jestkit.engine.checkpoint import is_checkpoint, load_checkpoint
 from jestkit.models.dual import MAX_LOGIT_SCALE, ContrastiveDual
 from jestkit.models.view import View
 from jestkit.openclip.model import (
     create_model,
     freeze,
-    load_reference,
     quiet_local_config,
     read_config,
     selection_loss,
@@ -118,25 +116,17 @@ def _known(spec: str) -> None:
         )
 
 
-def open_clip_model(spec: str, checkpoint: str | os.PathLike | None = None) -> OpenClipDual:
-    """The open_clip model `spec` (a config name open_clip knows, or a JSON config file) with
-    the weights of `checkpoint` (None: random, from torch's current seed)."""
-    _known(spec)
+def open_clip_model(spec: str, checkpoint: str | os.PathLike | None = None,
+                    frozen: bool = False) -> OpenClipDual:  # fmt: skip
+    """The open_clip model `spec` (a config name open_clip knows, or a JSON config file) behind
+    the loop's dual-encoder interface, with the weights of `checkpoint` (any file
+    jestkit.openclip.model.create_model reads: open_clip's, a state dict, a `jestkit train`
+    run's checkpoint.pt; None: random, from torch's current seed); frozen: JEST's reference
+    (eval mode, no gradients). Whatever open_clip raises is one ValueError naming the inputs."""
+    _known(spec)  # an unknown name is not the checkpoint's fault
     with _clear(spec, checkpoint):
-        return OpenClipDual(create_model(spec, checkpoint), str(spec))
-
-
-def open_clip_reference(
-    spec: str, checkpoint: str | os.PathLike | None = None, state_dict: dict | None = None
-) -> OpenClipDual:
-    """A frozen reference (eval mode, no gradients) from an open_clip checkpoint (epoch_N.pt, a
-    state dict, .safetensors), or from `state_dict`, the weights of an OpenClipDual (e.g. the
-    'model' of a `jestkit train` checkpoint of an open_clip learner)."""
-    if state_dict is not None:
-        model = OpenClipDual(create_model(spec), str(spec))
-        model.load_state_dict(state_dict)
-        return freeze(model)
-    return OpenClipDual(load_reference(spec, checkpoint), str(spec))
+        model = OpenClipDual(create_model(spec, checkpoint), str(spec))
+    return freeze(model) if frozen else model
 
 
 def open_clip_inputs(spec: str, model: OpenClipDual) -> tuple[Callable, Callable]:
@@ -154,19 +144,10 @@ def open_clip_inputs(spec: str, model: OpenClipDual) -> tuple[Callable, Callable
         return transform, open_clip.get_tokenizer(f"local-dir:{tmp}")
 
 
-def open_clip_reference_file(spec: str, checkpoint: str | os.PathLike):
-    """A frozen open_clip reference from an open_clip checkpoint file or from the checkpoint.pt
-    of a `jestkit train` run of an open_clip learner (e.g. uniform on your curated shards)."""
-    path = Path(checkpoint)
-    _known(spec)  # an unknown name is not the checkpoint's fault
-    with _clear(spec, checkpoint):
-        if path.suffix == ".pt" and path.is_file() and is_checkpoint(path):  # jestkit's
-            return open_clip_reference(spec, state_dict=load_checkpoint(path)["model"])
-        return open_clip_reference(spec, checkpoint)
-
-
 def matching_reference(spec: str, checkpoint: str, learner_spec: str | None, learner):
-    reference = open_clip_reference_file(spec, checkpoint)
+    """The frozen reference `spec` from `checkpoint`, refused when it takes other inputs than
+    the learner (another preprocessing or context length): both score the same tensors."""
+    reference = open_clip_model(spec, checkpoint, frozen=True)
     if learner_spec is not None and spec != learner_spec:
         mine = open_clip.get_model_preprocess_cfg(learner.model)
         theirs = open_clip.get_model_preprocess_cfg(reference.model)

@@ -209,9 +209,9 @@ def load_checkpoint_model(checkpoint: str | os.PathLike, open_clip: str | None =
                           "a string (jestkit, or an open_clip config)")  # fmt: skip
     spec = open_clip or (run.get("model") if run.get("model") != "jestkit" else None)
     if spec is not None:
-        from jestkit.openclip.dual import open_clip_inputs, open_clip_reference_file
+        from jestkit.openclip.dual import open_clip_inputs, open_clip_model
 
-        model = open_clip_reference_file(spec, path)
+        model = open_clip_model(spec, path, frozen=True)
         transform, tokenize = open_clip_inputs(spec, model)
         return model, transform, tokenize, spec
     if run.get("model") != "jestkit":

@@ -77,9 +77,9 @@ def _reference_model(run: OwnRun, model_config: ModelConfig, loss: str) -> tuple
             f"--reference must be the reference model's checkpoint file, got {path!r}"
         )
     if run.own.open_clip is not None:
-        from jestkit.openclip.dual import open_clip_reference_file  # open_clip is optional
+        from jestkit.openclip.dual import open_clip_model  # open_clip is optional
 
-        reference = open_clip_reference_file(run.own.open_clip, path)
+        reference = open_clip_model(run.own.open_clip, path, frozen=True)
         if reference.loss_name != loss:
             raise ValueError(
                 f"the reference {run.own.open_clip!r} is a {reference.loss_name} model: set "
