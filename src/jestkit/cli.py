@@ -137,10 +137,16 @@ class Train(_Learner):
         device: cpu, or cuda (NCCL under torchrun; bfloat16 autocast where the GPU has it)
         eval: held-out sets on your own data (zero-shot, retrieval), evaluated every
             training.eval_every steps and at the end
+        filter_keep: the reference's offline filter: train on the share of the Fashion-MNIST
+            pool that the reference (a folder) scores highest by image-caption similarity
+            (DataComp's CLIP score keeps 0.3); with --selection.policy uniform it is the filter
+            baseline, with a selecting policy filter + that policy (own shards: `jestkit score
+            --subset`); null: the whole pool
     """
 
     out: str | None = None
     reference: str = "runs/reference"
+    filter_keep: float | None = None
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     open_clip: str | None = None
     reference_model: str | None = None
@@ -358,6 +364,31 @@ def _check_demo_selection(selection: SelectionConfig) -> None:
             )
 
 
+def run_name(config: TrainConfig, filter_keep: float | None) -> str:
+    """A learner's run name: the policy's ('learnability-joint'), after 'filter-30-' when it
+    trains on the offline filter's share (filter-30-uniform: the filter baseline)."""
+    return config.name() if filter_keep is None else f"filter-{100 * filter_keep:g}-{config.name()}"
+
+
+def _check_filter_keep(cmd: Train) -> None:
+    """--filter_keep: a share in (0, 1) of the Fashion-MNIST pool, read off a reference folder."""
+    if cmd.filter_keep is None:
+        return
+    if not 0.0 < cmd.filter_keep < 1.0:
+        raise ValueError(f"--filter_keep must be in (0, 1), or null for the whole pool, got "
+                         f"{cmd.filter_keep:g}")  # fmt: skip
+    if cmd.shards.pattern:
+        raise ValueError("--filter_keep filters the Fashion-MNIST pool; on your own shards "
+                         "write the kept uids with `jestkit score --keep K --subset FILE` and "
+                         "train on those shards")  # fmt: skip
+    if not Path(cmd.reference).is_dir():
+        raise ValueError(f"--filter_keep reads the reference's cache: --reference {cmd.reference}"
+                         f" must be a folder written by `jestkit reference`")  # fmt: skip
+    if cmd.own_run().is_own:
+        raise ValueError("--filter_keep trains jestkit's dual encoder on the CPU; drop "
+                         "--open_clip / --device cuda")  # fmt: skip
+
+
 def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
     # imported here so that `jestkit --help` stays fast
     from jestkit.dropin.distributed import setup, teardown
@@ -366,7 +397,7 @@ def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
     from jestkit.fashion.evaluate import evaluator
     from jestkit.fashion.learner import train_learner
     from jestkit.fashion.prepare import prepare_caption_data
-    from jestkit.fashion.reference import train_reference
+    from jestkit.fashion.reference import filter_pool, train_reference
 
     if isinstance(cmd, Demo):
         config = cmd.train_config()
@@ -382,6 +413,8 @@ def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
         return _score(cmd, save_config, progress)
     if isinstance(cmd, Eval):
         return _eval(cmd)
+    if isinstance(cmd, Train):
+        _check_filter_keep(cmd)
     if isinstance(cmd, Train) and cmd.own_run().is_own:
         return _train_own(cmd, switches, save_config, progress)
     if isinstance(cmd, Train) and cmd.eval.any:
@@ -390,11 +423,13 @@ def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
     config = cmd.train_config() if isinstance(cmd, Train) else None
     if isinstance(cmd, Train):
         cmd.model.check_patch_size(config.scoring.patch_size)
-        out = cmd.out or f"runs/train/{config.name()}"
+        out = cmd.out or f"runs/train/{run_name(config, cmd.filter_keep)}"
         check_run_dir(out, switches.resume, switches.overwrite)  # before any work
     else:
         check_reference_dir(cmd.out, switches.overwrite)
     data = prepare_caption_data(cmd.data)
+    if isinstance(cmd, Train) and cmd.filter_keep is not None:
+        data = filter_pool(data, cmd.reference, cmd.filter_keep, config.selection.loss)
     dist = setup(backend="gloo", device="cpu")  # under torchrun; else one process
     try:
         if isinstance(cmd, Reference):
@@ -416,8 +451,10 @@ def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
         )
         return 0
     final = result["final"]
+    kept = "" if data.kept is None else f" on the {len(data.kept)} pairs the filter kept"
     print(
-        f"{config.name()}: {result['steps']} steps, zero-shot {final['zero_shot']:.4f}, "
+        f"{run_name(config, cmd.filter_keep)}{kept}: {result['steps']} steps, "
+        f"zero-shot {final['zero_shot']:.4f}, "
         f"i2t R@1 {final['i2t_r1']:.4f}, t2i R@1 {final['t2i_r1']:.4f}, "
         f"{sum(result['flops'].values()) / 1e12:.3f} TFLOPs; result in {out}/result.json"
     )
