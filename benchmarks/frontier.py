@@ -430,9 +430,9 @@ PLANS = {
         [ref_task("web17k")],  # the others' folders are rebuilt when first needed
         [],
         [run for seeds in ((0,), (1, 2)) for run in (
-            cells("web17k", EASY_RATIO, ("easy",), seeds=seeds, jest_budgets=(400, 800))
-            + cells("web17k", 0.9, ("uniform",), seeds=seeds, uniform_budgets=(400, 800),
+            cells("web17k", 0.9, ("uniform",), seeds=seeds, uniform_budgets=(400, 800),
                     keep=TUNE_KEEP)
+            + cells("web17k", EASY_RATIO, ("easy",), seeds=seeds, jest_budgets=(800, 400))
             + cells("web17k", 0.9, ("jest",), seeds=seeds, jest_budgets=(400,))
         )]
         + [run for pool in ("longtail", "web") for run in (

@@ -1,4 +1,4 @@
-"""The `jestkit` command: demo, reference, train and score.
+"""The `jestkit` command: demo, reference, train, score, eval and plan.
 
 Every setting is a field of a dataclass section (jestkit.fashion.captions.PoolConfig as `data`,
 jestkit.models.factory.ModelConfig as `model`, jestkit.SelectionConfig as `selection`,
@@ -46,6 +46,7 @@ from jestkit.engine.config import (
 from jestkit.fashion.captions import PoolConfig
 from jestkit.models.factory import ModelConfig
 from jestkit.own.evaluate import EvalConfig
+from jestkit.plan.rules import PlanRules
 
 
 @dataclass
@@ -214,7 +215,35 @@ class Eval:
     device: Literal["cpu", "cuda"] = "cpu"
 
 
-COMMANDS = {"demo": Demo, "reference": Reference, "train": Train, "score": Score, "eval": Eval}
+@dataclass
+class Plan(_DataAndModel):
+    """Which method to run on the pool for a compute budget: measures the pool with the
+    reference, applies the plan's rules, runs short pilots where they cannot decide, prints a
+    table and writes OUT/plan.json and OUT/plan.png.
+
+    Attributes:
+        reference: the reference folder (`jestkit reference`): the plan reads its pass over the
+            pool and runs it over a held-out sample
+        out: output folder (plan.json, plan.png, pilots/)
+        budget_flops: the budget as total FLOPs (the reference's training and pass included)
+        budget_uniform_steps: the budget as what a uniform run of this many steps costs
+        pilot_share: where the measurements cannot decide, pilot the undecided methods at this
+            share of their steps (twice: s and 2s steps); 0: no pilots
+        training: the learners' training settings (batch size, learning rate)
+        rules: the plan's constants (jestkit.plan.rules)
+    """
+
+    reference: str = "runs/reference"
+    out: str = "runs/plan"
+    budget_flops: float | None = None
+    budget_uniform_steps: int | None = None
+    pilot_share: float = 0.0
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    rules: PlanRules = field(default_factory=PlanRules)
+
+
+COMMANDS = {"demo": Demo, "reference": Reference, "train": Train, "score": Score, "eval": Eval,
+            "plan": Plan}
 
 # What to do with the output folder: switches of the command line, never written to config.yaml.
 SWITCHES = {
@@ -237,6 +266,8 @@ EXAMPLES = {
     "score": "jestkit score --shards.pattern 'pool/*.tar' --open_clip tiny-sig.json \\\n"
              "    --reference runs/ref-train/checkpoint.pt --out runs/score-pool\n"
              "(the files of the README's \"Your own data and model\")",
+    "plan": "jestkit plan --data.limit 3000 --data.curated_size 500 \\\n"
+            "    --reference runs/reference-small --budget_uniform_steps 400 --out runs/plan-small",
     "eval": "jestkit eval --checkpoint runs/uniform/checkpoint.pt --eval.zeroshot eval/shapes \\\n"
             "    --eval.retrieval eval/captions\n"
             "(the files of the README's \"Held-out evaluation on your own data\")",
@@ -413,6 +444,8 @@ def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
         return _score(cmd, save_config, progress)
     if isinstance(cmd, Eval):
         return _eval(cmd)
+    if isinstance(cmd, Plan):
+        return _plan(cmd, save_config, progress)
     if isinstance(cmd, Train):
         _check_filter_keep(cmd)
     if isinstance(cmd, Train) and cmd.own_run().is_own:
@@ -492,6 +525,25 @@ def _train_own(cmd: Train, switches: Switches, save_config, progress: bool) -> i
         f"{', ' + metrics if metrics else ''}, skipped {sum(result['skipped'].values())} bad "
         f"samples, {sum(result['flops'].values()) / 1e9:.2f} GFLOPs; result in {out}/result.json"
     )
+    return 0
+
+
+def _plan(cmd: Plan, save_config, progress: bool) -> int:
+    """`jestkit plan` (jestkit.plan.run)."""
+    from jestkit.fashion.prepare import prepare_caption_data
+    from jestkit.plan.run import budget_flops, plan, table
+
+    if cmd.budget_flops is not None or cmd.budget_uniform_steps is not None:
+        budget_flops(cmd.budget_flops, cmd.budget_uniform_steps, 1.0)  # checked before any work
+    else:
+        budget_flops(None, None, 1.0)  # the error naming both flags
+    data = prepare_caption_data(cmd.data)
+    save_config(Path(cmd.out))
+    base = TrainConfig(training=cmd.training)
+    result = plan(data, cmd.model, base, cmd.reference, cmd.out, cmd.budget_flops,
+                  cmd.budget_uniform_steps, cmd.rules, cmd.pilot_share, progress)  # fmt: skip
+    print(table(result))
+    print(f"wrote {Path(cmd.out) / 'plan.json'} and plan.png")
     return 0
 
 
