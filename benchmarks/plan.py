@@ -47,10 +47,10 @@ from jestkit.engine.checkpoint import save_atomic  # noqa: E402
 from jestkit.engine.config import TrainConfig, reference_training  # noqa: E402
 from jestkit.engine.flops import count_no_grad_flops  # noqa: E402
 from jestkit.engine.loop import Trainer  # noqa: E402
-from jestkit.fashion.captions import JUNK, MISMATCHED  # noqa: E402
+from jestkit.fashion.captions import JUNK, MISMATCHED, class_prompts  # noqa: E402
 from jestkit.fashion.prepare import prepare_caption_data  # noqa: E402
 from jestkit.fashion.source import pixels  # noqa: E402
-from jestkit.models.factory import ModelConfig, build_model  # noqa: E402
+from jestkit.models.factory import MAX_LEN, ModelConfig, build_model  # noqa: E402
 from jestkit.plan.fashion import held_out_embeddings, pool_measurements  # noqa: E402
 from jestkit.plan.rules import MethodCost, PlanRules, decide, fit_threshold, settings  # noqa: E402
 
@@ -123,16 +123,32 @@ def reference_model(pool: str, data, work: Path):
     return model, fingerprint_state_dict(model.state_dict())
 
 
-def measurements(pool: str, work: Path) -> dict:
+def measurements(pool: str, work: Path, borrow: str | None = None) -> dict:
     """The plan's measurements of `pool` (cached) from its reference's pass over a random
     sample of POOL_SAMPLE pool pairs (the plan reads the whole pass, which the filter and JEST
-    need anyway; the sample keeps this benchmark's cost down), with the truth beside them."""
+    need anyway; the sample keeps this benchmark's cost down), with the truth beside them.
+
+    borrow: where the pool's own reference is not built (training it again did not fit the
+    compute at hand), measure with pool `borrow`'s reference instead: trained on the same
+    curated images with the same seed (only the attribute words' cut points differ), this
+    pool's captions put in its vocabulary (a word it lacks becomes <unk>). Recorded."""
     path = CACHE / f"{pool}.json"
     if path.exists():
         return json.loads(path.read_text())
     torch.set_num_threads(1)
     data = prepare_caption_data(fr.POOLS[pool])
-    model, fingerprint = reference_model(pool, data, work)
+    own = [work / f"reference_{pool}_default" / "model.pt",
+           work / f"reference_{pool}_default.partial" / "model.pt",
+           CACHE / f"reference_{pool}" / "model.pt"]  # fmt: skip
+    lent = None
+    if borrow is not None and not any(p.exists() for p in own):
+        lent = prepare_caption_data(fr.POOLS[borrow]).vocab
+        data = replace(data, vocab=lent, pool_tokens=lent.encode(data.pool.captions, MAX_LEN),
+                       test_tokens=lent.encode(data.test.captions, MAX_LEN),
+                       prompt_tokens=lent.encode(class_prompts(), MAX_LEN))  # fmt: skip
+        model, fingerprint = reference_model(borrow, data, work)
+    else:
+        model, fingerprint = reference_model(pool, data, work)
     g = torch.Generator().manual_seed(0)
     rows = torch.randperm(len(data.pool), generator=g)[:POOL_SAMPLE]
     (image, text), pass_flops = count_no_grad_flops(
@@ -148,7 +164,8 @@ def measurements(pool: str, work: Path) -> dict:
           "sample": len(rows), "flops": m["flops"] + held_flops, "sample_pass_flops": pass_flops,
           "truth": {"matched_share": float(matched.float().mean()),
                     "kept_precision": float(matched[rows][kept].float().mean())},
-          "reference_as_frontier": fingerprint == cached}  # fmt: skip
+          "reference_as_frontier": fingerprint == cached,
+          "reference": f"borrowed from {borrow}" if lent is not None else "its own"}  # fmt: skip
     CACHE.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(m, indent=1))
     return m
@@ -175,6 +192,24 @@ def revisit_evidence(payoff: dict, kept: dict[str, int]) -> list[dict]:
     return out
 
 
+def filter_or_easy(payoff: dict, kept: dict[str, int]) -> list[dict]:
+    """Every step count at which a pool has both the filter and easy-reference measured: which
+    did better (seeds averaged) and the filter's revisits of its kept share there."""
+    out = []
+    for pool, p in payoff.items():
+        f = p["methods"].get(frontier_name(pool, "filter"))
+        e = p["methods"].get(frontier_name(pool, "easy"))
+        if not f or not e or pool not in kept:
+            continue
+        fa = {q["budget"]: q["zero_shot"]["mean"] for q in f["points"]}
+        ea = {q["budget"]: q["zero_shot"]["mean"] for q in e["points"]}
+        for steps in sorted(set(fa) & set(ea)):
+            out.append({"pool": pool, "steps": steps, "filter": fa[steps], "easy": ea[steps],
+                        "better": "filter" if fa[steps] >= ea[steps] else "easy",
+                        "revisits": steps * BATCH / kept[pool]})  # fmt: skip
+    return out
+
+
 def judge(pool, budget, payoff, meas, costs, refs, rules_for) -> dict:
     """The plan's answer on `pool` at `budget` TFLOPs against the measured best."""
     methods = payoff[pool]["methods"]
@@ -189,7 +224,7 @@ def judge(pool, budget, payoff, meas, costs, refs, rules_for) -> dict:
     tf = {k: MethodCost(c.train / 1e12, c.score / 1e12, c.uses_reference)
           for k, c in costs[pool].items()}  # fmt: skip
     spend = settings(tf, ref_flops, budget, BATCH, m["pool_size"])
-    rules = rules_for(pool)
+    rules = rules_for(pool)  # fitted without this pool
     revisits = spend["filter"].revisits if "filter" in spend else float("inf")
     d = decide(m["matched_share"], min(ref_flops / budget, 1.0), revisits, rules)
     # the plan's cost: its measurements beyond the reference's pass, and one step of each method
@@ -203,7 +238,8 @@ def judge(pool, budget, payoff, meas, costs, refs, rules_for) -> dict:
         "recommended_steps": pick[1] if pick else None,
         "hit": got is not None and got >= truth[best][0] - TOLERANCE,
         "filter_revisits": revisits, "reference_share": ref_flops / budget,
-        "rules": {"easy_revisits": rules.easy_revisits, "jest_revisits": rules.jest_revisits},
+        "rules": {"easy_revisits": rules.easy_revisits, "stop_revisits": rules.stop_revisits,
+                  "jest_revisits": rules.jest_revisits},
         "settings": {k: vars(s) for k, s in spend.items()},
         "plan_tflops": plan_tflops, "plan_share": plan_tflops / budget,
         "measured_at_budget": {n: a for n, (a, _) in sorted(truth.items(), key=lambda x: -x[1][0])},
@@ -213,11 +249,13 @@ def judge(pool, budget, payoff, meas, costs, refs, rules_for) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--work", default="runs/frontier", help="the frontier's reference folders")
+    p.add_argument("--borrow-reference", default=None, metavar="POOL",
+                   help="measure pools whose own reference is not built with POOL's")
     args = p.parse_args()
     results = fr.load_results()
     payoff = fr.payoff(results)
     refs = {pool: results[fr.ref_task(pool).key()] for pool in JUDGED}
-    meas = {pool: measurements(pool, Path(args.work)) for pool in JUDGED}
+    meas = {pool: measurements(pool, Path(args.work), args.borrow_reference) for pool in JUDGED}
     costs = {pool: step_costs(pool, results) for pool in JUDGED}
     kept = {pool: meas[pool]["kept"] for pool in JUDGED}
     for pool in fr.SIZE_POOLS:  # the cause experiment's pools: their filter runs' kept share
@@ -225,6 +263,7 @@ def main() -> None:
             if r["run"]["pool"] == pool and r.get("kept"):
                 kept[pool] = r["kept"]
     evidence = revisit_evidence(payoff, kept)
+    easy_evidence = filter_or_easy(payoff, kept)
 
     def budgets(pool: str) -> dict[str, float]:
         jest = [q["total"] for n, m in payoff[pool]["methods"].items() if n.startswith("jest ")
@@ -233,35 +272,30 @@ def main() -> None:
                 f"uniform {UNIFORM_STEPS} steps": UNIFORM_STEPS * costs[pool]["uniform"].train
                 / 1e12}  # fmt: skip
 
-    def rules_for(budget_kind: str):
-        def fitted(left_out: str) -> PlanRules:
-            below, above = [], []  # filter better / easy better, by revisits at the budget
-            for pool in JUDGED:
-                if pool == left_out:
-                    continue
-                b = budgets(pool)[budget_kind]
-                f = accuracy_at(payoff[pool]["methods"][frontier_name(pool, "filter")]["points"], b)
-                e = payoff[pool]["methods"].get(frontier_name(pool, "easy"))
-                e = accuracy_at(e["points"], b) if e else None
-                ref = (refs[pool]["train_flops"] + refs[pool]["cache_flops"]) / 1e12
-                steps = (b - ref) / (costs[pool]["filter"].per_step / 1e12)
-                if f and e:
-                    (below if f[0] >= e[0] else above).append(steps * BATCH / kept[pool])
-            easy = fit_threshold(below, above)
-            going = [e["revisits_800"] for e in evidence
-                     if e["pool"] != left_out and e["gain"] >= STOPPED]  # fmt: skip
-            stopped = [e["revisits_800"] for e in evidence
-                       if e["pool"] != left_out and e["gain"] < STOPPED]  # fmt: skip
-            jest = fit_threshold(going, stopped)
-            return PlanRules(easy_revisits=min(easy, jest), jest_revisits=jest)
-
-        return fitted
+    def rules_for(left_out: str) -> PlanRules:
+        """The rules fitted on every pool but `left_out`."""
+        easy = [e for e in easy_evidence if e["pool"] != left_out]
+        stop = [e for e in evidence if e["pool"] != left_out]
+        return PlanRules(
+            easy_revisits=fit_threshold([e["revisits"] for e in easy if e["better"] == "filter"],
+                                        [e["revisits"] for e in easy if e["better"] == "easy"]),
+            stop_revisits=fit_threshold([e["revisits_800"] for e in stop if e["gain"] >= STOPPED],
+                                        [e["revisits_800"] for e in stop if e["gain"] < STOPPED]),
+        )  # fmt: skip
 
     kinds = list(budgets(JUDGED[0]))
-    verdicts = {kind: [judge(pool, budgets(pool)[kind], payoff, meas, costs, refs,
-                             rules_for(kind)) for pool in JUDGED] for kind in kinds}  # fmt: skip
-    out = {"measurements": meas, "revisit_evidence": evidence, "verdicts": verdicts,
-           "tolerance": TOLERANCE, "stopped": STOPPED}  # fmt: skip
+    verdicts = {kind: [judge(pool, budgets(pool)[kind], payoff, meas, costs, refs, rules_for)
+                       for pool in JUDGED] for kind in kinds}  # fmt: skip
+    cause = {pool: {method: {q["budget"]: q["zero_shot"]
+                             for q in payoff[pool]["methods"][frontier_name(pool, method)]["points"]
+                             if q["budget"] in (400, 800)}
+                    for method in ("filter", "easy", "jest")
+                    if frontier_name(pool, method) in payoff[pool]["methods"]}
+             for pool in ("web", "web17k", "web8k", "longtail") if pool in payoff}  # fmt: skip
+    out = {"cause": cause, "kept": kept,
+           "measurements": meas, "revisit_evidence": evidence, "easy_evidence": easy_evidence,
+           "verdicts": verdicts, "tolerance": TOLERANCE, "stopped": STOPPED,
+           "rules_all_pools": vars(rules_for(""))}  # fmt: skip
     (RESULTS / "plan.json").write_text(json.dumps(out, indent=1, default=str))
     text = report(out)
     (RESULTS / "plan.txt").write_text(text + "\n")
@@ -288,6 +322,15 @@ def report(out: dict) -> str:
             f"{m['concepts_kept']['rarest_over_balanced']:>8.2f}{m['flops'] / 1e12:>9.3f}"
             f"{str(m['reference_as_frontier']):>16}"
         )
+    lines += ["", "The cause experiment (issue 27): web's noise, balanced classes, at the "
+              "long-tail pool's size (web17k) and half of it (web8k), beside the long-tail and web "
+              "pools (final zero-shot, mean ± std over n seeds):", ""]
+    for pool, methods in out["cause"].items():
+        for method, at in methods.items():
+            cells = "   ".join(f"{b}: {z['mean']:.4f}" + (f" ± {z['std']:.3f} (n={z['n']})"
+                                                        if z["n"] > 1 else " (n=1)")
+                               for b, z in sorted(at.items(), key=lambda x: int(x[0])))
+            lines.append(f"  {pool:<9} {method:<7} kept {out['kept'].get(pool, '-'):>6}   {cells}")
     lines += ["", "Where the reference-only methods stop gaining (the better of the filter and "
               "easy-reference, 400 -> 800 steps; seeds averaged where run):", ""]  # fmt: skip
     for e in out["revisit_evidence"]:
@@ -296,6 +339,14 @@ def report(out: dict) -> str:
         lines.append(f"  {e['pool']:<9} {e['method']:<7} {acc(e['at_400']):>24} -> "
                      f"{acc(e['at_800']):>24}  gain {e['gain']:+.4f}  "
                      f"filter revisits at 800 steps {e['revisits_800']:.1f}")  # fmt: skip
+    lines += ["", "Filter or easy-reference, at equal steps (seeds averaged where run):", ""]
+    for e in out["easy_evidence"]:
+        lines.append(f"  {e['pool']:<9} {e['steps']:>4} steps  filter {e['filter']:.4f}  easy "
+                     f"{e['easy']:.4f}  better: {e['better']:<6}  filter revisits "
+                     f"{e['revisits']:.1f}")  # fmt: skip
+    r = out["rules_all_pools"]
+    lines += ["", f"Fitted on every pool: easy_revisits {r['easy_revisits']:.1f}, stop_revisits "
+              f"{r['stop_revisits']:.1f} (JEST above {r['past_plateau']:g} x that)."]
     for kind, verdicts in out["verdicts"].items():
         hits = sum(v["hit"] for v in verdicts)
         lines += ["", f"Budget: {kind}. Leave-one-out (each pool's rules fitted without it): "

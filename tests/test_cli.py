@@ -137,15 +137,16 @@ def _example(name: str) -> list[str]:
 
 
 def test_the_fashion_examples_run(tmp_path):
-    """The reference, train and demo examples of --help, run as written by the console script
-    (the score example runs in tests/own/test_readme_own.py, beside the files it needs)."""
-    for name in ("reference", "train", "demo"):
+    """The reference, train, plan and demo examples of --help, run as written by the console
+    script (the score example runs in tests/own/test_readme_own.py, beside the files it needs)."""
+    for name in ("reference", "train", "plan", "demo"):
         command = _example(name)
         assert command[:2] == ["jestkit", name]
         run = subprocess.run([str(JESTKIT), *command[1:], "--quiet"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=900)  # fmt: skip
         assert run.returncode == 0, f"{shlex.join(command)}\n{run.stdout}\n{run.stderr}"
     assert (tmp_path / "runs" / "jest-small" / "result.json").is_file()
+    assert (tmp_path / "runs" / "plan-small" / "plan.json").is_file()
     assert (tmp_path / "runs" / "demo-small" / "results.json").is_file()
 
 

@@ -24,7 +24,7 @@ def test_settings_spend_the_budget_with_the_reference_charged():
 
 
 def test_the_decision_list():
-    rules = PlanRules(easy_revisits=4, jest_revisits=15, margin=0.05)
+    rules = PlanRules(easy_revisits=4, stop_revisits=7.5, margin=0.05)  # JEST above 15
     assert decide(0.6, 0.47, 3.6, rules).method == "uniform"  # waste 0.4 < 0.47
     assert decide(0.2, 0.2, 2.0, rules).method == "filter"
     assert decide(0.2, 0.2, 6.0, rules).method == "easy"
@@ -36,9 +36,10 @@ def test_the_decision_list():
     assert decide(0.2, 0.2, 2.0, rules).undecided == []
 
 
-def test_rules_refuse_crossed_thresholds():
-    with pytest.raises(ValueError, match="easy_revisits <= jest_revisits"):
-        PlanRules(easy_revisits=20, jest_revisits=10)
+def test_rules_refuse_bad_constants():
+    with pytest.raises(ValueError, match="past_plateau >= 1"):
+        PlanRules(past_plateau=0.5)
+    assert PlanRules(easy_revisits=20, stop_revisits=5).jest_revisits == 20
 
 
 def test_fit_threshold_separates_or_misplaces_the_fewest():

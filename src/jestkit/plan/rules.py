@@ -9,15 +9,17 @@ FLOPs per step. Then, in order:
    none of theirs on noise (nearly) but spend the reference's share of the budget (R / C) on it.
    Uniform when 1 - matched < R / C. No constant: both sides are measured.
 2. Which reference method? A static filter keeps a fixed share of the pool; a run that revisits
-   it many times stops gaining (the frontier: the filter's and easy-reference's gain from 400
-   to 800 steps stops where the kept share is revisited ~20 times; see docs/plan.md), while a
+   it many times stops gaining (the frontier: the reference-only methods' gain from 400 to 800
+   steps stops where the kept share is revisited ~10-20 times; see docs/plan.md), while a
    method that selects online from the whole pool keeps finding new examples. So by how many
    times the budget-spending filter run would revisit the share it keeps:
    below `easy_revisits`: the filter (cheapest, and best while its share is fresh);
-   below `jest_revisits`: easy-reference (the reference alone picks online, nothing per step);
-   above: JEST (the learner's learnability keeps changing as it learns).
-   The two thresholds are fitted on frontier pools (`fit_threshold`); the benchmark refits
-   them leaving out the pool it judges.
+   below `past_plateau` x `stop_revisits`: easy-reference (the reference alone picks online,
+   nothing per step), which gains until about `stop_revisits`;
+   above: JEST (the learner's learnability keeps changing as it learns): the reference-only
+   methods would spend more than half of the budget (past_plateau 2) past where they stop.
+   easy_revisits and stop_revisits are fitted on frontier runs (`fit_threshold`); the
+   benchmark refits them leaving out the pool it judges. past_plateau is set, not fitted.
 3. Where a measured quantity is within `margin` of its threshold, the measurements cannot
    decide: the two methods either side are named for pilots.
 """
@@ -43,22 +45,31 @@ class PlanRules:
 
     Attributes:
         easy_revisits: filter revisits above which easy-reference beats the filter
-        jest_revisits: filter revisits above which JEST beats the reference-only methods
+        stop_revisits: filter revisits where the reference-only methods stop gaining
+        past_plateau: JEST when the budget-spending filter run would revisit its share more
+            than this many times stop_revisits
         margin: within this relative distance of a threshold the measurements cannot decide
             (rule 1: |R/C - (1 - matched)| < margin; rule 2: revisits within a factor
             1 + margin of a threshold)
     """
 
-    easy_revisits: float = 3.9
-    jest_revisits: float = 15.0
+    easy_revisits: float = 5.3
+    stop_revisits: float = 10.5
+    past_plateau: float = 2.0
     margin: float = 0.05
 
     def __post_init__(self):
-        if not 0 < self.easy_revisits <= self.jest_revisits:
-            raise ValueError(f"need 0 < easy_revisits <= jest_revisits, got "
-                             f"{self.easy_revisits} and {self.jest_revisits}")  # fmt: skip
+        if min(self.easy_revisits, self.stop_revisits) <= 0 or self.past_plateau < 1:
+            raise ValueError(f"need easy_revisits > 0, stop_revisits > 0 and past_plateau >= 1, "
+                             f"got {self.easy_revisits}, {self.stop_revisits}, "
+                             f"{self.past_plateau}")  # fmt: skip
         if not 0 <= self.margin < 1:
             raise ValueError(f"margin must be in [0, 1), got {self.margin}")
+
+    @property
+    def jest_revisits(self) -> float:
+        """Filter revisits above which JEST is recommended."""
+        return max(self.easy_revisits, self.past_plateau * self.stop_revisits)
 
 
 @dataclass(frozen=True)
@@ -144,9 +155,9 @@ def _reference_method(revisits: float, rules: PlanRules) -> Decision:
                               f"goes stale; below {rules.jest_revisits:g}, the reference alone "
                               "still finds new examples online"])  # fmt: skip
     else:
-        d = Decision("jest", [f"{said}: above {rules.jest_revisits:g}, the reference-only "
-                              "methods stop gaining; learnability keeps changing as the "
-                              "learner learns"])  # fmt: skip
+        d = Decision("jest", [f"{said}: above {rules.jest_revisits:g} ({rules.past_plateau:g} x "
+                              f"{rules.stop_revisits:g}, where the reference-only methods stop "
+                              "gaining); learnability keeps changing as the learner learns"])
     factor = 1 + rules.margin
     for threshold, pair in ((rules.easy_revisits, ["easy", "filter"]),
                             (rules.jest_revisits, ["easy", "jest"])):  # fmt: skip
