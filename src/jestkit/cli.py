@@ -237,7 +237,7 @@ class Plan(_DataAndModel):
     out: str = "runs/plan"
     budget_flops: float | None = None
     budget_uniform_steps: int | None = None
-    pilot_share: float = 0.0
+    pilot_share: float = 0.03
     training: TrainingConfig = field(default_factory=TrainingConfig)
     rules: PlanRules = field(default_factory=PlanRules)
 
@@ -531,12 +531,10 @@ def _train_own(cmd: Train, switches: Switches, save_config, progress: bool) -> i
 def _plan(cmd: Plan, save_config, progress: bool) -> int:
     """`jestkit plan` (jestkit.plan.run)."""
     from jestkit.fashion.prepare import prepare_caption_data
-    from jestkit.plan.run import budget_flops, plan, table
+    from jestkit.plan.run import budget_flops, check_plan_reference, plan, table
 
-    if cmd.budget_flops is not None or cmd.budget_uniform_steps is not None:
-        budget_flops(cmd.budget_flops, cmd.budget_uniform_steps, 1.0)  # checked before any work
-    else:
-        budget_flops(None, None, 1.0)  # the error naming both flags
+    budget_flops(cmd.budget_flops, cmd.budget_uniform_steps, 1.0)  # checked before any work
+    check_plan_reference(cmd.reference)
     data = prepare_caption_data(cmd.data)
     save_config(Path(cmd.out))
     base = TrainConfig(training=cmd.training)

@@ -16,7 +16,7 @@ SMALL = ["--data.limit", "1500", "--data.curated_size", "400", "--model.dim", "3
 def test_plan_writes_its_table_and_files(reference_dir, tmp_path, capsys):
     out = tmp_path / "plan"
     code = cli_main(["plan", "--reference", str(reference_dir), "--budget_uniform_steps", "400",
-                     "--out", str(out), *SMALL])  # fmt: skip
+                     "--pilot_share", "0", "--out", str(out), *SMALL])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     text = capsys.readouterr().out
     plan = json.loads((out / "plan.json").read_text())
@@ -32,7 +32,8 @@ def test_plan_writes_its_table_and_files(reference_dir, tmp_path, capsys):
     assert plan["plan_flops"] > 0 and "the plan itself cost" in text
     again = tmp_path / "flops"  # the same budget given as FLOPs: the same plan
     assert cli_main(["plan", "--reference", str(reference_dir), "--budget_flops",
-                     str(plan["budget_flops"]), "--out", str(again), *SMALL]) == 0  # fmt: skip
+                     str(plan["budget_flops"]), "--pilot_share", "0", "--out", str(again),
+                     *SMALL]) == 0  # fmt: skip
     same = json.loads((again / "plan.json").read_text())
     assert same["methods"] == plan["methods"] and same["recommended"] == plan["recommended"]
 

@@ -42,6 +42,13 @@ def budget_flops(flops: float | None, uniform_steps: int | None, uniform_per_ste
     return uniform_steps * uniform_per_step
 
 
+def check_plan_reference(ref_dir: str | os.PathLike) -> None:
+    """Refuse a reference folder without a reference (a pool without a reference)."""
+    if not (Path(ref_dir) / "reference.json").is_file():
+        raise ValueError(f"--reference {ref_dir} holds no reference (reference.json): the plan "
+                         "measures the pool with it; build one with `jestkit reference`")
+
+
 def pilot_interval(s1: int, a1: float, s2: int, a2: float, target: int) -> tuple[float, float]:
     """(low, high) accuracy at `target` steps from runs of s1 < s2 <= target steps: the gain
     stopping at s2, and the line through both in log steps carried on to target."""
@@ -59,9 +66,7 @@ def plan(data: CaptionData, model_config: ModelConfig, base: TrainConfig,
     rules = rules or PlanRules()
     if not 0 <= pilot_share < 1:
         raise ValueError(f"--pilot_share must be in [0, 1), got {pilot_share:g}")
-    if not (Path(ref_dir) / "reference.json").is_file():
-        raise ValueError(f"--reference {ref_dir} holds no reference (reference.json): the plan "
-                         "measures the pool with it; build one with `jestkit reference`")
+    check_plan_reference(ref_dir)
     if len(data.test) == 0:
         raise ValueError("the held-out test set is empty: the plan needs held-out pairs")
     out = Path(out)
@@ -99,6 +104,10 @@ def plan(data: CaptionData, model_config: ModelConfig, base: TrainConfig,
         "measurements": m,
         "rules": asdict(rules),
         "methods": {n: {**asdict(s), "flops_per_step": costs[n].per_step,
+                        "flops_split": {
+                            "reference": m["reference_flops"] if costs[n].uses_reference else 0,
+                            "train": s.steps * costs[n].train,
+                            "learner_score": s.steps * costs[n].score},
                         "predicted_accuracy": pilots.get(n, {}).get("interval")}
                     for n, s in spend.items()},  # fmt: skip
         "recommended": d.method,
@@ -177,8 +186,8 @@ def table(result: dict) -> str:
 
 
 def plot_plan(result: dict, path: Path) -> None:
-    """Each method's total cost at its budget-spending setting, the recommendation marked, and
-    the pilots' accuracy intervals where pilots ran."""
+    """Where each method's budget goes (the reference, training, the learner's scoring), its
+    steps, and the pilots' accuracy intervals where pilots ran."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,20 +195,31 @@ def plot_plan(result: dict, path: Path) -> None:
 
     names = list(result["methods"])
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))
-    flops = [result["methods"][n]["flops"] / 1e12 for n in names]
-    colours = ["tab:green" if n == result["recommended"] else "tab:grey" for n in names]
-    ax.barh(names, flops, color=colours)
+    left = [0.0] * len(names)
+    for part, colour in (("reference", "tab:orange"), ("train", "tab:blue"),
+                         ("learner_score", "tab:purple")):  # fmt: skip
+        widths = [result["methods"][n]["flops_split"][part] / 1e12 for n in names]
+        ax.barh(names, widths, left=left, color=colour, label=part)
+        left = [a + w for a, w in zip(left, widths, strict=True)]
     ax.axvline(result["budget_flops"] / 1e12, color="k", lw=1, ls="--", label="budget")
-    ax.set_xlabel("total TFLOPs at the steps that spend the budget")
+    ax.set_xlabel("TFLOPs at the steps that spend the budget")
     ax.set_title(f"recommended: {result['recommended']}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     for i, n in enumerate(names):
-        acc = result["methods"][n]["predicted_accuracy"]
+        m = result["methods"][n]
+        acc = m["predicted_accuracy"]
         if acc is not None:
-            bx.plot(acc, [i, i], "-", lw=4, color=colours[i])
+            bx.plot(acc, [i, i], "-", lw=5, color="tab:green" if n == result["recommended"]
+                    else "tab:grey")  # fmt: skip
+        label = f"{m['steps']} steps" + ("" if m["revisits"] is None
+                                         else f", revisits {m['revisits']:.1f}")  # fmt: skip
+        bx.annotate(label, (0.01, i), xycoords=("axes fraction", "data"), fontsize=7,
+                    va="center")  # fmt: skip
     bx.set_yticks(range(len(names)), names)
+    bx.set_xlim(0, 1)
+    bx.set_ylim(-0.5, len(names) - 0.5)
     bx.set_xlabel("predicted zero-shot at the budget (pilots' interval)")
-    bx.set_title("pilots" if result["pilots"] else "no pilots ran")
+    bx.set_title("pilots" if result["pilots"] else "no pilots ran (the rules decided)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
