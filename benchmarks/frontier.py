@@ -527,6 +527,26 @@ def _claim(path: Path) -> bool:
 
 
 # -- running one task ---------------------------------------------------------------------------
+def learner_config(run: Run) -> TrainConfig:
+    """The training configuration of a learner run (benchmarks/timing.py times the same)."""
+    name, scoring = VARIANTS[run.variant]
+    base = TrainConfig().with_name(name)
+    return replace(
+        base,
+        selection=replace(base.selection, filter_ratio=run.ratio),
+        scoring=replace(base.scoring, **scoring),
+        training=replace(
+            base.training,
+            steps=run.budget,
+            lr=run.lr,
+            seed=run.seed,
+            warmup_steps=min(20, run.budget // 5),
+            eval_every=None,  # each budget is one final point of the frontier
+            checkpoint_every=200,
+        ),
+    )
+
+
 class Worker:
     """Runs tasks in one process, keeping each pool's data in memory."""
 
@@ -559,22 +579,7 @@ class Worker:
         return {"run": asdict(run), **info, "wall_seconds": time.perf_counter() - start}
 
     def learner(self, run: Run) -> dict:
-        name, scoring = VARIANTS[run.variant]
-        base = TrainConfig().with_name(name)
-        config = replace(
-            base,
-            selection=replace(base.selection, filter_ratio=run.ratio),
-            scoring=replace(base.scoring, **scoring),
-            training=replace(
-                base.training,
-                steps=run.budget,
-                lr=run.lr,
-                seed=run.seed,
-                warmup_steps=min(20, run.budget // 5),
-                eval_every=None,  # each budget is one final point of the frontier
-                checkpoint_every=200,
-            ),
-        )
+        config = learner_config(run)
         uses_reference = config.policy.uses_reference or run.keep < 1
         ref_dir = self.ref_dir(run) if uses_reference else None
         if ref_dir is not None and not (ref_dir / "reference.json").exists():

@@ -45,6 +45,7 @@ def test_help_gives_every_flag_a_sentence(capsys):
 def test_saved_config_replays_the_run(tmp_path):
     cmd, sub, args, _ = _train(["--selection.filter_ratio", "0.5", "--scoring.patch_size", "14"])
     _save_config(sub, args["train"], tmp_path)
+    assert (tmp_path / "config.yaml").read_text().startswith("# jestkit train: ")
     replayed, _, _, _ = _train(["--config", str(tmp_path / "config.yaml")])
     assert replayed == cmd
     overridden, _, _, _ = _train(

@@ -211,6 +211,7 @@ def test_full_disk_is_a_message_and_loses_nothing(reference, straight, tmp_path)
     refused(result)
     assert "File too large" in result.stderr or "No space" in result.stderr, result.stderr
     assert (out / "checkpoint.pt").read_bytes() == before
+    assert not (out / "checkpoint.pt.tmp").exists()  # the half-written one is not left behind
     rerun = jestkit(*args, "--resume")  # room again: the same run as if nothing happened
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     want = json.loads((straight / "result.json").read_text())
@@ -287,3 +288,24 @@ def test_shards_that_would_exhaust_memory_or_hang(tmp_path, kind):
     assert result.returncode == 0, result.stderr[-3000:]
     skipped = json.loads((out / "result.json").read_text())["skipped"]
     assert sum(skipped.values()) == 1 and reason in next(iter(skipped)), skipped
+
+
+# -- issue 28: cache parts that would hang or exhaust memory -----------------------------------
+
+
+@pytest.mark.parametrize("plant", ["fifo", "/dev/zero"])
+def test_cache_parts_that_would_hang_or_exhaust_memory(reference, tmp_path, plant):
+    """A reference's cache part replaced by a FIFO (before: `jestkit train` hung forever) or a
+    symlink to /dev/zero (before: read until MemoryError), under the memory limit and a 60 s
+    timeout: refused before the first step, naming the part."""
+    ref = tmp_path / "reference"
+    for p in reference[0].rglob("*"):
+        if p.is_file():
+            (ref / p.relative_to(reference[0])).parent.mkdir(parents=True, exist_ok=True)
+            (ref / p.relative_to(reference[0])).write_bytes(p.read_bytes())
+    part = ref / "cache" / "part-00000.parquet"
+    part.unlink()
+    os.mkfifo(part) if plant == "fifo" else part.symlink_to(plant)
+    result = jestkit("train", *TRAIN, "--reference", str(ref), "--out", str(tmp_path / "run"),
+                     preexec_fn=_memory_limit, timeout=60)  # fmt: skip
+    refused(result, "part-00000.parquet is", "a FIFO" if plant == "fifo" else "a symlink")

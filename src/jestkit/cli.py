@@ -265,12 +265,12 @@ EXAMPLES = {
              "    --reference runs/reference-small --training.steps 10 --out runs/jest-small",
     "score": "jestkit score --shards.pattern 'pool/*.tar' --open_clip tiny-sig.json \\\n"
              "    --reference runs/ref-train/checkpoint.pt --out runs/score-pool\n"
-             "(the files of the README's \"Your own data and model\")",
+             "(the files of the manual's \"Your own data and model\")",
     "plan": "jestkit plan --data.limit 3000 --data.curated_size 500 \\\n"
             "    --reference runs/reference-small --budget_uniform_steps 400 --out runs/plan-small",
     "eval": "jestkit eval --checkpoint runs/uniform/checkpoint.pt --eval.zeroshot eval/shapes \\\n"
             "    --eval.retrieval eval/captions\n"
-            "(the files of the README's \"Held-out evaluation on your own data\")",
+            "(the files of the manual's \"Held-out evaluation on your own data\")",
 }
 
 
@@ -359,6 +359,10 @@ def _command(parser: ArgumentParser, args: Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    replayed = _replayed_config_error(sys.argv[1:] if argv is None else list(argv))
+    if replayed:
+        print(replayed, file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     sections = _sections(COMMANDS[args.command])
     try:
@@ -372,15 +376,90 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+CONFIG_HEADER = "# jestkit {command}: every setting of this run; replay it with --config\n"
+
+
 def _save_config(sub: ArgumentParser, args: Namespace, out: Path) -> None:
-    """OUT/config.yaml: every setting of this run, replayable with --config."""
-    from jestkit.engine.checkpoint import write_bytes_atomic
+    """OUT/config.yaml: every setting of this run, replayable with --config; its first line
+    says which command wrote it (the last word of the command parser's prog)."""
+    from jestkit.engine.files import write_bytes_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     args = args.clone()
     for name in ("config", "quiet", "resume", "overwrite"):  # how to run, not what
         args.pop(name, None)
-    write_bytes_atomic(sub.dump(args).encode(), out / "config.yaml")
+    text = CONFIG_HEADER.format(command=sub.prog.split()[-1]) + sub.dump(args)
+    write_bytes_atomic(text.encode(), out / "config.yaml")
+
+
+def config_command(path: str | Path) -> str | None:
+    """The command that wrote the config.yaml at `path`: named by its first line, or, for one
+    written before that line was, the one command whose settings it holds (no other; an older
+    jestkit's file may lack a setting added since); None for a file jestkit did not write. A
+    RecordError for a file that cannot be read (a FIFO, a symlink, not UTF-8)."""
+    import yaml
+
+    from jestkit.engine.files import read_text
+
+    text = read_text(path, max_bytes=2**20)
+    first = re.match(r"# jestkit (\w+): ", text)
+    if first:
+        return first.group(1) if first.group(1) in COMMANDS else None
+    try:
+        settings = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(settings, dict):
+        return None
+    fits = [name for name, cls in COMMANDS.items()
+            if settings and settings.keys() <= {f.name for f in fields(cls)}]  # fmt: skip
+    if len(fits) > 1:  # a few settings only: those without a value are not written
+        fits = [name for name in fits if {f.name for f in fields(COMMANDS[name])
+                                          if getattr(COMMANDS[name](), f.name) is not None}
+                <= settings.keys()]  # fmt: skip
+    return fits[0] if len(fits) == 1 else None
+
+
+def check_out_config(out: str | Path, command: str) -> None:
+    """Refuse, before any work, an OUT whose config.yaml this command did not write (your file,
+    or another command's: a run never replaces another's record)."""
+    from jestkit.engine.files import RecordError
+    from jestkit.engine.rundir import RunDirError
+
+    path = Path(out) / "config.yaml"
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        wrote = config_command(path)
+    except RecordError as e:
+        raise RunDirError(f"{e}; choose another --out") from None
+    if wrote != command:
+        whose = f"`jestkit {wrote}`'s" if wrote else "not one jestkit wrote"
+        raise RunDirError(
+            f"{path} is {whose} config.yaml, and `jestkit {command}` never replaces another "
+            f"command's record or your file; choose another --out"
+        )
+
+
+def _replayed_config_error(argv: list[str]) -> str | None:
+    """`jestkit CMD --config FILE` where FILE is another command's config.yaml: the message
+    that says which (the parser would only say it cannot load it)."""
+    if not argv or argv[0] not in COMMANDS:
+        return None
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else (
+            arg.partition("=")[2] if arg.startswith("--config=") else None)  # fmt: skip
+        if not path or not Path(path).is_file():
+            continue
+        try:
+            wrote = config_command(path)
+        except ValueError:
+            continue  # the parser says what is wrong with it
+        if wrote is not None and wrote != argv[0]:
+            return (f"jestkit {argv[0]}: error: --config {path} is the config.yaml of `jestkit "
+                    f"{wrote}`, not of `jestkit {argv[0]}`; replay it with `jestkit {wrote} "
+                    f"--config {path}`")  # fmt: skip
+    return None
 
 
 def _check_demo_selection(selection: SelectionConfig) -> None:
@@ -433,6 +512,10 @@ def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
     if isinstance(cmd, Demo):
         config = cmd.train_config()
         _check_demo_selection(cmd.selection)
+        if not cmd.policies:
+            raise ValueError(f"--policies is empty: the demo compares selecting policies with "
+                             f"uniform; name at least one (e.g. {DEMO_POLICIES[0]})")
+        check_out_config(cmd.out, "demo")
         if cmd.filter_keep is not None and not 0.0 < cmd.filter_keep < 1.0:
             raise ValueError(f"--filter_keep must be in (0, 1), or null for no filter run, got "
                              f"{cmd.filter_keep:g}")  # fmt: skip
@@ -458,8 +541,10 @@ def _run(cmd, switches: Switches, save_config, progress: bool) -> int:
         cmd.model.check_patch_size(config.scoring.patch_size)
         out = cmd.out or f"runs/train/{run_name(config, cmd.filter_keep)}"
         check_run_dir(out, switches.resume, switches.overwrite)  # before any work
+        check_out_config(out, "train")
     else:
         check_reference_dir(cmd.out, switches.overwrite)
+        check_out_config(cmd.out, "reference")
     data = prepare_caption_data(cmd.data)
     if isinstance(cmd, Train) and cmd.filter_keep is not None:
         data = filter_pool(data, cmd.reference, cmd.filter_keep, config.selection.loss)
@@ -507,6 +592,7 @@ def _train_own(cmd: Train, switches: Switches, save_config, progress: bool) -> i
     data = None if run.shards.pattern else prepare_caption_data(cmd.data)
     out = cmd.out or f"runs/train/{config.name()}"
     check_run_dir(out, switches.resume, switches.overwrite)  # before any work
+    check_out_config(out, "train")
     dist = setup(backend="nccl" if device.type == "cuda" else "gloo", device=device)
     try:
         with claimed_run(out, switches.resume, switches.overwrite, dist.is_main):
@@ -547,16 +633,15 @@ def _plan(cmd: Plan, save_config, progress: bool) -> int:
 
 def _eval(cmd: Eval) -> int:
     """`jestkit eval` (jestkit.own.evaluate)."""
-    from jestkit.engine.checkpoint import write_json_atomic
     from jestkit.engine.device import resolve_device
-    from jestkit.own.evaluate import evaluate_checkpoint, metrics_table
+    from jestkit.engine.files import write_json_atomic
+    from jestkit.own.evaluate import check_eval_out, evaluate_checkpoint, metrics_table
 
     if cmd.checkpoint is None:
         raise ValueError("--checkpoint is required: the checkpoint file to evaluate")
     device = resolve_device(cmd.device)
     out = Path(cmd.out) if cmd.out else Path(cmd.checkpoint).parent / "eval.json"
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder: give the JSON file to write")
+    check_eval_out(out)  # before the pass
     result = evaluate_checkpoint(cmd.checkpoint, cmd.eval, cmd.open_clip, str(device))
     write_json_atomic(result, out)
     sizes = ", ".join(f"{n} ({s['kind']}, {s['samples']} samples)"
@@ -571,7 +656,7 @@ def _score(cmd: Score, save_config, progress: bool) -> int:
     """`jestkit score` (jestkit.own.score)."""
     from jestkit.dropin.distributed import setup, teardown
     from jestkit.engine.device import resolve_device
-    from jestkit.engine.rundir import check_score_dir, run_lock
+    from jestkit.engine.rundir import check_output_file, check_score_dir, run_lock
     from jestkit.own.run import OwnModel, OwnRun
     from jestkit.own.score import export_subset, score_shards
 
@@ -583,6 +668,9 @@ def _score(cmd: Score, save_config, progress: bool) -> int:
     if cmd.batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {cmd.batch_size}")
     check_score_dir(cmd.out)  # before any work
+    check_out_config(cmd.out, "score")
+    if cmd.subset is not None:
+        check_output_file(cmd.subset, "--subset", ".npy")
     run = OwnRun(cmd.shards, OwnModel(cmd.open_clip, cmd.reference, None, cmd.device))
     device = resolve_device(cmd.device)
     dist = setup(backend="nccl" if device.type == "cuda" else "gloo", device=device)

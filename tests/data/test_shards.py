@@ -5,6 +5,7 @@ import io
 import json
 import pickle
 import random
+import re
 import shutil
 import tarfile
 
@@ -538,3 +539,83 @@ def test_parquet_image_paths_are_regular_files_inside_the_table_folder(tmp_path)
     assert ids == ["ok"]
     assert skipped == {"image path outside the table's folder": 4,
                        "image path not a regular file": 2, "sample too large": 1}  # fmt: skip
+
+
+# -- issue 28, round three: the pool's arguments ----------------------------------------------
+
+
+def _six(tmp_path) -> str:
+    members = []
+    for i in range(6):
+        members += [(f"{i:03d}.png", _small_png()), (f"{i:03d}.txt", f"caption {i}".encode())]
+    return _tar_with(tmp_path / "six.tar", members)
+
+
+def test_pool_arguments_of_the_wrong_kind_name_them(tmp_path):
+    source = _six(tmp_path)
+    for bad in (None, 123, [source, None], [b"six.tar"]):
+        with pytest.raises(TypeError, match="source must be a path, a pattern or a list of them"):
+            ShardPool(bad)
+    with pytest.raises(TypeError, match="config must be a ShardPoolConfig.*got dict"):
+        ShardPool(source, {"seed": 1})
+    for seed, error in [(-1, ValueError), (2**64, ValueError), ("1", TypeError), (True, TypeError)]:
+        with pytest.raises(error, match=re.escape("seed must be an int in [0, 2**64 - 1]")):
+            ShardPool(source, seed=seed)
+    assert len(list(ShardPool(source, seed=2**64 - 1))) == 6
+    wrong = [("buffer_size", "10", TypeError), ("buffer_size", -1, ValueError),
+             ("decode_threads", 1.5, TypeError), ("streams", 0, ValueError),
+             ("world_size", True, TypeError), ("rank", "0", TypeError)]  # fmt: skip
+    for name, value, error in wrong:
+        others = {"rank": 0, "world_size": 1} if name in ("rank", "world_size") else {}
+        with pytest.raises(error, match=f"{name} must be"):
+            ShardPool(source, **{**others, name: value})
+
+
+def test_an_unknown_image_mode_is_refused_not_a_bad_sample_each(tmp_path):
+    # before: every sample was skipped as "undecodable image"
+    source = _six(tmp_path)
+    for mode in ("XYZ", "rgb", 3):
+        with pytest.raises(ValueError, match=f"mode must be None or a Pillow mode.*got {mode!r}"):
+            ShardPool(source, mode=mode)
+    for mode in ("L", "RGBA", "I", None):
+        assert len(list(ShardPool(source, mode=mode))) == 6
+
+
+def test_super_batches_need_a_positive_int(tmp_path):
+    pool = ShardPool(_six(tmp_path), buffer_size=0)
+    for size, error in [(2.5, TypeError), (True, TypeError), ("2", TypeError), (0, ValueError)]:
+        with pytest.raises(error, match="batch_size must be a positive int"):
+            next(pool.super_batches(size))
+    assert [len(b["id"]) for b in pool.super_batches(np.int64(3))] == [3, 3]
+
+
+def test_a_malformed_state_is_refused_and_changes_nothing(tmp_path):
+    pool = ShardPool(_six(tmp_path), buffer_size=4, seed=0)
+    it = iter(pool)
+    next(it)
+    state = pool.state_dict()
+    want = [s["id"] for s in it]
+    bad = [
+        (None, TypeError, "state must be the dict that ShardPool.state_dict\\(\\) returned"),
+        ({k: v for k, v in state.items() if k != "buffer"}, ValueError, "no 'buffer' entry"),
+        ({**state, "buffer": [(0, "k")]}, ValueError, "state\\['buffer'\\] holds a malformed"),
+        ({**state, "buffer": [(9, "k", "k", "c", b"x", None, None)]}, ValueError,
+         "state\\['buffer'\\] holds a malformed"),
+        ({**state, "buffer": [(0, "k", "k", 5, b"x", None, None)]}, ValueError,
+         "state\\['buffer'\\] holds a malformed"),
+        ({**state, "buffer": None}, ValueError, "state\\['buffer'\\] holds a malformed"),
+        ({**state, "position": ["a", 0, 0]}, ValueError, "state\\['position'\\]"),
+        ({**state, "position": [0, 0]}, ValueError, "state\\['position'\\]"),
+        ({**state, "epoch": -1}, ValueError, "state\\['epoch'\\]"),
+        ({**state, "generator": torch.zeros(16, dtype=torch.uint8)}, ValueError,
+         "state\\['generator'\\] is not a state"),
+        ({**state, "skipped": [1]}, ValueError, "state\\['skipped'\\]"),
+    ]  # fmt: skip
+    fresh = ShardPool(_six(tmp_path), buffer_size=4, seed=0)
+    first = [s["id"] for s in ShardPool(_six(tmp_path), buffer_size=4, seed=0)]
+    for broken, error, match in bad:
+        with pytest.raises(error, match=match):
+            fresh.load_state_dict(broken)
+    assert [s["id"] for s in fresh] == first  # the refused states changed nothing
+    fresh.load_state_dict(state)
+    assert [s["id"] for s in fresh] == want

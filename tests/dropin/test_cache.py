@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -314,3 +315,63 @@ def test_fingerprints():
     others = [fingerprint_ids(ids.flip(0)), fingerprint_ids(ids, "tok"), fingerprint_ids(ids[:2])]
     assert len({fingerprint_ids(ids), *others}) == 4
     assert fingerprint_ids(ids, "a", "b") != fingerprint_ids(ids, "ab")
+
+
+# ----------------------------------------------------------------------------- issue 28: API
+
+
+def test_int_cache_lookups_of_other_kinds_name_the_kind(tmp_path):
+    ids = make_ids(40)
+    build(tmp_path, ids, make_meta(ids))
+    cache = ReferenceCache.open(tmp_path)
+    # before: "too many dimensions 'str'" and "Overflow when unpacking long"
+    with pytest.raises(TypeError, match="the cache is keyed by int64 ids, got str ids"):
+        cache.lookup(["1"])
+    with pytest.raises(ValueError, match="ids hold integers outside the int64 range"):
+        cache.lookup([2**70])
+    with pytest.raises(ValueError, match="ids hold integers outside the int64 range"):
+        cache.lookup([[int(ids[0])], [2**70]])
+    with pytest.raises(ValueError, match="ids must be integers of one shape.*ragged"):
+        cache.lookup([[int(ids[0])], [int(ids[1]), int(ids[2])]])
+    for wrong in ([1.5], [True], np.array([1.5]), torch.tensor([1.5])):
+        with pytest.raises(TypeError, match="ids"):
+            cache.lookup(wrong)
+    # what worked keeps working: lists, nested lists, numpy arrays, scalars, tensors of any shape
+    a, b = int(ids[0]), int(ids[1])
+    want = values(torch.tensor([a, b]))["text"]
+    assert torch.equal(cache.lookup([a, b])["text"], want)
+    assert torch.equal(cache.lookup([[a, b]])["text"], want[None])
+    assert torch.equal(cache.lookup(np.array([a, b], dtype=np.uint32))["text"], want)
+    assert torch.equal(cache.lookup(a)["text"], want[0])
+    assert torch.equal(cache.lookup(torch.tensor([[a], [b]]))["text"], want[:, None])
+
+
+def test_build_cache_arguments_name_what_is_wrong(tmp_path):
+    ids = make_ids(40)
+    meta = make_meta(ids)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("precious")
+    with pytest.raises(FileExistsError, match=f"{a_file}.* is a file, not a cache folder"):
+        build(a_file, ids, meta)
+    assert a_file.read_text() == "precious"
+    for name, value, error in [("batch_size", 2.5, TypeError), ("batch_size", 0, ValueError),
+                               ("rows_per_part", True, TypeError), ("world_size", "2", TypeError),
+                               ("rank", -1, ValueError)]:  # fmt: skip
+        with pytest.raises(error, match=f"{name} must be"):
+            build(tmp_path / "c", ids, meta, **{name: value})
+    assert not (tmp_path / "c").exists()  # refused before the folder is made
+
+
+def test_build_cache_callables_meta_and_lookup_columns_of_the_wrong_kind(tmp_path):
+    ids = make_ids(40)
+    meta = make_meta(ids)
+    with pytest.raises(TypeError, match="compute must be a callable.*got int"):
+        build(tmp_path / "a", ids, meta, compute=5)
+    with pytest.raises(TypeError, match="meta must be a CacheMeta.*got dict"):
+        build(tmp_path / "a", ids, {"model": "m"})
+    assert not (tmp_path / "a").exists()
+    build(tmp_path / "c", ids, meta)
+    cache = ReferenceCache.open(tmp_path / "c")
+    # before: "unknown cache column(s) ['t', 'e', 'x', 't']"
+    with pytest.raises(TypeError, match=r"columns must be a list of column names.*\['text'\]"):
+        cache.lookup(ids[:2], columns="text")

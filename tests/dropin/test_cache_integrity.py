@@ -212,3 +212,52 @@ def test_a_damaged_complete_part_stops_the_resumed_build(cache):
     f.unlink()
     build(cache)
     check_intact(cache)
+
+
+# -- issue 28, round three: symlinks, FIFOs and devices inside the cache folder ---------------
+
+
+@pytest.mark.parametrize("name", [MANIFEST + ".tmp", "part-00001.parquet.tmp"])
+def test_the_cache_never_writes_through_a_symlink(cache, tmp_path, name):
+    """A rebuild or a rerun on a complete cache (finalize runs every time) with a symlink planted
+    at a temporary file's name: the link is replaced, its target outside the folder untouched
+    (before: the manifest was written into the target through the link)."""
+    victim = tmp_path / "notes.txt"
+    victim.write_text("precious notes")
+    (cache / "part-00001.parquet").unlink()  # part 1 is rebuilt, the manifest rewritten
+    (cache / name).symlink_to(victim)
+    build(cache)
+    assert victim.read_text() == "precious notes"
+    assert not any(p.is_symlink() for p in cache.iterdir())
+    check_intact(cache)
+
+
+@pytest.mark.parametrize("plant", ["fifo", "/dev/zero", "symlink to a good copy"])
+def test_cache_parts_that_are_not_regular_files_are_refused_unread(cache, tmp_path, plant):
+    """A part replaced by a FIFO (before: the read hung forever), a symlink to /dev/zero (before:
+    read until memory ran out) or a symlink to the part's own bytes: refused, naming the part,
+    when the cache is opened and when a build resumes."""
+    import os
+
+    part = cache / "part-00000.parquet"
+    copy = tmp_path / "copy.parquet"
+    copy.write_bytes(part.read_bytes())
+    part.unlink()
+    if plant == "fifo":
+        os.mkfifo(part)
+    else:
+        part.symlink_to(plant if plant.startswith("/") else copy)
+    says = "a FIFO" if plant == "fifo" else "a symlink"
+    with pytest.raises(CacheError, match=f"part-00000.parquet is {says}"):
+        ReferenceCache.open(cache, META.model_fingerprint, META.data_fingerprint)
+    with pytest.raises(CacheError, match=f"part-00000.parquet is {says}"):
+        build(cache)
+
+
+def test_a_part_is_never_read_past_the_manifest_s_size(cache):
+    """A part that grew (bytes appended) is refused from its size, before it is read."""
+    part = cache / "part-00002.parquet"
+    with open(part, "ab") as f:
+        f.write(b"\0" * 4096)
+    with pytest.raises(CacheError, match="part-00002.parquet has .* bytes, .* were written"):
+        ReferenceCache.open(cache, META.model_fingerprint, META.data_fingerprint)

@@ -534,3 +534,15 @@ def test_reference_cache_flops_count_every_rank(tmp_path):
     assert per_rank[0] == per_rank[1] == pytest.approx(one["cache_flops"], rel=1e-9)
     saved = json.loads((tmp_path / "two" / "reference.json").read_text())
     assert saved["cache_flops"] == per_rank[0]
+
+
+def test_a_global_selector_checks_its_device_and_seed_when_made():
+    # issue 28: before, torch's RuntimeError from torch.Generator(device="nonsense")
+    with pytest.raises(ValueError, match="device='nonsense' is not a torch device"):
+        GlobalSelector(device="nonsense")
+    with pytest.raises(ValueError, match="seed must be an int in"):
+        GlobalSelector(seed=-1)
+    selector = GlobalSelector(seed=3)
+    assert selector.generator.device == torch.device("cpu")
+    with pytest.raises(ValueError, match="is not a state of a cpu torch.Generator"):
+        selector.load_state_dict({"generator": torch.zeros(16, dtype=torch.uint8)})

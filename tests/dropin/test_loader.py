@@ -349,3 +349,71 @@ def test_embeddings_of_scalars_are_a_message():
                              seed=0)  # fmt: skip
     with pytest.raises(ValueError, match=r"\(B, d\)"):
         list(loader)
+
+
+# --- issue 28, round three: arguments of the wrong kind ------------------------------------------
+
+
+def _loader(**kw):
+    x, y = toy(16)
+    return SelectiveLoader([(x, y)], _losses, _losses, PER_EXAMPLE, seed=0, **kw)
+
+
+def test_a_device_that_cannot_be_used_is_refused_when_the_loader_is_made():
+    # without CUDA, "cuda" itself; with it, an ordinal past the last GPU
+    unusable = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    for device, match in [("nonsense", "device='nonsense' is not a torch device"),
+                          (3.5, "device=3.5 is not a torch device"),
+                          ("meta", "device='meta' holds no values"),
+                          (unusable, f"device={unusable!r} cannot be used")]:  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(match)):
+            _loader(device=device)
+    assert len(list(_loader(device="cpu"))) == 1
+    assert len(list(_loader(device=torch.device("cpu")))) == 1
+
+
+def test_load_state_dict_of_something_else_is_refused():
+    loader = _loader()
+    with pytest.raises(
+        TypeError,
+        match=re.escape("state must be the dict that SelectiveLoader.state_dict() returned"),
+    ):
+        loader.load_state_dict(None)
+    with pytest.raises(ValueError, match="state has no 'selector' entry"):
+        loader.load_state_dict({"b": 4})
+    with pytest.raises(TypeError, match="Selector.state_dict"):
+        loader.load_state_dict({"selector": None, "b": 4})
+    loader.load_state_dict(loader.state_dict())
+
+
+def test_a_scorer_returning_meta_or_sparse_tensors_is_named():
+    x, y = toy(16)
+    for returned, error, match in [
+        (lambda x, y: torch.ones(16, device="meta"), ValueError, "learner callable.*meta device"),
+        (lambda x, y: torch.ones(16).to_sparse(), TypeError, "learner callable.*dense tensor"),
+    ]:  # fmt: skip
+        with pytest.raises(error, match=match):
+            list(one_batch_loader(returned))
+    meta = torch.ones(16, 4, device="meta")
+    loader = SelectiveLoader([(x, y)], lambda x, y: Embeddings(meta, meta), policy="hard_learner",
+                             n_chunks=2, seed=0)  # fmt: skip
+    with pytest.raises(ValueError, match="learner callable.*image.*meta device"):
+        list(loader)
+
+
+def test_a_config_dict_and_a_bad_seed_name_the_argument():
+    x, y = toy(16)
+    with pytest.raises(TypeError, match="config must be a jestkit.SelectionConfig.*got dict"):
+        SelectiveLoader([(x, y)], _losses, _losses, config={"loss": "per_example"})
+    with pytest.raises(ValueError, match=re.escape("seed must be an int in [0, 2**64 - 1]")):
+        SelectiveLoader([(x, y)], _losses, _losses, PER_EXAMPLE, seed=2**64)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        SelectiveLoader([(x, y)], _losses, _losses, PER_EXAMPLE, generator="seed")
+
+
+def test_a_loader_that_is_not_iterable_and_a_non_bool_unpack_are_named():
+    for bad in (None, 123):
+        with pytest.raises(TypeError, match="loader must be an iterable of super-batches"):
+            SelectiveLoader(bad, policy="uniform")
+    with pytest.raises(TypeError, match="unpack must be True or False"):
+        SelectiveLoader([], policy="uniform", unpack="no")

@@ -168,3 +168,128 @@ def test_atomic_writes_replace_a_symlink_not_its_target(tmp_path):
     assert victim.read_text() == "precious"
     assert not (tmp_path / "out.json").is_symlink()
     assert (tmp_path / "out.json").read_bytes() == b"new"
+
+
+# -- issue 28, round three: records jestkit did not write, other commands' folders ------------
+
+DEMO = ["demo", *SMALL, "--reference.steps", "2", "--reference.batch_size", "16",
+        "--training.steps", "2", "--training.batch_size", "16", "--uniform_budgets", "[1]",
+        "--policies", "[learnability-joint]", "--filter_keep", "null"]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["train", "reference", "demo"])
+def test_a_config_yaml_jestkit_did_not_write_is_refused(tmp_path, capsys, command):
+    """A folder whose only file is your config.yaml (before: train replaced it, rc 0)."""
+    out = tmp_path / "proj"
+    out.mkdir()
+    (out / "config.yaml").write_text("my: settings\n")
+    if command == "reference":  # a reference it would replace whole with --overwrite
+        (out / "reference.json").write_text("{}")
+    before = snapshot(out)
+    args = {"train": TRAIN, "reference": [*REFERENCE, "--overwrite"], "demo": DEMO}[command]
+    refused(cli_main([*args, "--out", str(out)]), capsys, "config.yaml", "not one jestkit wrote")
+    assert snapshot(out) == before
+
+
+def test_another_command_s_config_yaml_is_refused(finished, tmp_path, capsys):
+    """A train run's folder without its checkpoint and result (killed before its first one):
+    the demo and the reference refuse it, naming whose config.yaml it is."""
+    out = copy_of(finished, tmp_path)
+    for name in ("checkpoint.pt", "result.json", "curves.png"):
+        (out / name).unlink(missing_ok=True)
+    before = snapshot(out)
+    refused(cli_main([*DEMO, "--out", str(out)]), capsys, "`jestkit train`'s config.yaml")
+    assert snapshot(out) == before
+
+
+def test_a_config_yaml_without_the_header_is_still_recognised(finished, tmp_path, capsys):
+    """A run of an older jestkit (no `# jestkit train:` first line): recognised by its settings,
+    and resumed as before."""
+    out = copy_of(finished, tmp_path)
+    text = (out / "config.yaml").read_text()
+    assert text.startswith("# jestkit train: ")
+    (out / "config.yaml").write_text(text.split("\n", 1)[1])
+    assert cli_main([*TRAIN, "--out", str(out), "--resume"]) == 0
+
+
+def test_the_demo_never_writes_over_a_train_run(finished, tmp_path, capsys):
+    """`jestkit demo --out RUN` (a finished train run), with and without --overwrite: refused,
+    every file unchanged (before: its config.yaml, results.json and curves.png written over the
+    run's record)."""
+    out = copy_of(finished, tmp_path)
+    before = snapshot(out)
+    for extra in ([], ["--overwrite"]):
+        refused(cli_main([*DEMO, "--out", str(out), *extra]), capsys)
+        assert snapshot(out) == before
+
+
+def test_the_demo_refuses_a_folder_of_other_files(tmp_path):
+    from jestkit.engine.rundir import check_demo_dir
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"mine")
+    with pytest.raises(RunDirError, match="not a demo's folder"):
+        check_demo_dir(tmp_path)
+
+
+def test_train_into_a_demo_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "demo"
+    (out / "runs").mkdir(parents=True)
+    (out / "results.json").write_text("{}")
+    refused(cli_main([*TRAIN, "--out", str(out)]), capsys, "a demo's folder")
+
+
+def test_the_demo_refuses_empty_policies(tmp_path, capsys):
+    """`jestkit demo --policies '[]'` (before: trained the reference and uniform, then wrote a
+    results.json that compared nothing)."""
+    args = [a if a != "[learnability-joint]" else "[]" for a in DEMO]
+    refused(cli_main([*args, "--out", str(tmp_path / "d")]), capsys, "--policies is empty")
+    assert not (tmp_path / "d").exists()
+
+
+def test_overwrite_removes_what_the_previous_run_drew_and_evaluated(finished, tmp_path):
+    """--overwrite deletes the old run's curves.png and eval.json with its checkpoint and
+    result (before: they stayed beside the new run, describing the old one)."""
+    out = copy_of(finished, tmp_path)
+    (out / "curves.png").write_bytes(b"old curves")
+    (out / "eval.json").write_text('{"old": 1}')
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):  # stop right after the folder is claimed
+        from jestkit.engine.rundir import claimed_run
+
+        with claimed_run(out, overwrite=True):
+            raise SystemExit
+    assert sorted(p.name for p in out.iterdir()) == [".jestkit.lock", "config.yaml", "notes.txt"]
+
+
+def test_nothing_is_written_inside_a_reference_or_its_cache(tmp_path, capsys):
+    """`jestkit train --out REF/cache` and `--out REF/cache/x` (before: a train run written into
+    a reference's cache folder)."""
+    ref = tmp_path / "ref"
+    (ref / "cache").mkdir(parents=True)
+    (ref / "reference.json").write_text("{}")
+    (ref / "cache" / "manifest.json").write_text("{}")
+    for out in (ref / "cache", ref / "cache" / "x", ref / "sub"):
+        refused(cli_main([*TRAIN, "--out", str(out)]), capsys, "reference")
+    assert sorted(p.name for p in ref.rglob("*")) == ["cache", "manifest.json", "reference.json"]
+
+
+def test_out_the_root_folder_says_so(capsys):
+    """`--out /` (before: "/bin is a symlink")."""
+    refused(cli_main([*TRAIN, "--out", "/"]), capsys, "root")
+
+
+def test_a_symlink_among_files_jestkit_never_writes_is_not_the_message(tmp_path, capsys):
+    """A train run into a folder holding a link of yours (to a data folder): the link is not
+    jestkit's business; one at a name the run writes still is (see above)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "data").symlink_to(tmp_path)
+    from jestkit.engine.rundir import check_run_dir
+
+    check_run_dir(out)
+
+
+def test_a_config_yaml_of_another_command_replayed_says_whose(finished, capsys):
+    """`jestkit reference --config TRAIN_RUN/config.yaml` (before: "Unable to load config")."""
+    code = cli_main(["reference", "--config", str(finished / "config.yaml")])
+    refused(code, capsys, "the config.yaml of `jestkit train`", "jestkit train --config")

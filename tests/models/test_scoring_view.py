@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from jestkit import Embeddings, SelectionConfig, select
+from jestkit.engine.config import ScoringConfig
 from jestkit.engine.flops import count_no_grad_flops
 from jestkit.models.factory import ModelConfig, build_model
 from jestkit.models.text import TextConfig, TextTower, drop_text_tokens
+from jestkit.models.view import View
 
 
 def _tower(max_len=16):
@@ -91,3 +93,27 @@ def test_bf16_scoring_selects_what_fp32_selects():
             b = select(bf16, reference, config, generator=torch.Generator().manual_seed(seed))
             overlap = len(set(a.tolist()) & set(b.tolist())) / len(a)
             assert overlap >= 0.97, (temperature, seed, overlap)
+
+
+def test_scoring_in_chunks_gives_the_embeddings_of_scoring_at_once():
+    """ScoringConfig.chunk_size: the same embeddings, chunk by chunk (no drops: up to float
+    rounding); with drops, deterministic given the generator; a bad size is refused."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(dim=32, depth=1, heads=2, embed_dim=16), 100, "sigmoid").eval()
+    images, tokens = torch.rand(50, 1, 28, 28), torch.randint(1, 100, (50, 16))
+    for view in (View(), View(patch_size=14)):
+        whole = model.embeddings(images, tokens, view)
+        chunked = model.embeddings(images, tokens, view, chunk_size=16)  # 16, 16, 16, 2 rows
+        assert torch.allclose(whole.image, chunked.image, atol=1e-5)
+        assert torch.allclose(whole.text, chunked.text, atol=1e-5)
+    drop = View(token_drop=0.5, text_token_drop=0.5)
+    a = model.embeddings(images, tokens, drop, torch.Generator().manual_seed(1), chunk_size=16)
+    b = model.embeddings(images, tokens, drop, torch.Generator().manual_seed(1), chunk_size=16)
+    assert torch.equal(a.image, b.image) and torch.equal(a.text, b.text)
+    with pytest.raises(ValueError, match="chunk_size"):
+        model.embeddings(images, tokens, view, chunk_size=0)
+    with pytest.raises(ValueError, match="scoring.chunk_size"):
+        ScoringConfig(chunk_size=0)
+    assert ScoringConfig().chunk_rows(torch.device("cpu")) == 128
+    assert ScoringConfig().chunk_rows(torch.device("cuda")) is None
+    assert ScoringConfig(chunk_size=64).chunk_rows(torch.device("cuda")) == 64

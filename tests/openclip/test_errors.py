@@ -89,3 +89,16 @@ def test_scoring_views_an_open_clip_learner_cannot_take_are_refused_before_any_r
         clear(train(files, "--open_clip", str(root / "tiny.json"), *flags), capsys,
               f"--scoring.patch_size {flags[1]} does not divide", "tiny.json")  # fmt: skip
         assert not (out / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("text, says", [
+    ('{"embed_dim": 32, "vision_cfg": {', "broken.json is not valid JSON"),
+    ("[1, 2]", "broken.json holds a JSON list"),
+])  # fmt: skip
+def test_a_broken_open_clip_json_names_the_file(files, capsys, text, says):
+    """A truncated --open_clip JSON file, or one that holds a list (before: "error: Expecting
+    property name ..." with no file named, and an AttributeError traceback)."""
+    root, _ = files
+    (root / "broken.json").write_text(text)
+    clear(train(files, "--open_clip", str(root / "broken.json"), "--selection.policy",
+                "uniform"), capsys, says)  # fmt: skip

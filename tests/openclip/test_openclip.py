@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from docs_pages import blocks, page
 from dropin.test_distributed import spawn, values_of
 from helpers import batch_score
 from open_clip.loss import ClipLoss, SigLipLoss
@@ -32,8 +31,6 @@ from jestkit.openclip import (
     reference_cache_meta,
     selection_loss,
 )
-
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 # A ViT of width 64 with 2 layers on 8x8 patches of 32x32 images, a 2-layer text tower. The
 # names avoid "siglip", which would pick a tokenizer from the Hugging Face hub.
@@ -312,20 +309,18 @@ def test_task_under_torchrun_selects_and_trains_as_one_process(tiny_configs, tmp
     assert mean == pytest.approx(want_loss, rel=1e-5)
 
 
-# ----------------------------------------------------------------------------- the README
+# ------------------------------------------------------------------------------- the manual
 
 
 def readme_open_clip_blocks() -> list[str]:
-    """The ```py blocks of the README's open_clip section that say they run here."""
-    text = README.read_text()
-    section = text.split("## open_clip models", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```py\n(.*?)```", section, re.S)
-    return [b for b in blocks if b.startswith("# runs as written")]
+    """The ```py blocks of the open_clip and Flexi-JEST pages that say they run here."""
+    return [b for name in ("openclip.md", "flexi.md")
+            for b in blocks(page(name), "py", runs_as_written=True)]  # fmt: skip
 
 
 def test_readme_open_clip_recipes_run():
     blocks = readme_open_clip_blocks()
-    assert blocks, "the README's open_clip section has no runnable block"
+    assert blocks, "the open_clip pages have no runnable block"
     namespace = {"__name__": "readme"}
     for block in blocks:
-        exec(compile(block, str(README), "exec"), namespace)
+        exec(compile(block, "docs/openclip.md", "exec"), namespace)

@@ -84,7 +84,7 @@ def test_flexivit_identity_through_the_image_tower():
     up = up.reshape(n, 3, 4, 4, 16, 16).permute(0, 1, 2, 4, 3, 5).reshape(n, 3, 64, 64)
     visual = m.model.visual
     base_tokens = visual.conv1(images)
-    resized = F.conv2d(up, m.views._resized_patch_weight(visual.conv1.weight, 16), stride=16)
+    resized = F.conv2d(up, m.views.patches.weight(visual.conv1.weight, 16), stride=16)
     torch.testing.assert_close(resized, base_tokens, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(m.views.vision_forward(visual, up, 16), m.model.encode_image(images),
                                atol=1e-5, rtol=1e-5)  # fmt: skip

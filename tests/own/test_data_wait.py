@@ -1,5 +1,6 @@
 """The data wait: each step's seconds in source.draw, in result.json and the progress bar's
-share; `jestkit train --shards.workers` end to end."""
+share, and the phase times of a run on own shards; `jestkit train --shards.workers` end to
+end."""
 
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ def test_the_wait_for_data_is_measured_per_step(tmp_path):
     share = sum(result["data_wait"]) / sum(result["step_seconds"])
     assert result["data_wait_share"] == share and 0.0 < share < 1.0
     assert result["data_wait_seconds"] == sum(result["data_wait"])
+    timing = result["timing"]  # the data wait is the data phase of the run's phase times
+    assert timing["per_step"]["wall"]["data"] == result["data_wait"]
+    # uniform, no evaluation, no checkpoints: no scoring, evaluation or checkpoint phase
+    assert timing["phases"] == ["data", "select", "forward_backward", "optimizer", "account"]
 
 
 def test_train_with_workers_from_the_command_line(tmp_path, capsys):
@@ -52,6 +57,7 @@ def test_train_with_workers_from_the_command_line(tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     assert (result["workers"], result["streams"], result["ranks"]) == (2, 2, 1)
     assert len(result["data_wait"]) == 3 and 0.0 < result["data_wait_share"] < 1.0
+    assert all(len(v) == 3 for v in result["timing"]["per_step"]["cpu"].values())
     code = cli_main(["train", "--shards.pattern", pattern, "--shards.workers", "4",
                      "--shards.streams", "4", "--shards.vocab_size", "512", "--selection.policy",
                      "uniform", "--training.batch_size", "6", "--out", str(tmp_path / "x"),

@@ -9,6 +9,7 @@ import io
 import json
 import re
 import tarfile
+from dataclasses import replace
 
 import pytest
 import torch
@@ -219,9 +220,10 @@ def test_bad_sets_are_refused(files, tmp_path):
         load_eval_set(files["retrieval"], "zeroshot")
     with pytest.raises(EvalSetError, match="does not exist"):
         load_eval_set(str(tmp_path / "nowhere-{0..3}.tar"), "retrieval")
-    with pytest.raises(EvalSetError, match="two evaluation sets are named 'x'"):
+    with pytest.raises(EvalSetError, match="give both the name 'x': give each its own NAME"):
         load_sets(EvalConfig(zeroshot=f"x={files['zeroshot']}",
-                             retrieval=f"x={files['retrieval']}"))
+                             retrieval=f"x={files['retrieval']}"))  # (before: "name them
+    # NAME=PATH", which they were)
 
 
 def test_a_retrieval_set_as_a_shard_pattern(files):
@@ -234,3 +236,137 @@ def test_eval_flags_on_fashion_mnist_are_refused(files, tmp_path, capsys):
     code = cli_main(["train", "--eval.zeroshot", files["zeroshot"], "--out", str(tmp_path / "f"),
                      "--quiet"])  # fmt: skip
     assert code == 2 and "evaluate a run on your own shards" in capsys.readouterr().err
+
+
+# -- issue 28, round three: sets that measure nothing, records that are not what they say -----
+
+
+def test_zero_shot_sets_that_measure_nothing_are_refused(tmp_path):
+    """A template {{c}} (it renders "{c}" for every class), the same class name twice (identical
+    classifiers), one class (acc1 = 1.0 whatever the model), class names in Latin-1: refused,
+    naming the file (before: exit 0 with metrics; Latin-1: "'utf-8' codec can't decode")."""
+
+    def zero_shot(name):
+        folder = tmp_path / name
+        write_eval_set(folder, "zeroshot", per_shard=8)
+        return folder
+
+    literal = zero_shot("literal")
+    (literal / "zeroshot_classification_templates.txt").write_text("a photo of a {{c}}\n")
+    with pytest.raises(EvalSetError, match="template 'a photo of a {{c}}' must name the class"):
+        load_eval_set(str(literal), "zeroshot")
+    same = zero_shot("same")
+    (same / "classnames.txt").write_text("\n".join(["red square"] * len(CLASSES)) + "\n")
+    with pytest.raises(EvalSetError, match="classnames.txt: line 2 .* names the class of line 1"):
+        load_eval_set(str(same), "zeroshot")
+    one = tmp_path / "one"
+    write_eval_set(one, "zeroshot", per_shard=1)
+    _tar(one / "test" / "0.tar", {"a.png": _png(8), "a.cls": b"0"})
+    (one / "classnames.txt").write_text(f"{CLASSES[0]}\n")
+    with pytest.raises(EvalSetError, match="names one class"):
+        load_eval_set(str(one), "zeroshot")
+    latin = zero_shot("latin")
+    (latin / "classnames.txt").write_bytes("\n".join(["café"] + CLASSES[1:]).encode("latin-1"))
+    with pytest.raises(EvalSetError, match="classnames.txt is not UTF-8 text"):
+        load_eval_set(str(latin), "zeroshot")
+
+
+def _png(side, mode="RGB"):
+    png = io.BytesIO()
+    Image.new(mode, (side, side)).save(png, "PNG")
+    return png.getvalue()
+
+
+def test_eval_images_past_the_shards_pixel_bound_are_refused_undecoded(tmp_path):
+    """A 9000 x 9000 PNG of a few KB in an eval set: refused from its header, as the training
+    shards do (before: decoded at every evaluation)."""
+    big = tmp_path / "big"
+    write_eval_set(big, "zeroshot", per_shard=2)
+    _tar(big / "test" / "0.tar", {"a.png": _png(9000, "1"), "a.cls": b"0"})
+    with pytest.raises(EvalSetError, match="9000 x 9000 pixels, more than"):
+        load_eval_set(str(big), "zeroshot")
+
+
+@pytest.fixture(scope="module")
+def shard_run(files, tmp_path_factory):
+    """A finished uniform run of jestkit's dual encoder on the shards (2 steps)."""
+    out = tmp_path_factory.mktemp("shard_run") / "run"
+    config = TINY.with_name("uniform")
+    config = replace(config, training=replace(config.training, steps=2, eval_every=None,
+                                              checkpoint_every=2))  # fmt: skip
+    train_own(_run(files), MODEL, config, out, progress=False)
+    return out
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_eval_out_never_replaces_a_record_or_a_file_of_yours(files, shard_run, tmp_path, capsys):
+    """`jestkit eval --out RUN/checkpoint.pt` or `RUN/result.json` (before: the 41 MB checkpoint
+    replaced by 371 bytes of JSON), an existing file that is not an eval.json, a folder that is
+    a file: refused before the pass, every file unchanged. An earlier eval.json is replaced."""
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"my": "notes"}')
+    before, mine_before = _snapshot(shard_run), mine.read_bytes()
+    (tmp_path / "file").write_text("a file")
+    evaluate = ["eval", "--checkpoint", str(shard_run / "checkpoint.pt"), "--eval.zeroshot",
+                files["zeroshot"]]  # fmt: skip
+    for out, says in [(shard_run / "checkpoint.pt", "jestkit record"),
+                      (shard_run / "result.json", "jestkit record"),
+                      (shard_run / "config.yaml", "jestkit record"),
+                      (mine, "not an earlier `jestkit eval` output"),
+                      (tmp_path / "file" / "eval.json", "is not a folder")]:  # fmt: skip
+        refused = cli_main([*evaluate, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert refused == 2 and says in err and "Traceback" not in err, err
+    assert _snapshot(shard_run) == before and mine.read_bytes() == mine_before
+    earlier = tmp_path / "eval.json"
+    assert cli_main([*evaluate, "--out", str(earlier)]) == 0
+    assert cli_main([*evaluate, "--out", str(earlier)]) == 0  # an earlier eval.json: replaced
+
+
+def _copy_run(run, to, result=None, result_text=None):
+    to.mkdir()
+    (to / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes())
+    if result_text is None:
+        result_text = json.dumps(result if result is not None else
+                                 json.loads((run / "result.json").read_text()))  # fmt: skip
+    (to / "result.json").write_text(result_text)
+    return to
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("list", "holds a JSON list, not a `jestkit train` run's result.json"),
+    ("truncated", "result.json is not valid JSON"),
+    ("no model_config", "result.json has no 'model_config'"),
+    ("vocab_size ten", "'vocab_size' is \"ten\", it must be an integer"),
+    ("other dim", "does not fit the model"),
+    ("fashion", "is of a run on Fashion-MNIST"),
+])  # fmt: skip
+def test_jestkit_eval_of_a_run_whose_result_json_does_not_fit(files, shard_run, tmp_path, capsys,
+                                                             damage, says):  # fmt: skip
+    """result.json a list, truncated, a field missing or of the wrong type, naming another
+    model than the checkpoint holds, or a Fashion-MNIST run's (before: AttributeError, raw JSON
+    errors, a size-mismatch RuntimeError traceback, and "no result.json beside it" when there
+    was one): one line naming result.json and what is wrong."""
+    result = json.loads((shard_run / "result.json").read_text())
+    text = None
+    if damage == "list":
+        text = "[1, 2, 3]"
+    elif damage == "truncated":
+        text = json.dumps(result)[:200]
+    elif damage == "no model_config":
+        del result["model_config"]
+    elif damage == "vocab_size ten":
+        result["vocab_size"] = "ten"
+    elif damage == "other dim":
+        result["model_config"]["dim"] = 2 * result["model_config"]["dim"]
+    else:
+        del result["model"], result["vocab_size"]
+    run = _copy_run(shard_run, tmp_path / "run", result, text)
+    code = cli_main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--eval.zeroshot",
+                     files["zeroshot"]])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert says in err and "\n" not in err.strip(), err

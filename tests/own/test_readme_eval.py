@@ -1,28 +1,22 @@
-"""The README's "Held-out evaluation on your own data" commands run as written, through the
+"""The manual's "Held-out evaluation on your own data" commands run as written, through the
 installed console script, on files this test writes; the run's history and `jestkit eval`'s JSON
 hold the same final figures."""
 
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import subprocess
 
 import pytest
+from docs_pages import blocks, commands, page
 from shard_files import TINY_SIG, write_eval_set, write_shards
 from test_cli import _example
-from test_readme_own import JESTKIT, ROOT
+from test_readme_own import JESTKIT
 
 
 def section_commands() -> list[list[str]]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Held-out evaluation on your own data", 1)[1].split("\n## ", 1)[0]
-    blocks = [b for b in re.findall(r"```sh\n(.*?)```", section, re.S)
-              if b.startswith("# runs as written")]  # fmt: skip
-    return [shlex.split(line) for block in blocks
-            for line in block.replace("\\\n", " ").splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]  # fmt: skip
+    return commands(blocks(page("evaluation.md"), "sh", runs_as_written=True))
 
 
 def test_readme_eval_commands_run(tmp_path):

@@ -5,6 +5,7 @@ and its cache sees the shards' contents, not only their names and sizes (issue 1
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 
@@ -134,3 +135,88 @@ def test_a_recaptioned_shard_is_not_trained_against_the_stale_cache(scored, tmp_
     before = snapshot(out)
     assert score(pattern, root / "ref0" / "checkpoint.pt", out) == 2  # not mixed with stale parts
     assert snapshot(out) == before
+
+
+# -- issue 28, round three: the cache's symlinks, other records, the reference.json read back --
+
+
+def test_a_rerun_never_writes_through_a_symlink_in_the_cache(scored, tmp_path, capsys):
+    """A symlink planted at cache/manifest.json.tmp (or a copied folder holding one), then the
+    same score again (finalize runs on a complete cache too): notes.txt, outside OUT, keeps its
+    content (before: it held the manifest, and cache/manifest.json was a link to it)."""
+    root, pattern = scored
+    out = copy_of(root / "score", tmp_path / "score")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious notes")
+    (out / "cache" / "manifest.json.tmp").symlink_to("../../notes.txt")
+    assert score(pattern, root / "ref0" / "checkpoint.pt", out) == 0
+    assert notes.read_text() == "precious notes"
+    assert not any(p.is_symlink() for p in out.rglob("*"))
+
+
+def test_score_refuses_a_config_yaml_it_did_not_write(scored, tmp_path, capsys):
+    """A folder whose only file is your config.yaml, or a score folder whose config.yaml is a
+    train run's: refused, unchanged (before: replaced, rc 0)."""
+    root, pattern = scored
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "config.yaml").write_text("my: settings\n")
+    assert score(pattern, root / "ref0" / "checkpoint.pt", proj) == 2
+    assert "not one jestkit wrote" in capsys.readouterr().err
+    assert (proj / "config.yaml").read_text() == "my: settings\n"
+    out = copy_of(root / "score", tmp_path / "score")
+    (out / "config.yaml").write_bytes((root / "ref0" / "config.yaml").read_bytes())
+    before = snapshot(out)
+    assert score(pattern, root / "ref0" / "checkpoint.pt", out) == 2
+    assert "`jestkit train`'s config.yaml" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("subset, says", [
+    ("s.txt", "must end in .npy"),
+    ("file/s.npy", "is not a folder"),
+    ("score/cache/s.npy", "inside"),
+    ("ref/checkpoint.pt", "jestkit record"),
+])  # fmt: skip
+def test_subset_is_checked_before_the_scoring_pass(scored, tmp_path, capsys, subset, says):
+    """--subset's name and folder (before: checked after the whole pass)."""
+    root, pattern = scored
+    (tmp_path / "file").write_text("a file")
+    copy_of(root / "score", tmp_path / "score")
+    out = tmp_path / "new"
+    code = score(pattern, root / "ref0" / "checkpoint.pt", out, "--subset",
+                 str(tmp_path / subset))  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and says in err, err
+    assert not out.exists()  # refused before any work
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("[1, 2, 3]", "holds a JSON list, not a reference's reference.json"),
+    ("truncated", "reference.json is not valid JSON"),
+    ("no logit_scale", "reference.json has no 'logit_scale'"),
+    ("logit_scale ten", "'logit_scale' is \"ten\", it must be a number"),
+    ("fifo", "reference.json is a FIFO"),
+])  # fmt: skip
+def test_a_damaged_reference_json_names_the_file_and_field(scored, tmp_path, capsys, damage,
+                                                          says):  # fmt: skip
+    """reference.json a list (before: TypeError traceback), truncated, without logit_scale,
+    logit_scale "ten" (before: raw "could not convert string to float"), a FIFO: one line
+    naming the file, the field and how to fix it."""
+    root, pattern = scored
+    ref = copy_of(root / "score", tmp_path / "score")
+    info = json.loads((ref / "reference.json").read_text())
+    (ref / "reference.json").unlink()
+    if damage == "fifo":
+        os.mkfifo(ref / "reference.json")
+    else:
+        if damage == "no logit_scale":
+            del info["logit_scale"]
+        elif damage == "logit_scale ten":
+            info["logit_scale"] = "ten"
+        text = {"[1, 2, 3]": "[1, 2, 3]", "truncated": json.dumps(info)[:50]}.get(
+            damage, json.dumps(info))
+        (ref / "reference.json").write_text(text)
+    code = train(pattern, tmp_path / "run", "--reference", str(ref))
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and "Traceback" not in err, err

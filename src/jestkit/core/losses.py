@@ -91,7 +91,7 @@ CONTRASTIVE_LOSSES = tuple(name for name, loss in LOSS_TABLE.items() if loss.con
 
 def get_loss(name: str) -> Loss:
     """The table's row for `name`; a ValueError naming the choices otherwise."""
-    if name not in LOSS_TABLE:
+    if not isinstance(name, str) or name not in LOSS_TABLE:
         raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
     return LOSS_TABLE[name]
 

@@ -14,7 +14,8 @@ contrastive losses) and samples b without replacement (temperature 0: the top b)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -24,9 +25,15 @@ from jestkit.core.losses import LOSSES, gain_state, get_loss
 from jestkit.core.outputs import Outputs
 from jestkit.core.sampler import joint_sample, sample_without_replacement
 from jestkit.core.validate import (
+    check_bool,
     check_counts,
     check_filter_ratio,
+    check_generator,
+    check_generator_state,
+    check_int,
     check_pair,
+    check_seed,
+    check_state,
     check_temperature,
     device_of,
     selected_size,
@@ -72,7 +79,7 @@ METHODS = ("joint", "independent")
 
 def get_policy(name: str) -> Policy:
     """The table's row for `name`; a ValueError naming the choices otherwise."""
-    if name not in POLICY_TABLE:
+    if not isinstance(name, str) or name not in POLICY_TABLE:
         raise ValueError(f"policy must be one of {POLICIES}, got {name!r}")
     return POLICY_TABLE[name]
 
@@ -105,15 +112,36 @@ class SelectionConfig:
 
     def __post_init__(self):
         get_policy(self.policy)
-        if self.method not in METHODS:
+        if not isinstance(self.method, str) or self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         get_loss(self.loss)
-        check_filter_ratio(self.filter_ratio)
-        check_temperature(self.temperature)
-        if not isinstance(self.n_chunks, int) or self.n_chunks < 1:
-            raise ValueError(f"n_chunks must be a positive int, got {self.n_chunks!r}")
-        if not isinstance(self.block_size, int) or self.block_size < 1:
-            raise ValueError(f"block_size must be a positive int, got {self.block_size!r}")
+        # numbers of any kind (numpy's, 0-d tensors) are kept as the plain float / int checked
+        checked = {
+            "filter_ratio": check_filter_ratio(self.filter_ratio),
+            "temperature": check_temperature(self.temperature),
+            "n_chunks": check_int("n_chunks", self.n_chunks),
+            "block_size": check_int("block_size", self.block_size),
+            "normalize_gains": check_bool("normalize_gains", self.normalize_gains),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)  # frozen: set once, here
+
+
+def selection_config(config: SelectionConfig | None, overrides: Mapping) -> SelectionConfig:
+    """`config` (default SelectionConfig()) with the keyword overrides replacing its fields."""
+    if config is None:
+        config = SelectionConfig()
+    elif not isinstance(config, SelectionConfig):
+        hint = ": pass SelectionConfig(**config), or its fields as keywords" \
+            if isinstance(config, Mapping) else ""  # fmt: skip
+        raise TypeError(
+            f"config must be a jestkit.SelectionConfig (or None), got {type(config).__name__}{hint}"
+        )
+    names = [f.name for f in fields(SelectionConfig)]
+    unknown = [k for k in overrides if k not in names]
+    if unknown:
+        raise TypeError(f"unknown selection setting {unknown[0]!r}; the settings are {names}")
+    return replace(config, **overrides)
 
 
 def weighted_outputs(config: SelectionConfig, learner, reference) -> list[Weighted]:
@@ -165,7 +193,10 @@ def select(
     batch_size: B, needed only for the uniform policy when no outputs are given.
     naive: use the full B x B oracle (tests and benchmarks only).
     """
-    config = replace(config or SelectionConfig(), **overrides)
+    config = selection_config(config, overrides)
+    check_generator("generator", generator)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size)
     scored = get_policy(config.policy).scored
     models = weighted_outputs(config, learner, reference) if scored else []
     if not scored and learner is None and reference is None:
@@ -208,7 +239,10 @@ class Selector:
     ):
         if seed is not None and generator is not None:
             raise ValueError("give seed or generator, not both")
-        self.config = replace(config or SelectionConfig(), **overrides)
+        self.config = selection_config(config, overrides)
+        check_generator("generator", generator)
+        if seed is not None:
+            seed = check_seed("seed", seed)
         if generator is None:
             generator = torch.Generator(device=self.generator_device())
             if seed is None:
@@ -233,4 +267,8 @@ class Selector:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        """Continue from state_dict(); anything else is refused, and changes nothing."""
+        state = check_state("state", state, ("generator",), "Selector")
+        self.generator.set_state(
+            check_generator_state("state['generator']", state["generator"], self.generator)
+        )

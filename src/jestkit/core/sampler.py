@@ -17,9 +17,19 @@ from collections.abc import Callable
 
 import torch
 
+from jestkit.core.validate import (
+    check_bool,
+    check_counts,
+    check_generator,
+    check_int,
+    check_temperature,
+    check_tensor,
+)
+
 
 def chunk_sizes(b: int, n_chunks: int) -> list[int]:
     """Split b into n_chunks sizes that differ by at most one, larger first."""
+    n_chunks = check_int("n_chunks", n_chunks)
     base, extra = divmod(b, n_chunks)
     return [base + 1] * extra + [base] * (n_chunks - extra)
 
@@ -83,6 +93,9 @@ def sample_without_replacement(
     """k indices drawn without replacement with p proportional to exp(scores / temperature),
     in draw order; temperature 0 takes the top k. -inf scores are never drawn; NaN scores
     and fewer than k drawable ones are errors."""
+    check_tensor("scores", scores)
+    k, temperature = check_int("k", k, 0), check_temperature(temperature)
+    check_generator("generator", generator)
     check_scores(scores)
     drawable = int((scores > float("-inf")).sum())
     if drawable < k:
@@ -118,6 +131,10 @@ def joint_sample(
         (`local`, positions within the state) and the whole chunk's positions (default:
         state.add(local)).
     """
+    check_counts(b, state.size if draw is None else b, n_chunks)  # one process: b of its B
+    temperature = check_temperature(temperature)
+    check_generator("generator", generator)
+    check_bool("normalize_gains", normalize_gains)
     if draw is None:
 
         def draw(scores: torch.Tensor, c: int) -> torch.Tensor:

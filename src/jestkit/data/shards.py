@@ -71,7 +71,7 @@ import stat
 import tarfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
@@ -79,6 +79,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
+
+from jestkit.core.validate import (
+    check_bool,
+    check_generator_state,
+    check_int,
+    check_seed,
+    check_state,
+    real_number,
+)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 CAPTION_EXTENSIONS = ("txt", "caption", "text")
@@ -166,26 +175,48 @@ class ShardPoolConfig:
     shuffle_shards: bool = False
 
     def __post_init__(self):
-        for name in ("max_sample_bytes", "max_caption_chars", "max_image_pixels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.buffer_size < 0:
-            raise ValueError(f"buffer_size must be >= 0, got {self.buffer_size}")
+        # each value checked (and numbers of any kind kept as the plain int/float checked)
+        for name, minimum in (("max_sample_bytes", 1), ("max_caption_chars", 1),
+                              ("max_image_pixels", 1), ("parquet_batch_rows", 1), ("streams", 1),
+                              ("buffer_size", 0), ("min_bad", 0), ("decode_threads", 0),
+                              ("stream", 0)):  # fmt: skip
+            setattr(self, name, check_int(name, getattr(self, name), minimum))
+        self.seed = check_seed("seed", self.seed)
+        self.max_bad_fraction = real_number("max_bad_fraction", self.max_bad_fraction)
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
-        if self.min_bad < 0:
-            raise ValueError(f"min_bad must be >= 0, got {self.min_bad}")
-        if self.decode_threads < 0:
-            raise ValueError(f"decode_threads must be >= 0, got {self.decode_threads}")
-        if self.parquet_batch_rows < 1:
-            raise ValueError(f"parquet_batch_rows must be >= 1, got {self.parquet_batch_rows}")
+        self.check_duplicates = check_bool("check_duplicates", self.check_duplicates)
+        self.shuffle_shards = check_bool("shuffle_shards", self.shuffle_shards)
+        _check_mode(self.mode)
+        if self.world_size is not None:
+            self.world_size = check_int("world_size", self.world_size)
+        if self.rank is not None:
+            self.rank = check_int("rank", self.rank, 0)
         if (self.rank is None) != (self.world_size is None):
             raise ValueError("set rank and world_size together (or neither)")
         if self.world_size is not None and not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in [0, world_size={self.world_size})")
         if not 0 <= self.stream < self.streams:
             raise ValueError(f"stream {self.stream} is not in [0, streams={self.streams})")
+
+
+def _check_mode(mode: object) -> None:
+    """None, or a Pillow mode an RGB or grayscale image converts to (not a bad sample each)."""
+    if mode is None:
+        return
+    from PIL import Image
+
+    for source in ("RGB", "L"):
+        try:
+            if isinstance(mode, str):
+                Image.new(source, (1, 1)).convert(mode)
+                return
+        except (ValueError, KeyError):
+            continue
+    raise ValueError(
+        f"mode must be None or a Pillow mode images convert to ('RGB', 'L', 'RGBA', ...), "
+        f"got {mode!r}"
+    )
 
 
 def epoch_shards(n_shards: int, config: ShardPoolConfig, epoch: int) -> list[int]:
@@ -237,10 +268,23 @@ def shard_format(path: str) -> str:
     )
 
 
+def _source_items(source: object) -> list[str]:
+    """The paths or patterns of a shard source: one, or a list of them."""
+    items = [source] if isinstance(source, str | os.PathLike) else source
+    if isinstance(items, Iterable) and not isinstance(items, bytes | Mapping):
+        items = [os.fspath(i) if isinstance(i, os.PathLike) else i for i in items]
+        if all(isinstance(i, str) for i in items):
+            return items
+    raise TypeError(
+        f"source must be a path, a pattern or a list of them, got {type(source).__name__} "
+        f"{source!r:.60}"
+    )
+
+
 def list_shards(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """The shard paths of a path, brace pattern, glob or list of these, in order. A pattern
     matching nothing or a missing file raises FileNotFoundError naming it."""
-    items = [source] if isinstance(source, str | os.PathLike) else list(source)
+    items = _source_items(source)
     if not items:
         raise ValueError("no shards given (an empty list)")
     out: list[str] = []
@@ -570,6 +614,10 @@ class ShardPool(IterableDataset):
     def __init__(self, source, config: ShardPoolConfig | None = None,
                  transform: Callable[[Any], Any] | None = None, **overrides):  # fmt: skip
         config = config or ShardPoolConfig()
+        if not isinstance(config, ShardPoolConfig):
+            raise TypeError(
+                f"config must be a ShardPoolConfig (or None), got {type(config).__name__}"
+            )
         if overrides:
             config = ShardPoolConfig(**{**asdict(config), **overrides})
         self.config = config
@@ -640,6 +688,9 @@ class ShardPool(IterableDataset):
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from state_dict(); another pool's state, or a damaged one, is refused and
+        changes nothing."""
+        state = check_state("state", state, _STATE_KEYS, "ShardPool")
         c = self.config
         mine = {"shards": list(self.shards), "rank": self.rank, "world_size": self.world_size,
                 "seed": c.seed, "buffer_size": c.buffer_size, "stream": c.stream,
@@ -651,10 +702,13 @@ class ShardPool(IterableDataset):
                     f"this state was saved by a pool with {name} = {state.get(name)!r}, this pool "
                     f"has {value!r}: resuming would not continue the same stream"
                 )
-        self._start_epoch(state["epoch"])
-        self._shard, self._record, self._global = state["position"]
-        self._buffer = [Record(*r) for r in state["buffer"]]
-        self._generator.set_state(state["generator"])
+        epoch, position, buffer = _stream_state(state, len(self.shards))
+        generator = check_generator_state("state['generator']", state["generator"],
+                                          self._generator)  # fmt: skip
+        self._start_epoch(epoch)
+        self._shard, self._record, self._global = position
+        self._buffer = buffer
+        self._generator.set_state(generator)
         self.good = state["good"]
         self._epoch_good = state.get("epoch_good", 1)
         self.skipped = Counter(state["skipped"])
@@ -824,8 +878,7 @@ class ShardPool(IterableDataset):
                       ) -> Iterator[Any]:  # fmt: skip
         """The rest of this epoch as super-batches of exactly batch_size samples, collated (a
         short last one is dropped, as DataLoader(drop_last=True) does)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_int("batch_size", batch_size)
         self._check_workers()
         threads = self.config.decode_threads
         executor = ThreadPoolExecutor(threads) if threads > 0 else None
@@ -858,6 +911,54 @@ class ShardPool(IterableDataset):
                     )
                 self._start_epoch(self.epoch + 1)
         return out
+
+
+_STATE_KEYS = (
+    "shards", "rank", "world_size", "seed", "buffer_size", "epoch", "position", "buffer",
+    "generator", "good", "skipped", "skipped_by_shard", "seen_ids",
+)  # fmt: skip
+
+
+def _stream_state(state: Mapping, n_shards: int) -> tuple[int, list[int], list[Record]]:
+    """The epoch, position and buffer of a ShardPool state, checked (with its counters)."""
+
+    def damaged(key: str, why: str) -> ValueError:
+        return ValueError(f"state[{key!r}] {why}: not a ShardPool.state_dict(), or a damaged one")
+
+    def count(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    epoch, position = state["epoch"], state["position"]
+    if not count(epoch):
+        raise damaged("epoch", f"is {epoch!r:.40}, not a count")
+    if not isinstance(position, list | tuple) or len(position) != 3 or \
+            not all(count(v) for v in position):  # fmt: skip
+        raise damaged("position", f"is {position!r:.60}, not 3 counts")
+    if not count(state["good"]):
+        raise damaged("good", f"is {state['good']!r:.40}, not a count")
+    for key in ("skipped", "skipped_by_shard", "seen_ids"):
+        if not isinstance(state[key], Mapping):
+            raise damaged(key, f"is a {type(state[key]).__name__}, not a dict")
+    buffer = []
+    for fields in state["buffer"] if isinstance(state["buffer"], list | tuple) else [None]:
+        rec = _record(fields, n_shards)
+        if rec is None:
+            raise damaged("buffer", f"holds a malformed record {fields!r:.80}")
+        buffer.append(rec)
+    return epoch, list(position), buffer
+
+
+def _record(fields: object, n_shards: int) -> Record | None:
+    """A Record of a state's buffer, or None when the fields are not one of this pool's."""
+    try:
+        rec = Record(*fields)
+    except TypeError:
+        return None
+    ok = (isinstance(rec.shard, int) and 0 <= rec.shard < n_shards
+          and all(isinstance(v, str) for v in (rec.key, rec.id, rec.caption))
+          and all(isinstance(v, t | None) for v, t in ((rec.image, bytes), (rec.path, str),
+                                                        (rec.bad, str))))  # fmt: skip
+    return rec if ok else None
 
 
 __all__ = [

@@ -37,7 +37,13 @@ import torch
 from jestkit.core.losses import get_loss
 from jestkit.core.outputs import Embeddings
 from jestkit.core.policies import SelectionConfig, Selector, get_policy, select
-from jestkit.core.validate import selected_size
+from jestkit.core.validate import (
+    check_bool,
+    check_device,
+    check_state,
+    check_tensor,
+    selected_size,
+)
 
 Batch = Any
 Scorer = Callable[..., Any]
@@ -258,12 +264,17 @@ class SelectiveLoader:
         unpack: bool = True,
         **overrides,
     ):
+        if not isinstance(loader, Iterable) and not hasattr(loader, "__getitem__"):
+            raise TypeError(
+                f"loader must be an iterable of super-batches (a DataLoader), got "
+                f"{type(loader).__name__}"
+            )
         self.loader = loader
         self.learner, self.reference = learner, reference
         self.selector = Selector(config, seed=seed, generator=generator, **overrides)
         self.config = self.selector.config
-        self.device = device
-        self.unpack = unpack
+        self.device = None if device is None else check_device("device", device)
+        self.unpack = check_bool("unpack", unpack)
         self.b: int | None = None  # fixed from the first super-batch (or the loader's batch_size)
         self.batch_size: int | None = None  # B: the loader's batch_size, or the first super-batch's
         self.last_indices: torch.Tensor | None = None
@@ -352,6 +363,7 @@ class SelectiveLoader:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from state_dict(); a state of a loader selecting another b is refused."""
+        state = check_state("state", state, ("selector",), "SelectiveLoader")
         b = state.get("b", self.b)
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
             raise ValueError(f"this state holds b = {b!r}; expected a positive int")
@@ -378,6 +390,7 @@ def check_scores(name: str, out: Any, size: int, loss: str) -> Any:
                 f"the {name} callable must return a (B,) tensor of per-example losses, got "
                 f"{type(out).__name__}"
             )
+        check_tensor(f"the {name} callable's output", out)
         if out.dim() == 2 and out.shape[1] == 1:
             out = out[:, 0]
         if out.dim() == 0:
@@ -419,6 +432,7 @@ def check_scores(name: str, out: Any, size: int, loss: str) -> Any:
                 f"the {name} callable returned {part} embeddings of shape {shape}; expected "
                 f"(B, d) = ({size}, d)"
             )
+        check_tensor(f"the {name} callable's {part} embeddings", t)
         if t.is_complex():
             raise TypeError(f"the {name} callable returned complex {part} embeddings ({t.dtype})")
     if len(out) != size:

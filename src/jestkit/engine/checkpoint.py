@@ -1,6 +1,7 @@
 """Files a run writes, atomically: checkpoints (torch.save) and JSON results.
 
-Every writer goes through a temporary file and a rename, so a crash never leaves half a file.
+Every writer goes through a temporary file and a rename (jestkit.engine.files, re-exported
+here: write_bytes_atomic, write_json_atomic), so a crash never leaves half a file.
 Checkpoints hold plain types only (tensors, dicts, lists, numbers, strings; generator states as
 uint8 tensors) and are read with torch.load(weights_only=True): a checkpoint is data, and a
 file whose pickle would run code or build other objects is refused (`load_checkpoint`).
@@ -12,34 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
 import pickle
 from pathlib import Path
 
 import torch
 
+from jestkit.engine.files import atomic_file, write_bytes_atomic, write_json_atomic  # noqa: F401 - their old home
+
 
 def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename."""
+    """torch.save to memory, then to PATH.tmp and renamed (jestkit.engine.files): a full disk
+    is then an OSError naming the file (torch.save into the file raises a RuntimeError)."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     write_bytes_atomic(buffer.getvalue(), path)
-
-
-def write_bytes_atomic(data: bytes, path: Path) -> None:
-    """`data` to a temporary file, then rename; a full disk is an OSError naming the file, and
-    `path` keeps its old content. A symlink at `path` (or at the temporary file) is replaced,
-    never written through."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        tmp.unlink(missing_ok=True)  # a leftover, or a symlink planted there: never written through
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with open(fd, "wb") as f:
-            f.write(data)
-    except OSError as e:
-        raise OSError(e.errno, f"cannot write {tmp} ({e.strerror}); {path} is unchanged") from None
-    os.replace(tmp, path)
 
 
 FORMAT = "jestkit checkpoint 1"
@@ -103,12 +90,6 @@ def _load(path: Path, source=None):
     except Exception as e:  # whatever a damaged file makes torch.load raise
         reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
         raise CheckpointError(f"{path} is truncated or damaged ({reason}); {_FIX}") from None
-
-
-def write_json_atomic(obj, path: Path) -> None:
-    """JSON to a temporary file, then rename, creating the folder if needed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(json.dumps(obj, indent=2).encode(), path)
 
 
 def flat(config: dict, prefix: str = "") -> dict:

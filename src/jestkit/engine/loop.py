@@ -2,11 +2,14 @@
 
 FLOPs are measured with torch.utils.flop_counter on the first step of each kind and split into
 training, learner scoring and reference scoring (zero: the reference comes from its cache); see
-jestkit.engine.flops. The data wait (seconds each step spent in the source's draw, waiting for
-decoded samples) is kept per step with each step's wall time; the progress bar shows its share
-of the step time over the last 20 steps, result.json its total share (`data_wait_share`; on
-rank 0, under torchrun). Under torchrun (jestkit.dropin.distributed, gloo on CPU) the FLOPs are
-those of all ranks together, and rank 0 evaluates and writes the files.
+jestkit.engine.flops. Time is kept by phase (jestkit.engine.timing: data, learner scoring,
+reference scoring, selection, forward/backward, optimizer, evaluation, checkpoint), in process
+CPU time and wall time, per step and in total: result.json's "timing". The data wait (the data
+phase's wall time: the source's draw, waiting for decoded samples) is kept per step with each
+step's wall time; the progress bar shows its share of the step time over the last 20 steps,
+result.json its total share (`data_wait_share`; on rank 0, under torchrun). Under torchrun
+(jestkit.dropin.distributed, gloo on CPU) the FLOPs are those of all ranks together, the times
+are rank 0's, and rank 0 evaluates and writes the files.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from jestkit.engine.config import TrainConfig
 from jestkit.engine.flops import FlopMeter
 from jestkit.engine.stats import SelectionStats
 from jestkit.engine.step import train_step
+from jestkit.engine.timing import PhaseClock
 from jestkit.models.dual import DualEncoder
 
 
@@ -124,11 +128,16 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.losses: list[float] = []  # the training loss of every step
-        self.data_wait: list[float] = []  # seconds each step waited in source.draw
-        self.step_seconds: list[float] = []  # each step's wall time (data wait included)
+        self.step_seconds: list[float] = []  # train_step's wall time (data wait included)
         self.eval_seconds = 0.0  # wall time spent evaluating, in this process's run
         self.flops = FlopMeter(self.dist.world_size)
+        self.clock = PhaseClock(self.device)  # seconds by phase (jestkit.engine.timing)
         self.stats = SelectionStats(source.categories)
+
+    @property
+    def data_wait(self) -> list[float]:
+        """The seconds each finished step spent in its data phase (source.draw)."""
+        return self.clock.per_step["wall"].get("data", [])
 
     @property
     def selected_ids(self) -> list[torch.Tensor]:
@@ -142,7 +151,8 @@ class Trainer:
             return
         record = {"step": self.step, "flops": self.flops.sum(), **self.flops.total}
         start = time.perf_counter()
-        record.update(self.evaluate(self.model))
+        with self.clock.phase("evaluate"):
+            record.update(self.evaluate(self.model))
         self.eval_seconds += time.perf_counter() - start
         self.history.append(record)
 
@@ -150,6 +160,12 @@ class Trainer:
         """Train to training.steps (or stop after `stop_at` steps, checkpointed, to resume)."""
         train = self.config.training
         last = train.steps if stop_at is None else min(stop_at, train.steps)
+        with self.clock.run():
+            self._run(last)
+        return self.summary()
+
+    def _run(self, last: int) -> None:
+        train = self.config.training
         if self.step == 0:
             self._record_eval()
         bar = tqdm(
@@ -161,23 +177,25 @@ class Trainer:
             leave=False,
         )
         while self.step < last:
+            self.clock.start_step()
             start = time.perf_counter()
             loss = train_step(self)
             self.step_seconds.append(time.perf_counter() - start)
             self.losses.append(loss)
-            bar.update(1)
-            postfix = {"loss": f"{loss:.3f}", "data": f"{self._wait_share(20):.0%}"}
-            if self.step % train.eval_interval == 0 or self.step == train.steps:
+            evaluated = self.step % train.eval_interval == 0 or self.step == train.steps
+            if evaluated:
                 self._record_eval()
-                if self.history:  # the first metric the evaluation gave
-                    name, value = next(iter(self.final_metrics().items()), ("", None))
-                    if value is not None:
-                        postfix[name] = f"{value:.3f}"
-            bar.set_postfix(postfix)
             if self.step % train.checkpoint_every == 0 or self.step == last:
                 self.save()
+            self.clock.end_step()
+            bar.update(1)
+            postfix = {"loss": f"{loss:.3f}", "data": f"{self._wait_share(20):.0%}"}
+            if evaluated and self.history:  # the first metric the evaluation gave
+                name, value = next(iter(self.final_metrics().items()), ("", None))
+                if value is not None:
+                    postfix[name] = f"{value:.3f}"
+            bar.set_postfix(postfix)
         bar.close()
-        return self.summary()
 
     def _wait_share(self, last: int | None = None) -> float:
         """The share of the step time spent waiting for data (over the last `last` steps)."""
@@ -204,6 +222,7 @@ class Trainer:
             "data_wait_share": self._wait_share(),
             "data_wait": self.data_wait,
             "step_seconds": self.step_seconds,
+            "timing": self.clock.summary(),
         }
         for name in self.stats.categories:  # e.g. selected_noise_fraction
             result[f"selected_{name}_fraction"] = self.stats.fractions(name)
@@ -225,8 +244,8 @@ class Trainer:
             **self.flops.state_dict(),
             "stats": self.stats.state_dict(),
             "losses": self.losses,
-            "data_wait": self.data_wait,
             "step_seconds": self.step_seconds,
+            "clock": self.clock.state_dict(),
             **({"source": self.source.state_dict()} if self._streamed else {}),
         }
 
@@ -250,7 +269,8 @@ class Trainer:
         self.flops.load_state_dict(state)
         self.stats.load_state_dict(state["stats"])
         self.losses = list(state.get("losses", []))
-        self.data_wait = list(state.get("data_wait", []))
+        if "clock" in state:  # a checkpoint written before jestkit timed phases has none
+            self.clock.load_state_dict(state["clock"])
         self.step_seconds = list(state.get("step_seconds", []))
         if self._streamed:
             if "source" not in state:
@@ -267,10 +287,11 @@ class Trainer:
         reads per rank gathers every rank's position there)."""
         if self.checkpoint_path is None:
             return
-        state = self.state_dict() if self.dist.is_main or self._streamed else None
-        if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(state, self.checkpoint_path)
+        with self.clock.phase("checkpoint"):
+            state = self.state_dict() if self.dist.is_main or self._streamed else None
+            if self.dist.is_main:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(state, self.checkpoint_path)
 
     def resume(self) -> bool:
         """Load out_dir/checkpoint.pt if it exists; True if it did. The file is loaded with

@@ -7,11 +7,10 @@ result.json written) changes nothing: the recorded result is returned as it is.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from jestkit.engine.checkpoint import write_json_atomic
+from jestkit.engine.files import read_json_record, write_json_atomic
 from jestkit.engine.loop import Trainer
 
 
@@ -27,7 +26,7 @@ def run_and_record(trainer: Trainer, resume: bool, out: Path, extra=None,
         if finished.exists():
             if dist.is_main:
                 print(f"{trainer.desc} in {out} already finished; {finished} left as it is")
-            return json.loads(finished.read_text())
+            return read_json_record(finished, "a run's result.json")
         if dist.is_main:
             print(f"resumed {trainer.desc} from {trainer.checkpoint_path} at step {trainer.step}")
     if dist.is_main and write_config is not None:

@@ -13,13 +13,17 @@ your shards), holds reference.json (fingerprints, loss, logit scale and bias) an
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from jestkit.core import Embeddings
 from jestkit.data.source import Examples
 from jestkit.dropin.cache import CacheError, ReferenceCache
+from jestkit.engine.files import read_json_record
+
+# what every reference.json holds (jestkit reference, jestkit score), checked when it is read
+REFERENCE_FIELDS = {"model_fingerprint": str, "data_fingerprint": str, "loss": str,
+                    "logit_scale": float, "logit_bias": float}  # fmt: skip
 
 
 @dataclass
@@ -54,7 +58,8 @@ def read_reference_info(ref: Path, loss: str, build: str) -> dict:
     info_path = ref / "reference.json"
     if not info_path.exists():
         raise CacheError(f"no reference at {ref} (missing reference.json); build it with {build}")
-    info = json.loads(info_path.read_text())
+    info = read_json_record(info_path, "a reference's reference.json", REFERENCE_FIELDS,
+                            f"build the reference again with {build}")  # fmt: skip
     if info["loss"] != loss:
         raise CacheError(
             f"the reference at {ref} scores with loss={info['loss']!r}, this run uses "

@@ -16,9 +16,16 @@ reference.json and cache/. The rules, the same for the CLI and the Python functi
   an old model with a new cache. Only a reference is ever replaced: an OUT (or OUT.partial)
   holding anything a reference folder does not (a train run, a folder of runs, your files) is
   refused, overwrite or not. A learner run is never written into a reference folder.
-* Nothing is written through a symlink: a symlink among a folder's entries is refused, the lock
-  is opened with O_NOFOLLOW, and every record is written to a temporary file and renamed
-  (jestkit.engine.checkpoint.write_bytes_atomic).
+* Nothing is written through a symlink: a symlink among the names a command writes is refused
+  (any other entry of OUT makes a reference, score or demo folder foreign anyway), the lock is
+  opened with O_NOFOLLOW, and every file is written to a temporary file opened with
+  O_EXCL|O_NOFOLLOW and renamed (jestkit.engine.files.atomic_file), the cache's parts and
+  manifest included.
+* Every command keeps to its own folders: a train run never writes into a reference, a score
+  folder or a demo; a demo only into a folder holding a demo; nothing is written inside a
+  reference or its cache (a folder holding reference.json or manifest.json), nor into the file
+  system's root. A config.yaml that the same command did not write is refused
+  (jestkit.cli checks it: the command knows its settings).
 """
 
 from __future__ import annotations
@@ -34,6 +41,23 @@ from pathlib import Path
 
 LOCK_NAME = ".jestkit.lock"
 RUN_FILES = ("checkpoint.pt", "result.json")
+# what a run wrote beside its checkpoint and results, and --overwrite removes with them: its
+# curves and a `jestkit eval` of its checkpoint
+RUN_EXTRAS = ("curves.png", "eval.json")
+# the names a train run writes (or holds): a symlink among them is refused
+RUN_NAMES = frozenset(
+    [LOCK_NAME, "config.yaml", *RUN_FILES, *RUN_EXTRAS]
+    + [name + ".tmp" for name in ("config.yaml", *RUN_FILES, *RUN_EXTRAS)]
+)
+# what a demo folder holds: its config, results and curves, the reference and the runs
+DEMO_FILES = ("config.yaml", "results.json", "curves.png")
+DEMO_NAMES = frozenset(
+    [LOCK_NAME, "reference", "reference.partial", "runs", *DEMO_FILES]
+    + [name + ".tmp" for name in DEMO_FILES]
+)
+# records that mark a folder as a reference (reference.json) or a cache (manifest.json): no
+# other command's output is ever written inside one
+RECORD_MARKS = ("reference.json", "manifest.json")
 # what a reference folder (jestkit reference, jestkit score) may hold; temporary files included
 REFERENCE_FILES = ("model.pt", "reference.json", "config.yaml", "building.json")
 REFERENCE_NAMES = frozenset(
@@ -48,20 +72,33 @@ class RunDirError(ValueError):
 
 
 def _check_folder(out: Path) -> None:
-    """OUT is a folder or can be one; refuses a file (or a file on its path)."""
+    """OUT is a folder or can be one, not the file system's root, and not inside a reference or
+    its cache; refuses a file (or a file on its path)."""
+    resolved = out.resolve()
+    if resolved == Path(resolved.anchor):
+        raise RunDirError(f"--out {out} is the file system's root; choose a folder for the output")
     for p in (out, *out.parents):
         if p.exists():
             if not p.is_dir():
                 raise RunDirError(f"{p} is not a folder; choose another --out")
-            return
+            break
+    for p in resolved.parents:
+        marks = [name for name in RECORD_MARKS if (p / name).exists()]
+        if marks:
+            raise RunDirError(
+                f"{out} is inside {p}, which holds {marks[0]} (a reference or its cache); "
+                f"nothing is ever written into another command's folder: choose another --out"
+            )
 
 
-def _entries(folder: Path) -> list[str]:
-    """The names in `folder` (none if it does not exist); a symlink among them is refused."""
+def _entries(folder: Path, ours=None) -> list[str]:
+    """The names in `folder` (none if it does not exist); a symlink among them (among `ours`,
+    the names this command writes, when given) is refused."""
     if not folder.is_dir():
         return []
     names = sorted(os.listdir(folder))
-    links = [name for name in names if (folder / name).is_symlink()]
+    links = [name for name in names if (folder / name).is_symlink()
+             and (ours is None or name in ours)]  # fmt: skip
     if links:
         raise RunDirError(
             f"{folder / links[0]} is a symlink; jestkit writes only regular files in its folders "
@@ -77,12 +114,19 @@ def check_run_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool 
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite contradict each other; choose one")
     _check_folder(out)
-    names = _entries(out)
-    theirs = [name for name in ("reference.json", "model.pt", "cache") if name in names]
+    names = _entries(out, RUN_NAMES)
+    theirs = [name for name in ("reference.json", "model.pt", "cache", "manifest.json")
+              if name in names]  # fmt: skip
     if theirs:
         raise RunDirError(
             f"{out} holds a reference ({', '.join(theirs)}), not a train run; a train run never "
             f"writes into another command's folder: choose another --out"
+        )
+    demo = [name for name in ("results.json", "runs", "reference") if name in names]
+    if "results.json" in demo and len(demo) > 1:  # (a demo's config.yaml: refused by the CLI)
+        raise RunDirError(
+            f"{out} holds {', '.join(demo)}: it is a demo's folder, not a train run; a train "
+            f"run never writes into another command's folder: choose another --out"
         )
     has_checkpoint = (out / "checkpoint.pt").exists()
     if resume and not has_checkpoint:
@@ -99,16 +143,42 @@ def check_run_dir(out: str | os.PathLike, resume: bool = False, overwrite: bool 
 
 
 def clear_run(out: str | os.PathLike) -> None:
-    """Delete a learner run's checkpoint and results (what --overwrite replaces)."""
+    """Delete a learner run's checkpoint and results, and what was drawn or evaluated from
+    them (curves.png, eval.json): what --overwrite replaces."""
     out = Path(out)
-    for name in RUN_FILES:
+    for name in (*RUN_FILES, *RUN_EXTRAS):
+        for path in (out / name, out / (name + ".tmp")):
+            path.unlink(missing_ok=True)
+
+
+def check_demo_dir(out: str | os.PathLike) -> None:
+    """Refuse, before any work, a demo OUT that is a file or holds anything but a demo's
+    config.yaml, results.json, curves.png, reference/ and runs/ (a train run, a reference,
+    your files): the demo never writes into another command's folder. Its reference and runs
+    are checked by check_reference_dir and check_run_dir."""
+    out = Path(out)
+    _check_folder(out)
+    foreign = [name for name in _entries(out, DEMO_NAMES) if name not in DEMO_NAMES]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise RunDirError(
+            f"{out} holds {shown}: it is not a demo's folder (config.yaml, results.json, "
+            f"curves.png, reference/, runs/), and the demo never writes into another command's "
+            f"folder; choose another --out"
+        )
+
+
+def clear_demo(out: str | os.PathLike) -> None:
+    """Delete a demo's results and curves (what --overwrite replaces with the new demo's)."""
+    out = Path(out)
+    for name in ("results.json", "curves.png"):
         for path in (out / name, out / (name + ".tmp")):
             path.unlink(missing_ok=True)
 
 
 def _check_reference_names(folder: Path, what: str) -> list[str]:
     """The entries of `folder`, refusing any that a reference folder does not hold."""
-    names = _entries(folder)
+    names = _entries(folder, REFERENCE_NAMES)
     foreign = [name for name in names if name not in REFERENCE_NAMES]
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
@@ -125,7 +195,7 @@ def check_score_dir(out: str | os.PathLike) -> None:
     your files): the scores are never written into another command's folder."""
     out = Path(out)
     _check_folder(out)
-    foreign = [name for name in _entries(out) if name not in SCORE_NAMES]
+    foreign = [name for name in _entries(out, SCORE_NAMES) if name not in SCORE_NAMES]
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise RunDirError(
@@ -232,3 +302,43 @@ def claimed_run(
             if overwrite:
                 clear_run(out)
         yield out
+
+
+# every name jestkit gives a record: an output file of `jestkit eval` or `jestkit score --subset`
+# may never take one of them
+RECORD_NAMES = frozenset(
+    [LOCK_NAME, "config.yaml", *RUN_FILES, "curves.png", "results.json", *REFERENCE_FILES,
+     "manifest.json"]
+)
+
+
+def check_output_file(path: str | os.PathLike, flag: str, suffix: str) -> Path:
+    """Refuse, before any work, an output file (`--out` of jestkit eval, `--subset` of jestkit
+    score) that would replace a jestkit record (checkpoint.pt, result.json, config.yaml,
+    reference.json, manifest.json, a cache part, ...), is a symlink or a folder, does not end in
+    `suffix`, or whose folder is a file, cannot be written, or is a reference or its cache."""
+    path = Path(path)
+    if path.name in RECORD_NAMES or path.name.endswith((".tmp", ".parquet", ".pt")):
+        raise RunDirError(
+            f"{flag} {path} is the name of a jestkit record, which it would replace; "
+            f"choose another file (ending in {suffix})"
+        )
+    if path.suffix != suffix:
+        raise RunDirError(f"{flag} {path} must end in {suffix}")
+    if path.is_symlink():
+        raise RunDirError(f"{flag} {path} is a symlink; jestkit never writes through a link")
+    if path.is_dir():
+        raise RunDirError(f"{flag} {path} is a folder: give the file to write")
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())  # "." or "/"
+    if not folder.is_dir():
+        raise RunDirError(f"{flag} {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK):
+        raise RunDirError(f"{flag} {path}: {folder} cannot be written")
+    for p in (path.parent.resolve(), *path.parent.resolve().parents):
+        marks = [name for name in RECORD_MARKS if (p / name).exists()]
+        if marks:
+            raise RunDirError(
+                f"{flag} {path} is inside {p}, which holds {marks[0]} (a reference or its "
+                f"cache); nothing is ever written into another command's folder"
+            )
+    return path

@@ -1,5 +1,5 @@
 """The image-caption data built from Fashion-MNIST: a noisy web-like pool, a clean curated set,
-and a clean test set (README, "The main job").
+and a clean test set (docs/demo.md).
 
 A clean caption names the image's class and 1-3 words for attributes measured from its pixels
 (ink coverage, ink brightness, width, height, left-right symmetry, top-heaviness), in one of

@@ -16,7 +16,6 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from jestkit.engine.checkpoint import write_json_atomic
 from jestkit.engine.config import (
     DEMO_POLICIES,
     FILTER_KEEP,
@@ -25,7 +24,8 @@ from jestkit.engine.config import (
     TrainingConfig,
     reference_training,
 )
-from jestkit.engine.rundir import check_reference_dir, check_run_dir
+from jestkit.engine.files import write_json_atomic
+from jestkit.engine.rundir import check_demo_dir, check_reference_dir, check_run_dir, clear_demo
 from jestkit.fashion.captions import PoolConfig, noise_summary
 from jestkit.fashion.evaluate import evaluator
 from jestkit.fashion.learner import train_learner
@@ -53,7 +53,8 @@ def run_demo(
     jestkit.engine.config.parse_run_name) and the offline filter 'filter-K' (uniform on the
     share filter_keep of the pool the reference scores highest; None: none), compared on
     uniform's frontier. A demo already in
-    out_dir (its reference or a run) is refused before any work unless overwrite.
+    out_dir (its reference or a run) is refused before any work unless overwrite (which also
+    deletes its results.json and curves.png); a folder holding anything but a demo is refused.
     write_config: called with out_dir once checked (the CLI writes config.yaml)."""
     out = Path(out_dir)
     data_config = data_config or PoolConfig()
@@ -63,9 +64,12 @@ def run_demo(
     configs = demo_configs(train_config, policies, uniform_budgets, filter_keep)  # checks first
     for config in configs.values():
         model_config.check_patch_size(config.scoring.patch_size)
+    check_demo_dir(out)
     check_reference_dir(out / "reference", overwrite)
     for name in configs:
         check_run_dir(out / "runs" / name, overwrite=overwrite)
+    if overwrite:
+        clear_demo(out)  # the old demo's results never stand beside the new runs
     if write_config is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out)
@@ -174,6 +178,9 @@ def demo_configs(
         not isinstance(filter_keep, int | float) or not 0.0 < filter_keep < 1.0
     ):
         raise ValueError(f"filter_keep must be None or in (0, 1), got {filter_keep!r}")
+    if not policies:
+        raise ValueError("policies is empty: the demo compares selecting policies with uniform's "
+                         f"frontier; name at least one (e.g. {', '.join(DEMO_POLICIES)})")
     if "uniform" in policies:
         raise ValueError("uniform is the demo's baseline frontier: set its budgets with "
                          "uniform_budgets, and list only selecting policies")  # fmt: skip

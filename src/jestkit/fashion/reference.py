@@ -17,7 +17,6 @@ OUT.partial, and the next build with the same settings resumes its cache there.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from dataclasses import asdict, replace
@@ -34,11 +33,12 @@ from jestkit.dropin.cache import (
     fingerprint_state_dict,
 )
 from jestkit.dropin.distributed import Distributed, broadcast_parameters, build_cache_sharded
-from jestkit.engine.checkpoint import save_atomic, write_json_atomic
+from jestkit.engine.checkpoint import save_atomic
 from jestkit.engine.config import TrainConfig, TrainingConfig, reference_training
+from jestkit.engine.files import read_json_record, write_json_atomic
 from jestkit.engine.flops import count_no_grad_flops
 from jestkit.engine.loop import Trainer
-from jestkit.engine.reference import ReferenceOutputs, read_reference_info
+from jestkit.engine.reference import REFERENCE_FIELDS, ReferenceOutputs, read_reference_info
 from jestkit.engine.rundir import LOCK_NAME, check_reference_dir, partial_dir, run_lock, swap_in
 from jestkit.fashion.prepare import CaptionData
 from jestkit.fashion.source import pixels
@@ -136,7 +136,8 @@ def _build(data, model_config, config, loss, out: Path, evaluate, progress, dist
     meta = _cache_meta(model_fingerprint, data, model_config.embed_dim)
     building = out / "building.json"  # what the cache parts in out/cache were computed with
     if dist.is_main:
-        if building.exists() and json.loads(building.read_text()) != meta.to_dict():
+        if building.exists() and read_json_record(building, "a reference's building.json",
+                                                  fix=f"delete {out}") != meta.to_dict():
             shutil.rmtree(out / "cache", ignore_errors=True)  # a killed build of other settings
         write_json_atomic(meta.to_dict(), building)
     if dist.world_size > 1:
@@ -194,4 +195,5 @@ def filter_pool(
 
 
 def reference_info(ref_dir: str | os.PathLike) -> dict:
-    return json.loads((Path(ref_dir) / "reference.json").read_text())
+    return read_json_record(Path(ref_dir) / "reference.json", "a reference's reference.json",
+                            REFERENCE_FIELDS)  # fmt: skip

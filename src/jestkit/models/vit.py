@@ -181,6 +181,52 @@ def resample_pos_embed(
     return image.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], d)
 
 
+class FlexiPatches:
+    """A ViT's patch embedding at any patch size, for every tower that takes Flexi-JEST's views
+    (jestkit's ImageTower, open_clip's VisionTransformer through jestkit.openclip.views): the
+    weights PI-resized, the grid's position embeddings resampled to the new grid.
+
+    It keeps pinv(R) per (base patch, patch size, device, dtype): fixed matrices, computed once
+    in float64 rather than on every forward. Not a module: nothing of it is in a state dict.
+    """
+
+    def __init__(self, mode: str = "nearest"):
+        if mode not in RESIZE_MODES:
+            raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+        self.mode = mode
+        self._pinv: dict[tuple, torch.Tensor] = {}
+
+    def weight(self, weight: torch.Tensor, patch_size: int) -> torch.Tensor:
+        """The (D, C, p, p) patch-embedding weight PI-resized to patch_size (itself at p)."""
+        base = weight.shape[-1]
+        if patch_size == base:
+            return weight
+        key = (base, patch_size, weight.device, weight.dtype)
+        if key not in self._pinv:
+            pinv_r = pi_resize_matrix(base, patch_size, self.mode)
+            self._pinv[key] = pinv_r.to(device=weight.device, dtype=weight.dtype)
+        return pi_resize_weight(weight, patch_size, pinv_r=self._pinv[key])
+
+    def tokens(
+        self,
+        pixels: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        patch_size: int,
+        grid_pos: torch.Tensor | None = None,
+        pos_grid: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """(N, C, H, W) pixels -> (N, (H / p) * (W / p), D) patch tokens at patch size p, with
+        grid_pos (1, h * w, D), the position embeddings of the base grid pos_grid (None:
+        square), resampled to the new grid and added (None: no positions)."""
+        x = F.conv2d(pixels, self.weight(weight, patch_size), bias, stride=patch_size)
+        grid = tuple(x.shape[-2:])
+        x = x.flatten(2).transpose(1, 2)
+        if grid_pos is None:
+            return x
+        return x + resample_pos_embed(grid_pos, grid, pos_grid).to(x.dtype)
+
+
 def keep_count(n_tokens: int, token_drop: float) -> int:
     """Tokens kept per image at drop rate r: round((1 - r) * n), half up, at least one."""
     if not 0.0 <= token_drop < 1.0:
@@ -198,14 +244,20 @@ def uniform_noise(
 
 
 def drop_tokens(
-    x: torch.Tensor, token_drop: float, generator: torch.Generator | None = None
+    x: torch.Tensor,
+    token_drop: float,
+    generator: torch.Generator | None = None,
+    prefix: int = 0,
 ) -> torch.Tensor:
-    """Keep a random round((1 - r) * L) of the L tokens of each row of x (N, L, D).
+    """Keep a random round((1 - r) * L) of the L tokens of each row of x (N, prefix + L, D),
+    and its first `prefix` tokens (a class token) always.
 
     Every row keeps the same number of tokens (the batch stays one tensor), chosen
     independently per row and returned in their original order. Deterministic given
     `generator` (one on x's device); without one, torch's global RNG is used.
     """
+    if prefix:
+        return torch.cat([x[:, :prefix], drop_tokens(x[:, prefix:], token_drop, generator)], 1)
     n, length, d = x.shape
     keep = keep_count(length, token_drop)
     if keep == length:
@@ -239,9 +291,7 @@ class ImageTower(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.embed_dim)
-        # pinv(R) per (patch size, device, dtype): fixed matrices, computed once (in float64)
-        # rather than on every forward. Not part of the state dict.
-        self._pinv: dict[tuple, torch.Tensor] = {}
+        self.patches = FlexiPatches(cfg.resize_mode)
 
     def check_patch_size(self, patch_size: int) -> None:
         size = self.cfg.image_size
@@ -262,14 +312,7 @@ class ImageTower(nn.Module):
         At p' != base the weights are PI-resized (see module docstring).
         """
         p = self.cfg.patch_size if patch_size is None else patch_size
-        w = self.patch_weight
-        key = (p, w.device, w.dtype)
-        if p != self.cfg.patch_size and key not in self._pinv:
-            pinv_r = pi_resize_matrix(self.cfg.patch_size, p, self.cfg.resize_mode)
-            self._pinv[key] = pinv_r.to(device=w.device, dtype=w.dtype)
-        weight = pi_resize_weight(w, p, pinv_r=self._pinv.get(key))
-        tokens = F.conv2d(pixels, weight, self.patch_bias, stride=p)  # (N, dim, H/p, W/p)
-        return tokens.flatten(2).transpose(1, 2)
+        return self.patches.tokens(pixels, self.patch_weight, self.patch_bias, p)
 
     def forward(
         self,
@@ -287,9 +330,8 @@ class ImageTower(nn.Module):
         p = self.cfg.patch_size if patch_size is None else patch_size
         self.check_patch_size(p)
         keep_count(1, token_drop)  # validates the rate before any work
-        x = self.embed_patches(self.normalize(images), p)
-        side = self.cfg.image_size // p
-        x = x + resample_pos_embed(self.pos_embed, (side, side))
+        x = self.patches.tokens(self.normalize(images), self.patch_weight, self.patch_bias, p,
+                                self.pos_embed)  # fmt: skip
         if token_drop > 0:
             x = drop_tokens(x, token_drop, generator)
         for block in self.blocks:

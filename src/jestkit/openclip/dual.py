@@ -32,7 +32,6 @@ from pathlib import Path
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from jestkit.engine.checkpoint import is_checkpoint, load_checkpoint
@@ -67,26 +66,15 @@ class OpenClipDual(ContrastiveDual):
         this model cannot take: a ValueError naming the model and the flag."""
         self.views.check(view, multires_fraction)
 
-    def encode_image(
-        self,
-        images: torch.Tensor,
-        patch_size: int | None = None,
-        token_drop: float = 0.0,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, D), unit norm, through an image view (none: the plain forward)."""
-        return F.normalize(
-            self.views.encode_image(images, patch_size, token_drop, generator), dim=-1
-        )
+    @property
+    def image_features(self) -> Callable[..., torch.Tensor]:
+        """open_clip's preprocessed images -> features at a view (OpenClipViews.encode_image)."""
+        return self.views.encode_image
 
-    def encode_text(
-        self,
-        tokens: torch.Tensor,
-        token_drop: float = 0.0,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """(N, L) -> (N, D), unit norm, with `token_drop` of each caption's positions dropped."""
-        return F.normalize(self.views.encode_text(tokens, token_drop, generator), dim=-1)
+    @property
+    def text_features(self) -> Callable[..., torch.Tensor]:
+        """open_clip's token ids -> features with a token drop (OpenClipViews.encode_text)."""
+        return self.views.encode_text
 
 
 @contextlib.contextmanager

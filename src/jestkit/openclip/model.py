@@ -32,6 +32,7 @@ from torch import nn
 
 from jestkit.core import Embeddings
 from jestkit.dropin.distributed import unwrap
+from jestkit.engine.files import read_json_record
 
 try:
     import open_clip
@@ -124,7 +125,7 @@ def read_config(model: str | os.PathLike | Mapping) -> dict | None:
         path = Path(model)
         if not path.is_file():
             raise FileNotFoundError(f"no open_clip model config at {path}")
-        cfg = json.loads(path.read_text())
+        cfg = read_json_record(path, "an open_clip model config (a JSON object)")
     else:
         return None
     cfg = dict(cfg.get("model_cfg", cfg))

@@ -28,19 +28,11 @@ Gradients flow through the resized weights, so multi-resolution training uses en
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import nn
 
 from jestkit.models.view import View
-from jestkit.models.vit import (
-    drop_tokens,
-    keep_count,
-    pi_resize_matrix,
-    pi_resize_weight,
-    resample_pos_embed,
-    uniform_noise,
-)
+from jestkit.models.vit import FlexiPatches, drop_tokens, keep_count, uniform_noise
 
 RESIZE_MODE = "bilinear"  # FlexiViT's; any patch size p' >= p keeps the identity exact
 POOLS = ("argmax", "eos", "last", "first")
@@ -53,8 +45,7 @@ class OpenClipViews:
     def __init__(self, model: nn.Module, name: str = "the open_clip model"):
         self.model = model
         self.name = name
-        # pinv(R) per (base patch, patch, device, dtype): fixed, computed once in float64
-        self._pinv: dict[tuple, torch.Tensor] = {}
+        self.patches = FlexiPatches(RESIZE_MODE)  # the patch embedding at any patch size
 
     # --- checks -------------------------------------------------------------------------------
 
@@ -153,33 +144,18 @@ class OpenClipViews:
         h, w = images.shape[-2:]
         if h % p or w % p:
             raise ValueError(f"patch size {p} does not divide the images' size {h} x {w}")
-        if p == base:
-            x = visual.conv1(images)
-        else:
-            x = F.conv2d(images, self._resized_patch_weight(visual.conv1.weight, p),
-                         visual.conv1.bias, stride=p)  # fmt: skip
-        grid = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)  # (N, grid, width)
-        cls = visual.class_embedding.view(1, 1, -1).expand(len(x), -1, -1).to(x.dtype)
-        x = torch.cat([cls, x], dim=1)
-        pos = visual.positional_embedding
-        grid_pos = resample_pos_embed(pos[None, 1:], tuple(grid), visual.grid_size)[0]
-        x = x + torch.cat([pos[:1], grid_pos]).to(x.dtype)
+        pos = visual.positional_embedding  # the class token's, then the grid's
+        x = self.patches.tokens(images, visual.conv1.weight, visual.conv1.bias, p, pos[None, 1:],
+                                visual.grid_size)  # fmt: skip
+        cls = visual.class_embedding.to(x.dtype) + pos[0].to(x.dtype)  # as open_clip adds them
+        x = torch.cat([cls.view(1, 1, -1).expand(len(x), -1, -1), x], dim=1)
         x = visual.patch_dropout(x)  # as the plain forward: active in training mode only
         if token_drop > 0:  # the class token stays
-            x = torch.cat([x[:, :1], drop_tokens(x[:, 1:], token_drop, generator)], dim=1)
+            x = drop_tokens(x, token_drop, generator, prefix=1)
         x = visual.ln_pre(x)
         x = visual.transformer(x)
         pooled, _ = visual._pool(x)  # the tower's own pooling (class token, average, attention)
         return pooled @ visual.proj if visual.proj is not None else pooled
-
-    def _resized_patch_weight(self, weight: torch.Tensor, patch_size: int) -> torch.Tensor:
-        base = weight.shape[-1]
-        key = (base, patch_size, weight.device, weight.dtype)
-        if key not in self._pinv:
-            pinv_r = pi_resize_matrix(base, patch_size, RESIZE_MODE)
-            self._pinv[key] = pinv_r.to(device=weight.device, dtype=weight.dtype)
-        return pi_resize_weight(weight, patch_size, pinv_r=self._pinv[key])
 
     # --- the text tower -----------------------------------------------------------------------
 

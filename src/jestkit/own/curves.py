@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jestkit.engine.files import atomic_file
+
 # the metrics drawn: each set's headline ones (the rest are in result.json)
 DRAWN = ("acc1", "mean_per_class_recall", "image_retrieval_recall@1", "text_retrieval_recall@1",
          "mean_recall@1")  # fmt: skip
@@ -52,5 +54,6 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> None
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_file(path) as f:  # never through a symlink, never half a file
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)

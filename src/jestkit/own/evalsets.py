@@ -17,9 +17,12 @@ folder's.
 
 Everything is checked when the set is loaded, before any training: unreadable, truncated or
 empty shards, images that do not decode, samples without a label or caption, labels outside
-the class names, templates without `{c}`. The encoded images stay in memory (a held-out set is
-small); they are decoded and transformed at each evaluation. A sample's id is its JSON uid, else
-its key (the rule of jestkit.data.shards), for the check that the set is held out.
+the class names, templates without `{c}` (or whose `{c}` does not render the class name, as
+`{{c}}`), fewer than two class names or the same name twice, images larger than the training
+shards' `max_image_pixels` (judged from the header, never decoded). The encoded images stay
+in memory (a held-out set is small); they are decoded and transformed at each evaluation. A
+sample's id is its JSON uid, else its key (the rule of jestkit.data.shards), for the check
+that the set is held out.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from pathlib import Path
 from typing import Literal
 
 from jestkit.data.shards import IMAGE_EXTENSIONS, ShardPoolConfig, list_shards
+from jestkit.engine.files import RecordError, read_text
 
 KINDS = ("zeroshot", "retrieval")
 MAX_MEMBER_BYTES = ShardPoolConfig().max_sample_bytes  # the training pool's bound (32 MiB)
+MAX_IMAGE_PIXELS = ShardPoolConfig().max_image_pixels  # and its bound on an image's pixels
 CLASSNAMES = "classnames.txt"
 TEMPLATES = "zeroshot_classification_templates.txt"
 _IMAGE_ORDER = ("webp", "png", "jpg", "jpeg") + tuple(
@@ -103,7 +108,7 @@ def _layout_shards(folder: Path) -> list[str]:
             "layout; give its shards as a pattern instead (e.g. FOLDER/'{0..9}.tar')"
         )
     try:
-        n = int(nshards.read_text().strip())
+        n = int(_text(nshards).strip())
     except ValueError:
         raise EvalSetError(f"{nshards} must hold the number of shards, an integer") from None
     if n < 1:
@@ -117,13 +122,21 @@ def _layout_shards(folder: Path) -> list[str]:
 
 def _dataset_type(folder: Path) -> str:
     path = folder / "dataset_type.txt"
-    return path.read_text().strip().lower() if path.is_file() else "classification"
+    return _text(path).strip().lower() if path.is_file() else "classification"
+
+
+def _text(path: Path) -> str:
+    """A set's text file (UTF-8, a regular file of at most 1 MiB); an EvalSetError names it."""
+    try:
+        return read_text(path, max_bytes=2**20)
+    except RecordError as e:
+        raise EvalSetError(str(e)) from None
 
 
 def _lines(path: Path, what: str) -> list[str]:
     if not path.is_file():
         raise EvalSetError(f"no {path}: a zero-shot set needs its {what}, one per line")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").rstrip().splitlines()]
+    lines = [line.strip() for line in _text(path).rstrip().splitlines()]
     if not lines or not lines[0]:
         raise EvalSetError(f"{path} is empty: a zero-shot set needs its {what}, one per line")
     blank = [i + 1 for i, line in enumerate(lines) if not line]
@@ -135,8 +148,8 @@ def _lines(path: Path, what: str) -> list[str]:
 def _templates(path: Path) -> list[str]:
     templates = _lines(path, "templates")
     for i, t in enumerate(templates):
-        try:
-            ok = "{c}" in t and t.format(c="x") is not None
+        try:  # {{c}} holds "{c}" but renders the same text for every class
+            ok = "{c}" in t and t.format(c="x") != t.format(c="y")
         except (KeyError, IndexError, ValueError):
             ok = False
         if not ok:
@@ -145,6 +158,23 @@ def _templates(path: Path) -> list[str]:
                 "other braces (clip_benchmark fills it with template.format(c=classname))"
             )
     return templates
+
+
+def _classnames(path: Path) -> list[str]:
+    """The class names: at least two, all different (identical names give identical
+    classifiers, and one class is always right: the set would measure nothing)."""
+    names = _lines(path, "class names")
+    if len(names) < 2:
+        raise EvalSetError(f"{path} names one class ({names[0]!r}): a zero-shot set needs at "
+                           "least two, or every prediction is right")  # fmt: skip
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        key = name.casefold()
+        if key in first:
+            raise EvalSetError(f"{path}: line {i + 1} ({name!r}) names the class of line "
+                               f"{first[key] + 1} again; each class needs its own name")
+        first[key] = i
+    return names
 
 
 def _metadata_folder(shards: list[str]) -> Path:
@@ -186,7 +216,14 @@ def _check_image(data: bytes, path: str, key: str) -> None:
 
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:  # from the header: never decoded
+                raise EvalSetError(
+                    f"{path} (key {key}): the image is {im.width} x {im.height} pixels, more "
+                    f"than {MAX_IMAGE_PIXELS} (the training shards' --shards.max_image_pixels)"
+                )
             im.load()
+    except EvalSetError:
+        raise
     except Exception as e:  # noqa: BLE001 - whatever Pillow raises on a bad file
         raise EvalSetError(f"{path} (key {key}): the image does not decode ({e})") from None
 
@@ -218,7 +255,7 @@ def load_eval_set(spec: str, kind: Literal["zeroshot", "retrieval"]) -> EvalSet:
         folder = _metadata_folder(shards)
     out = EvalSet(name or _default_name(path), kind, shards, [], [])
     if kind == "zeroshot":
-        out.classnames = _lines(folder / CLASSNAMES, "class names")
+        out.classnames = _classnames(folder / CLASSNAMES)
         out.templates = _templates(folder / TEMPLATES)
     for shard in shards:
         for key, files in _read_shard(shard):

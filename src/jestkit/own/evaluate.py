@@ -30,7 +30,8 @@ import torch
 from tqdm import tqdm
 
 from jestkit.data.shards import read_ids
-from jestkit.own.evalsets import EvalSet, EvalSetError, load_eval_set, overlap
+from jestkit.engine.files import RecordError, read_json_record
+from jestkit.own.evalsets import EvalSet, EvalSetError, load_eval_set, overlap, parse_spec
 from jestkit.own.metrics import retrieval_metrics, zero_shot_metrics
 
 
@@ -75,7 +76,12 @@ def load_sets(config: EvalConfig) -> list[EvalSet]:
     names = [s.name for s in sets]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise EvalSetError(f"two evaluation sets are named {twice[0]!r}: name them NAME=PATH")
+        given = [spec for spec in _specs(config.zeroshot) + _specs(config.retrieval)
+                 if parse_spec(spec)[0] == twice[0]]  # fmt: skip
+        how = (f"{' and '.join(given)} give both the name {twice[0]!r}: give each its own NAME"
+               if len(given) > 1 else f"two of them are named {twice[0]!r} (by NAME= or by "
+               "their folder's name): give each its own NAME=PATH")  # fmt: skip
+        raise EvalSetError(f"evaluation set names must differ: {how}")
     return sets
 
 
@@ -188,7 +194,14 @@ def load_checkpoint_model(checkpoint: str | os.PathLike, open_clip: str | None =
         raise FileNotFoundError(f"--checkpoint {path} does not exist")
     run_file = path.parent / "result.json"
     ours = path.suffix == ".pt" and is_checkpoint(path)
-    run = json.loads(run_file.read_text()) if ours and run_file.is_file() else {}
+    run = read_json_record(run_file, "a `jestkit train` run's result.json") if (
+        ours and run_file.is_file() and not open_clip) else {}  # fmt: skip
+    if run and "model" not in run:
+        raise ValueError(f"{run_file} is of a run on Fashion-MNIST, not on shards: jestkit eval "
+                         "evaluates models trained on your own data")  # fmt: skip
+    if run and not isinstance(run["model"], str):
+        raise RecordError(f"{run_file}: 'model' is {json.dumps(run['model'])[:60]}, it must be "
+                          "a string (jestkit, or an open_clip config)")  # fmt: skip
     spec = open_clip or (run.get("model") if run.get("model") != "jestkit" else None)
     if spec is not None:
         from jestkit.openclip.dual import open_clip_inputs, open_clip_reference_file
@@ -197,20 +210,56 @@ def load_checkpoint_model(checkpoint: str | os.PathLike, open_clip: str | None =
         transform, tokenize = open_clip_inputs(spec, model)
         return model, transform, tokenize, spec
     if run.get("model") != "jestkit":
-        raise ValueError(
-            f"--checkpoint {path}: name its open_clip config with --open_clip (no result.json of "
-            "a finished `jestkit train` run beside it says which model it holds)"
-        )
+        why = ("it is not a checkpoint jestkit wrote" if not ours else
+               f"no result.json of a finished `jestkit train` run beside it ({run_file}) says "
+               "which model it holds")  # fmt: skip
+        raise ValueError(f"--checkpoint {path}: name its open_clip config with --open_clip "
+                         f"({why})")  # fmt: skip
     from jestkit.data.stream import HashedWords, grayscale
     from jestkit.models.factory import IMAGE_SIZE, MAX_LEN, ModelConfig, build_model
 
     if "vocab_size" not in run:
         raise ValueError(f"{run_file} is of a run on Fashion-MNIST, not on shards: jestkit eval "
                          "evaluates models trained on your own data")  # fmt: skip
+    run = read_json_record(run_file, "a `jestkit train` run's result.json", RUN_FIELDS)
     loss = run["config"]["selection"]["loss"]
-    model = build_model(ModelConfig(**run["model_config"]), run["vocab_size"], loss)
-    model.load_state_dict(load_checkpoint(path)["model"])
+    try:
+        model = build_model(ModelConfig(**run["model_config"]), run["vocab_size"], loss)
+    except (TypeError, ValueError) as e:
+        raise RecordError(f"{run_file}: its model_config or vocab_size does not make a model "
+                          f"({e})") from None  # fmt: skip
+    try:
+        model.load_state_dict(load_checkpoint(path)["model"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(
+            f"--checkpoint {path} does not fit the model {run_file} names ({reason}): the "
+            "checkpoint and the result.json beside it come from different runs"
+        ) from None
     return model, grayscale(IMAGE_SIZE), HashedWords(run["vocab_size"], MAX_LEN), "jestkit"
+
+
+# what a shard run's result.json must hold for `jestkit eval` to rebuild its model
+RUN_FIELDS = {"model": str, "vocab_size": int, "model_config": dict, "config.selection.loss": str}
+
+
+EVAL_FIELDS = {"checkpoint": str, "model": str, "sets": dict, "metrics": dict}
+
+
+def check_eval_out(out: str | os.PathLike) -> Path:
+    """Refuse, before the evaluation pass, a `jestkit eval --out` that would replace a jestkit
+    record (checkpoint.pt, result.json, config.yaml, ...) or any existing file that is not an
+    earlier eval.json, or that cannot be written (jestkit.engine.rundir.check_output_file)."""
+    from jestkit.engine.rundir import RunDirError, check_output_file
+
+    out = check_output_file(out, "--out", ".json")
+    if out.exists():
+        try:
+            read_json_record(out, "an eval.json", EVAL_FIELDS)
+        except RecordError as e:
+            raise RunDirError(f"--out {out} exists and is not an earlier `jestkit eval` output "
+                              f"({e}); it is never replaced: choose another file") from None
+    return out
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, config: EvalConfig,
@@ -230,4 +279,5 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, config: EvalConfig,
     }
 
 
-__all__ = ["EvalConfig", "Evaluator", "check_held_out", "evaluate_checkpoint", "load_sets"]
+__all__ = ["EvalConfig", "Evaluator", "check_eval_out", "check_held_out", "evaluate_checkpoint",
+           "load_sets"]

@@ -37,7 +37,6 @@ of uids (jestkit.dropin.cache.save_datacomp_subset); the ids must be 32-hex-digi
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import asdict
@@ -57,8 +56,10 @@ from jestkit.dropin.cache import (
     save_datacomp_subset,
 )
 from jestkit.dropin.distributed import Distributed, build_cache_sharded
-from jestkit.engine.checkpoint import is_checkpoint, load_checkpoint, write_json_atomic
+from jestkit.engine.checkpoint import is_checkpoint, load_checkpoint
 from jestkit.engine.device import resolve_device
+from jestkit.engine.files import read_json_record, write_json_atomic
+from jestkit.engine.reference import REFERENCE_FIELDS
 from jestkit.engine.rundir import check_score_dir
 from jestkit.models.factory import ModelConfig, build_model
 from jestkit.own.run import OwnRun, model_inputs, shards_fingerprint
@@ -245,7 +246,8 @@ def export_subset(ref_dir: str | os.PathLike, keep: float, path: str | os.PathLi
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
     ref = Path(ref_dir)
-    info = json.loads((ref / "reference.json").read_text())
+    info = read_json_record(ref / "reference.json", "a reference's reference.json",
+                            REFERENCE_FIELDS, f"score the shards again into {ref}")  # fmt: skip
     cache = ReferenceCache.open(ref / "cache", info["model_fingerprint"], info["data_fingerprint"])
     ids = list(cache.ids())
     rows = cache.lookup(ids, ["image", "text"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from jestkit.engine.files import atomic_file
 from jestkit.payoff.frontier import Speedup, speedup
 
 METRIC = "zero_shot"
@@ -153,7 +154,8 @@ def plot(uniform: list[dict], runs: dict[str, dict], path: str | Path, title: st
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_file(path) as f:  # never through a symlink, never half a file
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
 
 

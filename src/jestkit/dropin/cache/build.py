@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from jestkit.core.validate import check_int
 from jestkit.dropin.cache.fingerprint import fingerprint_ids
 from jestkit.dropin.cache.format import (
     _META_KEY,
@@ -28,6 +29,7 @@ from jestkit.dropin.cache.format import (
     _part_files,
     _part_path,
     _read_manifest,
+    _read_part_bytes,
     _read_part_info,
     _read_part_table,
     _tmp_path,
@@ -43,6 +45,7 @@ from jestkit.dropin.cache.ids import (
     _show,
     _to_user,
 )
+from jestkit.engine.files import atomic_file, write_bytes_atomic
 
 
 def build_cache(
@@ -64,17 +67,23 @@ def build_cache(
     consecutive ids; part k is computed by rank k % world_size. With world_size 1 the manifest
     is written at the end; otherwise rank 0 calls finalize after a barrier.
     """
+    if not callable(compute):
+        raise TypeError(f"compute must be a callable batch_ids -> {{column: tensor}}, got "
+                        f"{type(compute).__name__}")  # fmt: skip
+    if not isinstance(meta, CacheMeta):
+        raise TypeError(f"meta must be a CacheMeta, got {type(meta).__name__}")
     path = Path(path)
     kind, arr = _as_ids(ids)
     if arr.size == 0:
         raise ValueError("ids is empty; there is nothing to cache")
     _check_unique(kind, arr, "ids")
-    if batch_size < 1 or rows_per_part < 1:
-        raise ValueError(
-            f"batch_size and rows_per_part must be >= 1, got {batch_size}, {rows_per_part}"
-        )
-    if world_size < 1 or not 0 <= rank < world_size:
+    batch_size = check_int("batch_size", batch_size)
+    rows_per_part = check_int("rows_per_part", rows_per_part)
+    world_size, rank = check_int("world_size", world_size), check_int("rank", rank, 0)
+    if rank >= world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a cache folder: choose another path")
     path.mkdir(parents=True, exist_ok=True)
 
     n = arr.size
@@ -128,30 +137,24 @@ def build_cache(
 
 
 def _write_part(path, k, kind, part_ids, compute, meta, info, batch_size, bar) -> None:
-    """Compute one part batch by batch into a temp file, then rename it into place."""
+    """Compute one part batch by batch into a temp file, then rename it into place
+    (jestkit.engine.files.atomic_file: never written through a symlink)."""
     schema = pa.schema(
         [pa.field("id", _ID_TYPES[kind])]
         + [pa.field(c, _arrow_type(s)) for c, s in meta.columns.items()],
         metadata={_META_KEY: json.dumps(info).encode()},
     )
     final = _part_path(path, k)
-    tmp = _tmp_path(final)
-    try:
-        with pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:
-            for start in range(0, part_ids.size, batch_size):
-                batch = part_ids[start : start + batch_size].copy()
-                with torch.no_grad():
-                    out = compute(_to_user(kind, batch))
-                arrays = [_ids_to_arrow(kind, batch)]
-                arrays += [_to_arrow(c, s, out, kind, batch) for c, s in meta.columns.items()]
-                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
-                bar.update(batch.size)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a hard kill leaves it instead; the next run removes it
-        raise
-    _fsync(tmp)
-    os.replace(tmp, final)
-    _fsync(path)
+    with atomic_file(final) as f, pq.ParquetWriter(f, schema, write_page_checksum=True) as writer:
+        for start in range(0, part_ids.size, batch_size):
+            batch = part_ids[start : start + batch_size].copy()
+            with torch.no_grad():
+                out = compute(_to_user(kind, batch))
+            arrays = [_ids_to_arrow(kind, batch)]
+            arrays += [_to_arrow(c, s, out, kind, batch) for c, s in meta.columns.items()]
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+            bar.update(batch.size)
+    _fsync(path)  # a hard kill leaves part-K.parquet.tmp; the next run removes it
 
 
 def finalize(path: str | os.PathLike, ids: Ids, meta: CacheMeta) -> None:
@@ -189,8 +192,8 @@ def finalize(path: str | os.PathLike, ids: Ids, meta: CacheMeta) -> None:
     stored, entries = [], []
     for k in range(num_parts):
         f = infos[k][0]
-        raw = f.read_bytes()
         fix = f"delete {f.name} and re-run the build to recompute it"
+        raw = _read_part_bytes(f, None, fix)
         table = _read_part_table(raw, f, kind, meta, fix)
         stored.append(_ids_from_arrow(kind, table["id"]))
         entries.append(
@@ -218,10 +221,7 @@ def finalize(path: str | os.PathLike, ids: Ids, meta: CacheMeta) -> None:
         "ids_fingerprint": ids_fp,
         "parts": entries,
     }
-    tmp = path / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    _fsync(tmp)
-    os.replace(tmp, path / MANIFEST)
+    write_bytes_atomic(json.dumps(manifest, indent=1).encode(), path / MANIFEST)
     _fsync(path)
     for f in path.glob("part-*.parquet.tmp"):  # leftovers of crashed runs; every rank is done
         f.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from jestkit.dropin.cache.ids import UID_DTYPE, _as_ids, _check_unique, _is_uid_dtype, parse_uids
+from jestkit.engine.files import atomic_file
 
 
 def save_datacomp_subset(path: str | os.PathLike, uids: np.ndarray | Sequence[str]) -> Path:
@@ -26,14 +27,8 @@ def save_datacomp_subset(path: str | os.PathLike, uids: np.ndarray | Sequence[st
     path = Path(path)
     if path.suffix != ".npy":
         raise ValueError(f"DataComp subset files end in .npy, got {path}")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.sort(arr))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        np.save(f, np.sort(arr))
     return path
 
 

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import torch
 
 from jestkit.dropin.cache.ids import _ID_TYPES, ID_KINDS, _show
+from jestkit.engine.files import RecordError, open_regular, read_regular, read_text
 
 FORMAT_VERSION = 2  # 2: per-part sha256 in the manifest, page checksums, string and uid ids
 
@@ -22,6 +23,9 @@ MANIFEST = "manifest.json"
 
 
 _META_KEY = b"jestkit.cache"
+
+
+MAX_PART_BYTES = 2**36  # a part holds rows_per_part rows: far below this
 
 
 _FIX = "rebuild it with `jestkit reference` (or delete the folder and build again)"
@@ -129,10 +133,22 @@ def _part_info(schema: pa.Schema, f: Path) -> dict:
 
 def _read_part_info(f: Path) -> dict:
     try:
-        schema = pq.read_schema(f)
+        with open_regular(f) as (file, _):
+            schema = pq.read_schema(file)
+    except RecordError as e:
+        raise CacheError(f"cache part {e}; delete it and re-run") from None
     except (OSError, pa.ArrowException) as e:
         raise CacheError(f"cannot read cache part {f} ({e}); delete it and re-run") from e
     return _part_info(schema, f)
+
+
+def _read_part_bytes(f: Path, size: int | None, fix: str) -> bytes:
+    """A part's bytes, from a regular file only (never a symlink, a FIFO or a device): exactly
+    `size` of them (the manifest's), or, while the manifest is written, the file's own size."""
+    try:
+        return read_regular(f, size=size, max_bytes=MAX_PART_BYTES)
+    except RecordError as e:
+        raise CacheError(f"cache part {e}; {fix}") from None
 
 
 def _read_part_table(raw: bytes, f: Path, kind: str, meta: CacheMeta, fix: str) -> pa.Table:
@@ -157,8 +173,10 @@ def _read_part_table(raw: bytes, f: Path, kind: str, meta: CacheMeta, fix: str) 
 def _read_manifest(path: Path) -> dict:
     f = path / MANIFEST
     try:
-        manifest = json.loads(f.read_text())
+        manifest = json.loads(read_text(f))
         fmt = manifest["meta"]["format_version"]
+    except RecordError as e:
+        raise CacheError(f"{e}; {_FIX}") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CacheError(
             f"cannot read {f}: truncated or not a jestkit manifest ({e}); {_FIX}"

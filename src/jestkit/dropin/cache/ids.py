@@ -134,6 +134,16 @@ def _query_ids(ids: Ids, kind: str) -> np.ndarray:
     return arr
 
 
+def _query_int_array(ids: Any) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Lookup ids of an int64 cache given as a list (nested: of any shape), a numpy array or a
+    scalar: (the flat int64 ids, their shape), checked as _as_ids checks ids."""
+    try:
+        arr = np.asarray(ids)
+    except ValueError as e:  # numpy refuses ragged nested lists
+        raise ValueError(f"ids must be integers of one shape, got a ragged list: {e}") from e
+    return _query_ids(arr.reshape(-1), "int64"), arr.shape
+
+
 def _show(kind: str, arr: np.ndarray, n: int = 10) -> list:
     """A few ids as readable values (uids as hex) for error messages."""
     arr = arr[:n]

@@ -17,6 +17,7 @@ from jestkit.dropin.cache.format import (
     CacheMeta,
     _part_info,
     _read_manifest,
+    _read_part_bytes,
     _read_part_table,
 )
 from jestkit.dropin.cache.ids import (
@@ -24,6 +25,7 @@ from jestkit.dropin.cache.ids import (
     _as_ids,
     _ids_from_arrow,
     _query_ids,
+    _query_int_array,
     _show,
     _sort_key,
     _to_user,
@@ -81,15 +83,7 @@ class ReferenceCache:
         for k, p in enumerate(manifest["parts"]):
             f = path / p["file"]
             corrupt = f"reference cache {path} is damaged: {p['file']}"
-            try:
-                raw = f.read_bytes()
-            except OSError as e:
-                raise CacheError(f"{corrupt} cannot be read ({e}); {_FIX}") from e
-            if len(raw) != p["bytes"]:
-                raise CacheError(
-                    f"{corrupt} has {len(raw)} bytes, the manifest says {p['bytes']} "
-                    f"(truncated or replaced); {_FIX}"
-                )
+            raw = _read_part_bytes(f, p["bytes"], _FIX)
             if hashlib.sha256(raw).hexdigest() != p["sha256"]:
                 raise CacheError(
                     f"{corrupt} does not match its sha256 in {MANIFEST} (changed on disk, or "
@@ -130,16 +124,20 @@ class ReferenceCache:
         ids: of the cache's kind: an integer tensor (any shape) or list of ints; a list/array of
         str; a UID_DTYPE array or a list of 32-digit hex strings. Repeats are fine; ids not in
         the cache raise KeyError naming them."""
+        if isinstance(columns, str):
+            raise TypeError(f"columns must be a list of column names, e.g. [{columns!r}]")
         columns = list(self.meta.columns) if columns is None else list(columns)
         unknown = [c for c in columns if c not in self._data]
         if unknown:
             raise KeyError(f"unknown cache column(s) {unknown}; the cache has {list(self._data)}")
-        if self.id_kind == "int64":
-            q = torch.as_tensor(ids)
+        if self.id_kind == "int64" and torch.is_tensor(ids):
+            q = ids
             if q.dtype.is_floating_point or q.dtype.is_complex or q.dtype == torch.bool:
                 raise TypeError(f"ids must be an integer tensor, got dtype {q.dtype}")
             shape, device = tuple(q.shape), q.device
             flat = q.reshape(-1).to("cpu", torch.int64).numpy()
+        elif self.id_kind == "int64":  # lists (nested), numpy arrays, scalars
+            (flat, shape), device = _query_int_array(ids), torch.device("cpu")
         else:
             flat = _sort_key(self.id_kind, _query_ids(ids, self.id_kind))
             shape, device = (flat.size,), torch.device("cpu")

@@ -120,3 +120,52 @@ def _map(fn, data):
     if isinstance(data, Mapping):
         return type(data)((k, _map(fn, v)) for k, v in data.items())
     return type(data)(_map(fn, v) for v in data)
+
+
+# --- a step's examples across the ranks ----------------------------------------------------------
+# An examples batch here is anything with ids (a list or a tensor), images, tokens and meta (a
+# dict of tensors), indexable by positions, that its type builds back from those four (as
+# jestkit.data.source.Examples): the training loop's, whose source draws in memory on every rank
+# or each rank's own candidates (jestkit.data.parallel).
+
+
+def rank_slice(batch, rank: int, world_size: int):
+    """This rank's B / world_size of a super-batch every rank holds whole (all on one process)."""
+    n = len(batch) // world_size
+    return batch if world_size == 1 else batch[slice(rank * n, (rank + 1) * n)]
+
+
+def my_share(chosen, positions: torch.Tensor, shard_size: int, rank: int, world_size: int):
+    """Of the selected examples `chosen` (every rank holds them, in selection order), the
+    b / world_size this rank trains on (all of them on one process)."""
+    if world_size == 1:
+        return chosen
+    return chosen[rank_positions(positions, shard_size, rank, world_size)]
+
+
+def moved_share(mine, positions: torch.Tensor, rank: int, world_size: int, group=None):
+    """From each rank's own candidates `mine`: (the whole selection's ids and metadata, every
+    rank's, in selection order, with no pixels: what a step's statistics count; this rank's
+    b / world_size selected examples, moved from the ranks that drew them: the rows my_share
+    would give had every rank drawn the whole super-batch)."""
+    here = redistribute({"images": mine.images, "tokens": mine.tokens},
+                        positions.to(mine.images.device), group)  # fmt: skip
+    ids = mine.ids if isinstance(mine.ids, list) else mine.ids.tolist()
+    parts = [None] * world_size  # the ids and metadata are small: every rank's, to every rank
+    dist.all_gather_object(parts, (ids, {k: v.cpu() for k, v in mine.meta.items()}), group=group)
+    every_ids = [i for p in parts for i in p[0]]
+    every_meta = {k: torch.cat([p[1][k] for p in parts]) for k in mine.meta}
+
+    def pick(index: list[int]) -> tuple[list | torch.Tensor, dict[str, torch.Tensor]]:
+        picked = [every_ids[i] for i in index]
+        if not isinstance(mine.ids, list):
+            picked = torch.tensor(picked, dtype=mine.ids.dtype)
+        return picked, {k: v[index] for k, v in every_meta.items()}
+
+    selected = positions.tolist()
+    rows = rank_positions(positions.cpu(), len(mine), rank, world_size).tolist()
+    build = type(mine)
+    chosen_ids, chosen_meta = pick(selected)
+    ours_ids, ours_meta = pick([selected[r] for r in rows])
+    return (build(chosen_ids, mine.images[:0], mine.tokens[:0], chosen_meta),
+            build(ours_ids, here["images"], here["tokens"], ours_meta))  # fmt: skip

@@ -36,8 +36,6 @@ or two are exactly equal (the merge may then order them differently).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 import torch.distributed as dist
 
@@ -49,11 +47,18 @@ from jestkit.core.policies import (
     Selector,
     checked_selected_size,
     get_policy,
+    selection_config,
     uniform_indices,
     weighted_outputs,
 )
 from jestkit.core.sampler import joint_sample, perturbed_scores, sample_without_replacement
-from jestkit.core.validate import check_pair, device_of
+from jestkit.core.validate import (
+    check_device,
+    check_generator,
+    check_int,
+    check_pair,
+    device_of,
+)
 from jestkit.dropin.distributed.comm import Exchange, Traffic
 
 
@@ -76,7 +81,10 @@ def select_global(
     batch_size: the global B, needed only for the uniform policy when no outputs are given.
     traffic: a Traffic to add this call's bytes to.
     """
-    config = replace(config or SelectionConfig(), **overrides)
+    config = selection_config(config, overrides)
+    check_generator("generator", generator)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size)
     ex = Exchange(group, traffic)
     W = ex.world_size
     scored = get_policy(config.policy).scored
@@ -125,7 +133,8 @@ class GlobalSelector(Selector):
         device: torch.device | str = "cpu",
         **overrides,
     ):
-        self.group, self.device, self.traffic = group, device, Traffic()
+        self.group, self.traffic = group, Traffic()
+        self.device = check_device("device", device)
         super().__init__(config, seed=seed, **overrides)
 
     def generator_device(self) -> torch.device | str:
