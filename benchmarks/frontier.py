@@ -95,8 +95,9 @@ EASY_RATIO = 0.7  # easy-reference's filter ratio (the issue's cell)
 FILTER_JEST_RATIO = 0.5  # JEST on the offline-filtered pool: the filter has removed the junk
 TUNE_KEEP = 0.3  # the filtered families tune at DataComp's 30 %
 # (pool, family) -> the pool whose tuned learning rate it borrows (not tuned itself); "*": every
-# family. Empty now: every family is tuned on every pool it runs on (plans tails and grids).
-TUNE_POOL: dict[tuple[str, str], str] = {}
+# family. Every family of the six frontier pools is tuned on its own pool (plans tails and
+# grids); only the cause experiment's pools borrow (SIZE_POOLS).
+TUNE_POOL: dict[tuple[str, str], str] = {("web17k", "*"): "web", ("web8k", "*"): "web"}
 
 
 def tune_pool(pool: str, family: str) -> str:
@@ -138,7 +139,19 @@ POOLS = {  # name -> (pool config, clean share)
     "vague": PoolConfig(
         mismatched_rate=0.35, junk_rate=0.30, duplicate_rate=0.05, vague_rate=0.15
     ),
+    # the cause experiment (plan "cause"): web's noise on balanced classes at the long-tail
+    # pool's size (17,568 pairs), and at half that, to separate the two things the long-tail
+    # pool changes at once (its class distribution and its size)
+    "web17k": PoolConfig(
+        mismatched_rate=0.50, junk_rate=0.30, duplicate_rate=0.05, pool_size=17568
+    ),
+    "web8k": PoolConfig(
+        mismatched_rate=0.50, junk_rate=0.30, duplicate_rate=0.05, pool_size=8784
+    ),
 }
+# the pools of the cause experiment: no uniform frontier and no grids of their own; they borrow
+# the web pool's tuned learning rates (same noise, balanced classes) through TUNE_POOL
+SIZE_POOLS = ("web17k", "web8k")
 # the pools that differ only in how much of them is noise: the "when JEST pays" panel plots them
 # against their clean share (the others share web's 15 % and differ in kind)
 NOISE_POOLS = ("default", "quarter", "web")
@@ -408,6 +421,39 @@ PLANS = {
         + cells("redundant", 0.9, ("uniform",), uniform_budgets=(200, 400, 800, 1600, 100))
         + cells("redundant", 0.9, ("flexi",), jest_budgets=(100, 200, 400)),
     ],
+    # issue 27's cause experiment: is the reference-only methods' plateau on the long-tail pool
+    # its long tail or its size (a 30 % filter of 17,568 pairs is revisited ~19 times in 800
+    # steps, against ~6 times on the web pool)? The filter, easy-reference and JEST at 400 and
+    # 800 steps, seeds 0-2, on a balanced pool of the long-tail pool's size beside the long-tail
+    # and web pools; the reference-only cells first (they carry the question), JEST-800 last
+    "cause": [
+        [ref_task("web17k")],  # the others' folders are rebuilt when first needed
+        [],
+        [run for seeds in ((0,), (1, 2)) for run in (
+            cells("web17k", 0.9, ("uniform",), seeds=seeds, uniform_budgets=(400, 800),
+                    keep=TUNE_KEEP)
+            + cells("web17k", EASY_RATIO, ("easy",), seeds=seeds, jest_budgets=(800, 400))
+            + cells("web17k", 0.9, ("jest",), seeds=seeds, jest_budgets=(400,))
+        )]
+        + [run for pool in ("longtail", "web") for run in (
+            cells(pool, EASY_RATIO, ("easy",), seeds=(1, 2), jest_budgets=(800,))
+            + cells(pool, 0.9, ("uniform",), seeds=(1, 2), uniform_budgets=(800,),
+                    keep=TUNE_KEEP)
+        )]
+        + cells("web", 0.9, ("uniform",), seeds=(1, 2), uniform_budgets=(400,), keep=TUNE_KEEP)
+        + cells("web", 0.9, ("jest",), seeds=(1, 2), jest_budgets=(400,))
+        + [run for pool in ("web17k", "longtail", "web") for run in
+           cells(pool, 0.9, ("jest",), seeds=(0, 1, 2), jest_budgets=(800,))],
+    ],
+    # the cause experiment's second size: half the long-tail pool's, the reference-only cells
+    "cause-8k": [
+        [ref_task("web8k")],
+        [],
+        cells("web8k", EASY_RATIO, ("easy",), seeds=(0, 1, 2), jest_budgets=(400, 800))
+        + cells("web8k", 0.9, ("uniform",), seeds=(0, 1, 2), uniform_budgets=(400, 800),
+                keep=TUNE_KEEP)
+        + cells("web8k", 0.9, ("jest",), seeds=(0,), jest_budgets=(400,)),
+    ],
     # the last grids left open: JEST's on the default pool, uniform's on the quarter pool
     "close": [
         [],
@@ -536,6 +582,8 @@ class Worker:
         config = learner_config(run)
         uses_reference = config.policy.uses_reference or run.keep < 1
         ref_dir = self.ref_dir(run) if uses_reference else None
+        if ref_dir is not None and not (ref_dir / "reference.json").exists():
+            self.reference(ref_task(run.pool, run.reference))  # cached result, folder not here
         data = self.pool_data(run.pool, run.keep, ref_dir if run.keep < 1 else None)
         out = self.work / run.key()  # a killed run resumes from its checkpoint
         result = train_learner(data, ModelConfig(), config, ref_dir, out,
@@ -555,6 +603,15 @@ def phase_tasks(plan: str, phase: int) -> list[Run]:
             for lr in lr_grid(pool, family, results)[0]]  # fmt: skip
 
 
+def _done(run: Run, path: Path, worker: Worker) -> bool:
+    """Whether the run's result is cached; a reference's also needs its folder under --work (a
+    fresh checkout has the results but not the folders, which its learners read): a missing
+    one is rebuilt (training is seeded) and the cached result kept."""
+    if not path.exists():
+        return False
+    return run.variant != "reference" or (worker.ref_dir(run) / "reference.json").exists()
+
+
 def work(plan: str, phase: int, worker_id: int, args) -> None:
     torch.set_num_threads(1)
     worker = Worker(Path(args.work), args.limit)
@@ -567,12 +624,18 @@ def work(plan: str, phase: int, worker_id: int, args) -> None:
                 continue
             run = replace(run, lr=lr)
         path = result_path(run)
-        if path.exists() or not _claim(path):
+        if _done(run, path, worker) or not _claim(path):
             continue
         try:
             start = time.perf_counter()
             print(f"[{worker_id}] {run.key()} ...", flush=True)
             out = worker.reference(run) if run.variant == "reference" else worker.learner(run)
+            if path.exists():  # a cached reference rebuilt for its folder: the result is kept
+                cached = json.loads(path.read_text())["model_fingerprint"]
+                if cached != out["model_fingerprint"]:
+                    print(f"[{worker_id}] warning: {run.key()} rebuilt with other weights than "
+                          "its cached result's (its learners use the rebuilt one)", flush=True)
+                continue
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(out, indent=1))
             os.replace(tmp, path)

@@ -11,6 +11,7 @@ import pytest
 
 from jestkit.cli import EXAMPLES, _command, _save_config, build_parser, flag_message
 from jestkit.cli import main as cli_main
+from jestkit.engine.checkpoint import load_checkpoint
 
 JESTKIT = Path(sys.executable).parent / "jestkit"  # the console script pip installed
 
@@ -137,13 +138,62 @@ def _example(name: str) -> list[str]:
 
 
 def test_the_fashion_examples_run(tmp_path):
-    """The reference, train and demo examples of --help, run as written by the console script
-    (the score example runs in tests/own/test_readme_own.py, beside the files it needs)."""
-    for name in ("reference", "train", "demo"):
+    """The reference, train, plan and demo examples of --help, run as written by the console
+    script (the score example runs in tests/own/test_readme_own.py, beside the files it needs)."""
+    for name in ("reference", "train", "plan", "demo"):
         command = _example(name)
         assert command[:2] == ["jestkit", name]
         run = subprocess.run([str(JESTKIT), *command[1:], "--quiet"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=900)  # fmt: skip
         assert run.returncode == 0, f"{shlex.join(command)}\n{run.stdout}\n{run.stderr}"
     assert (tmp_path / "runs" / "jest-small" / "result.json").is_file()
+    assert (tmp_path / "runs" / "plan-small" / "plan.json").is_file()
     assert (tmp_path / "runs" / "demo-small" / "results.json").is_file()
+
+
+SMALL = ["--data.limit", "1500", "--data.curated_size", "400", "--model.dim", "32",
+         "--model.depth", "1", "--model.text_depth", "1", "--model.heads", "2",
+         "--model.embed_dim", "32", "--training.batch_size", "16", "--training.steps", "2",
+         "--training.eval_every", "null", "--quiet"]  # fmt: skip
+
+
+def test_train_runs_the_offline_filter_and_filter_plus_jest(data, reference_dir, tmp_path,
+                                                            monkeypatch, capsys):  # fmt: skip
+    """`jestkit train --filter_keep K`: uniform (the filter baseline) or a selecting policy
+    (filter + JEST) on the share of the pool the reference scores highest, as the benchmark
+    and the demo run it (jestkit.fashion.reference.filter_pool)."""
+    from jestkit.fashion.reference import filter_pool
+
+    kept = filter_pool(data, reference_dir, 0.3, "sigmoid")
+    monkeypatch.chdir(tmp_path)  # the default run folder: runs/train/filter-30-uniform
+    for policy, name in (("uniform", "filter-30-uniform"),
+                         ("learnability", "filter-30-learnability-joint")):  # fmt: skip
+        code = cli_main(["train", "--reference", str(reference_dir), "--filter_keep", "0.3",
+                         "--selection.policy", policy, *SMALL])  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+        assert f"on the {len(kept.kept)} pairs the filter kept" in capsys.readouterr().out
+        assert _kept(tmp_path / "runs" / "train" / name) == kept.kept_fingerprint()
+    whole = cli_main(["train", "--reference", str(reference_dir), "--selection.policy",
+                      "uniform", "--out", "whole", *SMALL])  # fmt: skip
+    assert whole == 0 and _kept(tmp_path / "whole") is None
+
+
+def _kept(run: Path) -> str | None:
+    """The fingerprint of the pool rows a run drew from (None: the whole pool)."""
+    assert (run / "result.json").is_file()
+    return load_checkpoint(run / "checkpoint.pt")["run"]["kept_fingerprint"]
+
+
+def test_train_filter_keep_errors(reference_dir, tmp_path, capsys):
+    bad = {
+        ("--filter_keep", "1.0"): "--filter_keep must be in (0, 1), or null for the whole pool",
+        ("--filter_keep", "0.3", "--shards.pattern", "x.tar"): "jestkit score --keep K --subset",
+        ("--filter_keep", "0.3", "--reference", str(tmp_path / "nope")): "must be a folder",
+    }
+    for flags, message in bad.items():
+        argv = ["train", "--reference", str(reference_dir), *flags, "--out",
+                str(tmp_path / "run"), *SMALL]  # fmt: skip
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("jestkit train: error:") and message in err, err
+        assert not (tmp_path / "run").exists()  # refused before any work

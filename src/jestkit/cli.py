@@ -1,4 +1,4 @@
-"""The `jestkit` command: demo, reference, train and score.
+"""The `jestkit` command: demo, reference, train, score, eval and plan.
 
 Every setting is a field of a dataclass section (jestkit.fashion.captions.PoolConfig as `data`,
 jestkit.models.factory.ModelConfig as `model`, jestkit.SelectionConfig as `selection`,
@@ -47,6 +47,7 @@ from jestkit.engine.reports import parse_report_to
 from jestkit.fashion.captions import PoolConfig
 from jestkit.models.factory import ModelConfig
 from jestkit.own.evaluate import EvalConfig
+from jestkit.plan.rules import PlanRules
 
 
 @dataclass
@@ -141,10 +142,16 @@ class Train(_Learner):
         report_to: where the metrics go while the run goes, comma-separated: jsonl
             (OUT/metrics.jsonl), tensorboard (OUT/tensorboard/), wandb (OUT/wandb/; offline
             with WANDB_MODE=offline), or none
+        filter_keep: the reference's offline filter: train on the share of the Fashion-MNIST
+            pool that the reference (a folder) scores highest by image-caption similarity
+            (DataComp's CLIP score keeps 0.3); with --selection.policy uniform it is the filter
+            baseline, with a selecting policy filter + that policy (own shards: `jestkit score
+            --subset`); null: the whole pool
     """
 
     out: str | None = None
     reference: str = "runs/reference"
+    filter_keep: float | None = None
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     open_clip: str | None = None
     reference_model: str | None = None
@@ -234,8 +241,34 @@ class Export:
     name: str | None = None
 
 
+class Plan(_DataAndModel):
+    """Which method to run on the pool for a compute budget: measures the pool with the
+    reference, applies the plan's rules, runs short pilots where they cannot decide, prints a
+    table and writes OUT/plan.json and OUT/plan.png.
+
+    Attributes:
+        reference: the reference folder (`jestkit reference`): the plan reads its pass over the
+            pool and runs it over a held-out sample
+        out: output folder (plan.json, plan.png, pilots/)
+        budget_flops: the budget as total FLOPs (the reference's training and pass included)
+        budget_uniform_steps: the budget as what a uniform run of this many steps costs
+        pilot_share: where the measurements cannot decide, pilot the undecided methods at this
+            share of their steps (twice: s and 2s steps); 0: no pilots
+        training: the learners' training settings (batch size, learning rate)
+        rules: the plan's constants (jestkit.plan.rules)
+    """
+
+    reference: str = "runs/reference"
+    out: str = "runs/plan"
+    budget_flops: float | None = None
+    budget_uniform_steps: int | None = None
+    pilot_share: float = 0.03
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    rules: PlanRules = field(default_factory=PlanRules)
+
+
 COMMANDS = {"demo": Demo, "reference": Reference, "train": Train, "score": Score, "eval": Eval,
-            "export": Export}  # fmt: skip
+            "export": Export, "plan": Plan}  # fmt: skip
 # Arguments given by position (`jestkit export RUN`) rather than as flags.
 POSITIONAL = {"export": "run"}
 
@@ -262,6 +295,8 @@ EXAMPLES = {
     "score": "jestkit score --shards.pattern 'pool/*.tar' --open_clip tiny-sig.json \\\n"
              "    --reference runs/ref-train/checkpoint.pt --out runs/score-pool\n"
              "(the files of the manual's \"Your own data and model\")",
+    "plan": "jestkit plan --data.limit 3000 --data.curated_size 500 \\\n"
+            "    --reference runs/reference-small --budget_uniform_steps 400 --out runs/plan-small",
     "eval": "jestkit eval --checkpoint runs/uniform/checkpoint.pt --eval.zeroshot eval/shapes \\\n"
             "    --eval.retrieval eval/captions\n"
             "(the files of the manual's \"Held-out evaluation on your own data\")",
@@ -551,6 +586,31 @@ def _check_demo_selection(selection: SelectionConfig) -> None:
             )
 
 
+def run_name(config: TrainConfig, filter_keep: float | None) -> str:
+    """A learner's run name: the policy's ('learnability-joint'), after 'filter-30-' when it
+    trains on the offline filter's share (filter-30-uniform: the filter baseline)."""
+    return config.name() if filter_keep is None else f"filter-{100 * filter_keep:g}-{config.name()}"
+
+
+def _check_filter_keep(cmd: Train) -> None:
+    """--filter_keep: a share in (0, 1) of the Fashion-MNIST pool, read off a reference folder."""
+    if cmd.filter_keep is None:
+        return
+    if not 0.0 < cmd.filter_keep < 1.0:
+        raise ValueError(f"--filter_keep must be in (0, 1), or null for the whole pool, got "
+                         f"{cmd.filter_keep:g}")  # fmt: skip
+    if cmd.shards.pattern:
+        raise ValueError("--filter_keep filters the Fashion-MNIST pool; on your own shards "
+                         "write the kept uids with `jestkit score --keep K --subset FILE` and "
+                         "train on those shards")  # fmt: skip
+    if not Path(cmd.reference).is_dir():
+        raise ValueError(f"--filter_keep reads the reference's cache: --reference {cmd.reference}"
+                         f" must be a folder written by `jestkit reference`")  # fmt: skip
+    if cmd.own_run().is_own:
+        raise ValueError("--filter_keep trains jestkit's dual encoder on the CPU; drop "
+                         "--open_clip / --device cuda")  # fmt: skip
+
+
 def _run(cmd, switches: Switches, save_config, progress: bool, settings: dict) -> int:
     # imported here so that `jestkit --help` stays fast
     from jestkit.dropin.distributed import agree, setup, teardown
@@ -559,7 +619,7 @@ def _run(cmd, switches: Switches, save_config, progress: bool, settings: dict) -
     from jestkit.fashion.evaluate import evaluator
     from jestkit.fashion.learner import train_learner
     from jestkit.fashion.prepare import prepare_caption_data
-    from jestkit.fashion.reference import train_reference
+    from jestkit.fashion.reference import filter_pool, train_reference
 
     if isinstance(cmd, Demo):
         config = cmd.train_config()
@@ -581,6 +641,10 @@ def _run(cmd, switches: Switches, save_config, progress: bool, settings: dict) -
         return _eval(cmd)
     if isinstance(cmd, Export):
         return _export(cmd)
+    if isinstance(cmd, Plan):
+        return _plan(cmd, save_config, progress)
+    if isinstance(cmd, Train):
+        _check_filter_keep(cmd)
     if isinstance(cmd, Train) and cmd.own_run().is_own:
         return _train_own(cmd, switches, save_config, progress, settings)
     if isinstance(cmd, Train) and cmd.eval.any:
@@ -590,13 +654,15 @@ def _run(cmd, switches: Switches, save_config, progress: bool, settings: dict) -
     if isinstance(cmd, Train):
         report_to = parse_report_to(cmd.report_to)
         cmd.model.check_patch_size(config.scoring.patch_size)
-        out = cmd.out or f"runs/train/{config.name()}"
+        out = cmd.out or f"runs/train/{run_name(config, cmd.filter_keep)}"
         check_run_dir(out, switches.resume, switches.overwrite)  # before any work
         check_out_config(out, "train")
     else:
         check_reference_dir(cmd.out, switches.overwrite)
         check_out_config(cmd.out, "reference")
     data = prepare_caption_data(cmd.data)
+    if isinstance(cmd, Train) and cmd.filter_keep is not None:
+        data = filter_pool(data, cmd.reference, cmd.filter_keep, config.selection.loss)
     dist = setup(backend="gloo", device="cpu")  # under torchrun; else one process
     try:
         agree(dist, {**settings, "the data (its fingerprint)": data.fingerprint})
@@ -619,8 +685,10 @@ def _run(cmd, switches: Switches, save_config, progress: bool, settings: dict) -
         )
         return 0
     final = result["final"]
+    kept = "" if data.kept is None else f" on the {len(data.kept)} pairs the filter kept"
     print(
-        f"{config.name()}: {result['steps']} steps, zero-shot {final['zero_shot']:.4f}, "
+        f"{run_name(config, cmd.filter_keep)}{kept}: {result['steps']} steps, "
+        f"zero-shot {final['zero_shot']:.4f}, "
         f"i2t R@1 {final['i2t_r1']:.4f}, t2i R@1 {final['t2i_r1']:.4f}, "
         f"{sum(result['flops'].values()) / 1e12:.3f} TFLOPs; result in {out}/result.json"
     )
@@ -661,6 +729,24 @@ def _train_own(cmd: Train, switches: Switches, save_config, progress: bool, sett
         f"{', ' + metrics if metrics else ''}, skipped {sum(result['skipped'].values())} bad "
         f"samples, {sum(result['flops'].values()) / 1e9:.2f} GFLOPs; result in {out}/result.json"
     )
+    return 0
+
+
+def _plan(cmd: Plan, save_config, progress: bool) -> int:
+    """`jestkit plan` (jestkit.plan.run)."""
+    from jestkit.fashion.prepare import prepare_caption_data
+    from jestkit.plan.run import budget_flops, check_plan_reference, plan, table
+
+    budget_flops(cmd.budget_flops, cmd.budget_uniform_steps, 1.0)  # checked before any work
+    check_plan_reference(cmd.reference)
+    check_out_config(cmd.out, "plan")  # a plan's folder only: never another command's record
+    data = prepare_caption_data(cmd.data)
+    save_config(Path(cmd.out))
+    base = TrainConfig(training=cmd.training)
+    result = plan(data, cmd.model, base, cmd.reference, cmd.out, cmd.budget_flops,
+                  cmd.budget_uniform_steps, cmd.rules, cmd.pilot_share, progress)  # fmt: skip
+    print(table(result))
+    print(f"wrote {Path(cmd.out) / 'plan.json'} and plan.png")
     return 0
 
 

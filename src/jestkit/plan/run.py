@@ -1,0 +1,225 @@
+"""`jestkit plan` on a Fashion-MNIST caption pool: measure, decide, pilot where undecided, and
+write OUT/plan.json and OUT/plan.png.
+
+Pilots (only for the methods the rules could not separate, and only with pilot_share > 0): each
+such method runs twice, at s and 2s steps (s from pilot_share of its budget-spending steps),
+each run with its own schedule as the frontier's are. Its accuracy at the intended steps S is
+then an interval, never a point: from the 2s run's accuracy (the gain stops there) to the line
+through both runs in log steps carried on to S (the gain per doubling goes on as measured;
+learning curves bend down, so this is the optimistic end). Each pilot is a run folder under
+OUT/pilots/ and is read back when it is done: an interrupted plan resumes its pilots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from jestkit.engine.checkpoint import write_json_atomic
+from jestkit.engine.config import TrainConfig
+from jestkit.fashion.learner import train_learner
+from jestkit.fashion.prepare import CaptionData
+from jestkit.fashion.reference import filter_pool
+from jestkit.models.factory import ModelConfig
+from jestkit.plan.fashion import measure_pool, step_costs
+from jestkit.plan.rules import METHODS, PlanRules, decide, settings
+
+
+def budget_flops(flops: float | None, uniform_steps: int | None, uniform_per_step: float) -> float:
+    """The budget in FLOPs: given, or what a uniform run of `uniform_steps` costs."""
+    if (flops is None) == (uniform_steps is None):
+        raise ValueError("give the budget once: --budget_flops F (total FLOPs) or "
+                         "--budget_uniform_steps N (what a uniform run of N steps costs)")
+    if flops is not None:
+        if flops <= 0:
+            raise ValueError(f"--budget_flops must be > 0, got {flops:g}")
+        return float(flops)
+    if uniform_steps < 1:
+        raise ValueError(f"--budget_uniform_steps must be >= 1, got {uniform_steps}")
+    return uniform_steps * uniform_per_step
+
+
+def check_plan_reference(ref_dir: str | os.PathLike) -> None:
+    """Refuse a reference folder without a reference (a pool without a reference)."""
+    if not (Path(ref_dir) / "reference.json").is_file():
+        raise ValueError(f"--reference {ref_dir} holds no reference (reference.json): the plan "
+                         "measures the pool with it; build one with `jestkit reference`")
+
+
+def pilot_interval(s1: int, a1: float, s2: int, a2: float, target: int) -> tuple[float, float]:
+    """(low, high) accuracy at `target` steps from runs of s1 < s2 <= target steps: the gain
+    stopping at s2, and the line through both in log steps carried on to target."""
+    if not 0 < s1 < s2 <= target:
+        raise ValueError(f"need 0 < s1 < s2 <= target, got {s1}, {s2}, {target}")
+    carried = a2 + (a2 - a1) / math.log(s2 / s1) * math.log(target / s2)
+    return min(a2, carried), max(a2, carried)
+
+
+def plan(data: CaptionData, model_config: ModelConfig, base: TrainConfig,
+         ref_dir: str | os.PathLike, out: str | os.PathLike, flops: float | None = None,
+         uniform_steps: int | None = None, rules: PlanRules | None = None,
+         pilot_share: float = 0.0, progress: bool = False) -> dict:  # fmt: skip
+    """The plan (see the module docstring); also written to out/plan.json and out/plan.png."""
+    rules = rules or PlanRules()
+    if not 0 <= pilot_share < 1:
+        raise ValueError(f"--pilot_share must be in [0, 1), got {pilot_share:g}")
+    check_plan_reference(ref_dir)
+    if len(data.test) == 0:
+        raise ValueError("the held-out test set is empty: the plan needs held-out pairs")
+    out = Path(out)
+    m = measure_pool(data, ref_dir)
+    costs, cost_flops = step_costs(data, model_config, base, ref_dir)
+    budget = budget_flops(flops, uniform_steps, costs["uniform"].per_step)
+    batch = base.training.batch_size
+    spend = settings(costs, m["reference_flops"], budget, batch, m["pool_size"])
+    if "uniform" not in spend:
+        raise ValueError(f"a budget of {budget:.3g} FLOPs does not buy one uniform step")
+    if m["flops"] + cost_flops >= budget:
+        raise ValueError(f"a budget of {budget:.3g} FLOPs is smaller than the plan's own "
+                         f"measurements ({m['flops'] + cost_flops:.3g} FLOPs): nothing to plan")
+    revisits = spend["filter"].revisits if "filter" in spend else math.inf
+    d = decide(m["matched_share"], min(m["reference_flops"] / budget, 1.0), revisits, rules)
+    pilots, pilot_flops = {}, 0.0
+    if d.undecided and pilot_share > 0:
+        pilot_cost = sum(3 * max(2, round(pilot_share * spend[n].steps))
+                         * costs[n].per_step for n in d.undecided if n in spend)  # fmt: skip
+        if pilot_cost >= budget:
+            raise ValueError(f"the pilots ({pilot_cost:.3g} FLOPs) cost more than the budget "
+                             f"({budget:.3g}): lower --pilot_share or raise the budget")
+        for name in d.undecided:
+            if name in spend:
+                pilots[name], spent = _pilot(data, model_config, base, ref_dir, out, name,
+                                             spend[name].steps, pilot_share, progress)  # fmt: skip
+                pilot_flops += spent
+        ranked = sorted(pilots, key=lambda n: -sum(pilots[n]["interval"]) / 2)
+        if ranked:
+            d.method = ranked[0]
+            d.reasons.append(f"pilots: {ranked[0]}'s interval lies highest (by its middle)")
+    plan_flops = m["flops"] + cost_flops + pilot_flops
+    result = {
+        "budget_flops": budget,
+        "measurements": m,
+        "rules": asdict(rules),
+        "methods": {n: {**asdict(s), "flops_per_step": costs[n].per_step,
+                        "flops_split": {
+                            "reference": m["reference_flops"] if costs[n].uses_reference else 0,
+                            "train": s.steps * costs[n].train,
+                            "learner_score": s.steps * costs[n].score},
+                        "predicted_accuracy": pilots.get(n, {}).get("interval")}
+                    for n, s in spend.items()},  # fmt: skip
+        "recommended": d.method,
+        "reasons": d.reasons,
+        "undecided": d.undecided,
+        "pilots": pilots,
+        "plan_flops": plan_flops,
+        "plan_share": plan_flops / budget,
+        "reference_flops": m["reference_flops"],
+        "time": None,  # hook: measured phase times per step, once result.json carries them
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(result, out / "plan.json")
+    plot_plan(result, out / "plan.png")
+    return result
+
+
+def _pilot(data, model_config, base, ref_dir, out, name, steps, share, progress):
+    """A method's two pilot runs (s and 2s steps), read back when done; (summary, FLOPs)."""
+    policy, ratio, keep = METHODS[name]
+    s2 = max(2, round(share * steps))
+    s1 = max(1, s2 // 2)
+    pilot_data = data if keep is None else filter_pool(data, ref_dir, keep,
+                                                       base.selection.loss)  # fmt: skip
+    accs, spent = {}, 0.0
+    for s in (s1, s2):
+        config = base.with_name(policy)
+        if ratio is not None:
+            config = replace(config, selection=replace(config.selection, filter_ratio=ratio))
+        config = replace(config, training=replace(config.training, steps=s, eval_every=None,
+                                                  warmup_steps=min(20, s // 5)))  # fmt: skip
+        run = out / "pilots" / f"{name}-{s}"
+        done = run / "result.json"
+        if done.is_file():  # a pilot of an interrupted plan, done before
+            result = json.loads(done.read_text())
+        else:
+            result = train_learner(pilot_data, model_config, config, ref_dir, run,
+                                   resume=(run / "checkpoint.pt").exists(),
+                                   progress=progress)  # fmt: skip
+        accs[s] = result["final"]["zero_shot"]
+        spent += sum(result["flops"].values())
+    return {"steps": [s1, s2], "accuracy": [accs[s1], accs[s2]],
+            "interval": pilot_interval(s1, accs[s1], s2, accs[s2], max(s2, steps))}, spent
+
+
+def table(result: dict) -> str:
+    """The plan as text: a row per method at the settings that spend the budget."""
+    b = result["budget_flops"]
+    m = result["measurements"]
+    lines = [f"budget {b / 1e12:.3f} TFLOPs; the reference (training + its pass over the pool) "
+             f"{result['reference_flops'] / 1e12:.3f} TFLOPs, charged to the methods that use it",
+             f"measured: matched share {m['matched_share']:.3f}, the filter's kept share "
+             f"{m['kept']} pairs (estimated {m['kept_precision']:.0%} matched), near-duplicates "
+             f"{m['near_duplicate_share']:.1%}, class entropy {m['concepts_pool']['entropy']:.3f}"
+             f" (kept {m['concepts_kept']['entropy']:.3f})", ""]  # fmt: skip
+    head = (f"{'method':<13}{'steps':>7}{'f':>5}{'keep':>6}{'revisits':>9}{'TFLOPs':>9}"
+            f"{'predicted accuracy':>22}")  # fmt: skip
+    lines += [head, "-" * len(head)]
+    for name, s in result["methods"].items():
+        acc = s["predicted_accuracy"]
+        acc = "– (no pilot)" if acc is None else f"{acc[0]:.3f} .. {acc[1]:.3f}"
+        mark = "  <- recommended" if name == result["recommended"] else ""
+        f = "-" if s["filter_ratio"] is None else f"{s['filter_ratio']:g}"
+        keep = "-" if s["keep"] is None else f"{s['keep']:g}"
+        rev = "-" if s["revisits"] is None else f"{s['revisits']:.1f}"
+        lines.append(f"{name:<13}{s['steps']:>7}{f:>5}{keep:>6}{rev:>9}{s['flops'] / 1e12:>9.3f}"
+                     f"{acc:>22}{mark}")  # fmt: skip
+    lines += ["", f"recommended: {result['recommended']}"]
+    lines += [f"  because {r}" for r in result["reasons"]]
+    if result["undecided"]:
+        lines.append(f"  the measurements could not separate {' and '.join(result['undecided'])}"
+                     + ("; pilots ran" if result["pilots"] else "; no pilots (--pilot_share 0)"))
+    lines.append(f"the plan itself cost {result['plan_flops'] / 1e12:.4f} TFLOPs "
+                 f"({result['plan_share']:.2%} of the budget)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot_plan(result: dict, path: Path) -> None:
+    """Where each method's budget goes (the reference, training, the learner's scoring), its
+    steps, and the pilots' accuracy intervals where pilots ran."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["methods"])
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))
+    left = [0.0] * len(names)
+    for part, colour in (("reference", "tab:orange"), ("train", "tab:blue"),
+                         ("learner_score", "tab:purple")):  # fmt: skip
+        widths = [result["methods"][n]["flops_split"][part] / 1e12 for n in names]
+        ax.barh(names, widths, left=left, color=colour, label=part)
+        left = [a + w for a, w in zip(left, widths, strict=True)]
+    ax.axvline(result["budget_flops"] / 1e12, color="k", lw=1, ls="--", label="budget")
+    ax.set_xlabel("TFLOPs at the steps that spend the budget")
+    ax.set_title(f"recommended: {result['recommended']}")
+    ax.legend(fontsize=7, loc="lower right")
+    for i, n in enumerate(names):
+        m = result["methods"][n]
+        acc = m["predicted_accuracy"]
+        if acc is not None:
+            bx.plot(acc, [i, i], "-", lw=5, color="tab:green" if n == result["recommended"]
+                    else "tab:grey")  # fmt: skip
+        label = f"{m['steps']} steps" + ("" if m["revisits"] is None
+                                         else f", revisits {m['revisits']:.1f}")  # fmt: skip
+        bx.annotate(label, (0.01, i), xycoords=("axes fraction", "data"), fontsize=7,
+                    va="center")  # fmt: skip
+    bx.set_yticks(range(len(names)), names)
+    bx.set_xlim(0, 1)
+    bx.set_ylim(-0.5, len(names) - 0.5)
+    bx.set_xlabel("predicted zero-shot at the budget (pilots' interval)")
+    bx.set_title("pilots" if result["pilots"] else "no pilots ran (the rules decided)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
