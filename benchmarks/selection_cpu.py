@@ -4,7 +4,7 @@ For each super-batch size B and loss (sigmoid, softmax), with d = 128, filter ra
 chunks, it times three things in the same process, repeats interleaved (the order rotates every
 repeat), as process CPU time and wall time:
   * new: the sampler as jestkit runs it (jestkit.core.gains);
-  * old: the gain states before issue 26 (benchmarks/_gains_before.py), same loop, same noise;
+  * old: the gain states before issue 26 (read from git at commit 34e0e56), same loop, same noise;
   * gemm: the sampler's own matrix products replayed alone: every aten::mm / addmm it runs,
     recorded with torch.profiler (shapes and layouts), into preallocated outputs, the right
     operands read from a super-batch-sized matrix block after block as the sampler reads them.
@@ -24,20 +24,37 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).parent))
-import _gains_before as before  # noqa: E402
+from jestkit.core import gains as after
+from jestkit.core.gains import Weighted
+from jestkit.core.naive import random_embeddings
+from jestkit.core.sampler import joint_sample
 
-from jestkit.core import gains as after  # noqa: E402
-from jestkit.core.gains import Weighted  # noqa: E402
-from jestkit.core.naive import random_embeddings  # noqa: E402
-from jestkit.core.sampler import joint_sample  # noqa: E402
+BEFORE = "34e0e56"  # the commit whose gain states the benchmark times beside today's
+
+
+def gains_at(rev: str):
+    """jestkit.core.gains as it was at commit `rev`, read from git (no copy of old code kept in
+    the tree), as a module of its own."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "show", f"{rev}:src/jestkit/core/gains.py"], cwd=root,
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    name = f"gains_at_{rev}"
+    module = types.ModuleType(name)
+    sys.modules[name] = module  # dataclasses resolve their module by name
+    exec(compile(source, f"{rev}:src/jestkit/core/gains.py", "exec"), module.__dict__)
+    return module
+
+
+before = gains_at(BEFORE)
 
 FILTER_RATIO, N_CHUNKS = 0.8, 16
 STATES = {

@@ -116,12 +116,12 @@ def _load(path: Path, source=None):
         raise CheckpointError(f"{path} is truncated or damaged ({reason}); {_FIX}") from None
 
 
-def flat(config: dict, prefix: str = "") -> dict:
-    """A nested config dict as {'section.field': value}."""
+def flat(config: dict, prefix: str = "", sep: str = ".") -> dict:
+    """A nested dict as {'section.field': value} (sep '/': metrics' {'flops/train': ...})."""
     out = {}
     for k, v in config.items():
         if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
+            out.update(flat(v, f"{prefix}{k}{sep}", sep))
         else:
             out[f"{prefix}{k}"] = v
     return out

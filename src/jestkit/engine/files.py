@@ -211,3 +211,13 @@ __all__ = [
     "write_bytes_atomic",
     "write_json_atomic",
 ]
+
+
+def save_png(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    """A matplotlib figure written to `path` as a PNG the way every record is (atomic_file:
+    never through a symlink, never half a file), then closed."""
+    import matplotlib.pyplot as plt
+
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    plt.close(fig)

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jestkit.engine.checkpoint import flat
 from jestkit.engine.files import write_bytes_atomic
 
 if TYPE_CHECKING:
@@ -63,17 +64,6 @@ def parse_report_to(value: str | Sequence[str] | None) -> tuple[str, ...]:
                     f"'jestkit[{name}]'"
                 ) from None
     return tuple(dict.fromkeys(names))
-
-
-def flatten(record: dict, prefix: str = "") -> dict:
-    """{'flops': {'train': 1}} -> {'flops/train': 1}."""
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def step_record(t: Trainer, loss: float, lr: float) -> dict:
@@ -142,7 +132,7 @@ class TensorBoardReport:
 
     def log(self, kind: str, record: dict) -> None:
         step = record["step"]
-        for key, value in flatten(record).items():
+        for key, value in flat(record, sep="/").items():
             number = _number(value)
             if key != "step" and number is not None:
                 self.writer.add_scalar(f"{kind}/{key}", number, step)
@@ -172,7 +162,8 @@ class WandbReport:
                               settings=wandb.Settings(console="off", silent=True))  # fmt: skip
 
     def log(self, kind: str, record: dict) -> None:
-        scalars = {f"{kind}/{k}": _number(v) for k, v in flatten(record).items() if k != "step"}
+        scalars = {f"{kind}/{k}": _number(v)
+                   for k, v in flat(record, sep="/").items() if k != "step"}  # fmt: skip
         self.run.log({k: v for k, v in scalars.items() if v is not None}, step=record["step"])
 
     def close(self) -> None:

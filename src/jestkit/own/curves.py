@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jestkit.engine.files import atomic_file
+from jestkit.engine.files import save_png
 
 # the metrics drawn: each set's headline ones (the rest are in result.json)
 DRAWN = ("acc1", "mean_per_class_recall", "image_retrieval_recall@1", "text_retrieval_recall@1",
@@ -50,9 +50,7 @@ def plot_run(losses: list[float], history: list[dict], path: str | Path, title: 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_file(path) as f:  # never through a symlink, never half a file
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _plot_metrics(history: list[dict], keys: list[str], axes) -> None:

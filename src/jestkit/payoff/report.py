@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from jestkit.engine.files import atomic_file
+from jestkit.engine.files import save_png
 from jestkit.payoff.frontier import Speedup, speedup
 
 METRIC = "zero_shot"
@@ -154,9 +154,7 @@ def plot(uniform: list[dict], runs: dict[str, dict], path: str | Path, title: st
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_file(path) as f:  # never through a symlink, never half a file
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _flops_bars(ax, runs: dict[str, dict]) -> None:

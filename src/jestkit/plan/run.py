@@ -20,6 +20,7 @@ from pathlib import Path
 
 from jestkit.engine.checkpoint import write_json_atomic
 from jestkit.engine.config import TrainConfig
+from jestkit.engine.files import save_png
 from jestkit.fashion.learner import train_learner
 from jestkit.fashion.prepare import CaptionData
 from jestkit.fashion.reference import filter_pool
@@ -221,5 +222,4 @@ def plot_plan(result: dict, path: Path) -> None:
     bx.set_xlabel("predicted zero-shot at the budget (pilots' interval)")
     bx.set_title("pilots" if result["pilots"] else "no pilots ran (the rules decided)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
