@@ -241,6 +241,7 @@ class Export:
     name: str | None = None
 
 
+@dataclass
 class Plan(_DataAndModel):
     """Which method to run on the pool for a compute budget: measures the pool with the
     reference, applies the plan's rules, runs short pilots where they cannot decide, prints a

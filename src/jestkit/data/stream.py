@@ -41,8 +41,7 @@ class ShardsConfig:
 
     Attributes:
         pattern: the shards: a path, brace pattern ('data/{0000..0099}.tar', '{a,b}.tar'), glob,
-            or several separated by commas (outside braces); None trains on the Fashion-MNIST
-            captions (--data.*); an empty one is refused
+            or several separated by commas (outside braces); an empty one is refused
         buffer_size: samples in the shuffle buffer (encoded; decoded when drawn)
         seed: the shuffle's seed (each epoch reshuffles from it), in [0, 2**64)
         max_bad_fraction: stop the run when more than this share of the samples read were bad
