@@ -176,14 +176,9 @@ def check_demo_dir(out: str | os.PathLike) -> None:
     are checked by check_reference_dir and check_run_dir."""
     out = Path(out)
     _check_folder(out)
-    foreign = [name for name in _entries(out, DEMO_NAMES) if name not in DEMO_NAMES]
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise RunDirError(
-            f"{out} holds {shown}: it is not a demo's folder (config.yaml, results.json, "
-            f"curves.png, reference/, runs/), and the demo never writes into another command's "
-            f"folder; choose another --out"
-        )
+    _only(out, DEMO_NAMES, "it is not a demo's folder (config.yaml, results.json, curves.png, "
+          "reference/, runs/), and the demo never writes into another command's folder; choose "
+          "another --out")  # fmt: skip
 
 
 def clear_demo(out: str | os.PathLike) -> None:
@@ -194,17 +189,20 @@ def clear_demo(out: str | os.PathLike) -> None:
             path.unlink(missing_ok=True)
 
 
-def _check_reference_names(folder: Path, what: str) -> list[str]:
-    """The entries of `folder`, refusing any that a reference folder does not hold."""
-    names = _entries(folder, REFERENCE_NAMES)
-    foreign = [name for name in names if name not in REFERENCE_NAMES]
+def _only(folder: Path, allowed, why: str) -> list[str]:
+    """The entries of `folder`, refusing any not in `allowed`: '{folder} holds {them}: {why}'."""
+    names = _entries(folder, allowed)
+    foreign = [name for name in names if name not in allowed]
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise RunDirError(
-            f"{folder} holds {shown}: it is not a reference folder, and {what} only ever "
-            f"replaces a reference (model.pt, reference.json, cache/); choose another --out"
-        )
+        raise RunDirError(f"{folder} holds {shown}: {why}")
     return names
+
+
+def _check_reference_names(folder: Path, what: str) -> list[str]:
+    """The entries of `folder`, refusing any that a reference folder does not hold."""
+    return _only(folder, REFERENCE_NAMES, f"it is not a reference folder, and {what} only ever "
+                 f"replaces a reference (model.pt, reference.json, cache/); choose another --out")
 
 
 def check_score_dir(out: str | os.PathLike) -> None:
@@ -213,14 +211,9 @@ def check_score_dir(out: str | os.PathLike) -> None:
     your files): the scores are never written into another command's folder."""
     out = Path(out)
     _check_folder(out)
-    foreign = [name for name in _entries(out, SCORE_NAMES) if name not in SCORE_NAMES]
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise RunDirError(
-            f"{out} holds {shown}: it is not a `jestkit score` folder (reference.json, cache/, "
-            f"config.yaml), and the scores are never written into another command's folder; "
-            f"choose another --out"
-        )
+    _only(out, SCORE_NAMES, "it is not a `jestkit score` folder (reference.json, cache/, "
+          "config.yaml), and the scores are never written into another command's folder; "
+          "choose another --out")  # fmt: skip
 
 
 def check_reference_dir(out: str | os.PathLike, overwrite: bool = False) -> None:
