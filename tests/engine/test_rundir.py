@@ -8,7 +8,7 @@ import pytest
 from helpers import LIMIT, POOL
 
 from jestkit.cli import main as cli_main
-from jestkit.engine.checkpoint import write_bytes_atomic
+from jestkit.engine.files import write_bytes_atomic
 from jestkit.engine.rundir import RunDirError, check_reference_dir, run_lock
 
 DATA = ["--data.limit", str(LIMIT), "--data.curated_size", str(POOL.curated_size)]

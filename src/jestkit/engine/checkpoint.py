@@ -1,7 +1,7 @@
-"""Files a run writes, atomically: checkpoints (torch.save) and JSON results.
+"""Checkpoints (torch.save), written atomically, and the checks that read them back.
 
-Every writer goes through a temporary file and a rename (jestkit.engine.files, re-exported
-here: write_bytes_atomic, write_json_atomic), so a crash never leaves half a file.
+Every writer goes through a temporary file and a rename (jestkit.engine.files), so a crash
+never leaves half a file.
 Checkpoints hold plain types only (tensors, dicts, lists, numbers, strings; generator states as
 uint8 tensors) and are read with torch.load(weights_only=True): a checkpoint is data, and a
 file whose pickle would run code or build other objects is refused (`load_checkpoint`).
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from jestkit.engine.files import atomic_file, write_bytes_atomic, write_json_atomic  # noqa: F401 - their old home
+from jestkit.engine.files import write_bytes_atomic
 
 
 def save_atomic(obj, path: Path) -> None:

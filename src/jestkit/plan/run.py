@@ -18,9 +18,8 @@ import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from jestkit.engine.checkpoint import write_json_atomic
 from jestkit.engine.config import TrainConfig
-from jestkit.engine.files import save_png
+from jestkit.engine.files import save_png, write_json_atomic
 from jestkit.fashion.learner import train_learner
 from jestkit.fashion.prepare import CaptionData
 from jestkit.fashion.reference import filter_pool
