@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import shutil
 from pathlib import Path
 
 import torch
 
-from jestkit.engine.files import write_bytes_atomic
+from jestkit.engine.files import atomic_file, open_regular, write_bytes_atomic
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -46,14 +47,15 @@ def save_checkpoint(state: dict, path: Path) -> None:
 NUMBERED_DIR = "checkpoints"
 
 
-def save_numbered(state: dict, out: Path, step: int, keep: int | None = None) -> Path:
-    """A numbered checkpoint, OUT/checkpoints/step_N.pt (save_checkpoint's format: resumable
-    with --resume PATH), as open_clip_train keeps epoch_N.pt; then only the `keep` latest are
-    kept (None: all)."""
+def save_numbered(checkpoint: Path, out: Path, step: int, keep: int | None = None) -> Path:
+    """A numbered checkpoint, OUT/checkpoints/step_N.pt: a copy of the checkpoint file just
+    written (resumable with --resume PATH; not serialised a second time), as open_clip_train
+    keeps epoch_N.pt; then only the `keep` latest are kept (None: all)."""
     folder = out / NUMBERED_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step}.pt"
-    save_checkpoint(state, path)
+    with open_regular(checkpoint) as (src, _), atomic_file(path) as dst:
+        shutil.copyfileobj(src, dst)
     if keep is not None:
         for old in numbered_checkpoints(out)[:-keep]:
             old.unlink(missing_ok=True)

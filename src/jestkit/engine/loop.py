@@ -335,7 +335,7 @@ class Trainer:
                 save_checkpoint(state, self.checkpoint_path)
                 every = self.config.training.save_every
                 if every is not None and self.step % every == 0:
-                    save_numbered(state, self.out_dir, self.step,
+                    save_numbered(self.checkpoint_path, self.out_dir, self.step,
                                   self.config.training.keep_checkpoints)  # fmt: skip
 
     def resume(self, path: str | os.PathLike | None = None) -> bool:
