@@ -89,11 +89,8 @@ def step_record(t: Trainer, loss: float, lr: float) -> dict:
 
 
 def _number(value) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, int | float):
-        return float(value)
-    return None
+    """A numeric field (bools included) as a float; None for anything else."""
+    return float(value) if isinstance(value, int | float) else None
 
 
 class JsonlReport:
