@@ -336,3 +336,31 @@ def test_uniform_batch_size_must_be_an_int():
         with pytest.raises(error, match="batch_size must be a positive int"):
             jestkit.select(policy="uniform", batch_size=bad)
     assert len(jestkit.select(policy="uniform", batch_size=np.int64(20))) == 4
+
+
+def test_finite_values_whose_sum_overflows_are_accepted_and_a_lone_nan_is_not():
+    """check_finite reads one sum first: finite values whose float32 sum is inf must still pass
+    (the elementwise check decides), and one NaN or Inf among finite values must be caught."""
+    from jestkit.core.validate import check_finite
+
+    big = torch.full((4, 3), 3e38)
+    assert not torch.isfinite(big.sum())
+    check_finite("x", big)  # no error: every value is finite
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        x = torch.randn(64, 8)
+        x[17, 5] = bad
+        with pytest.raises(ValueError, match="1 NaN or Inf"):
+            check_finite("x", x)
+    check_finite("x", torch.empty(0, 8))
+
+
+def test_logit_bound_of_embeddings_whose_squares_overflow_float32():
+    """Row norms beyond float32 (squares overflow) are recomputed in float64: the refusal names
+    the true norm, and a tiny scale that keeps the logits small is accepted."""
+    from jestkit.core.validate import check_logit_range
+
+    img = torch.full((3, 4), 1e20)
+    txt = torch.full((3, 4), 1e-30)
+    check_logit_range("m", img, txt, scale=1.0, bias=0.0)  # |logit| <= 2e20 * 2e-30: fine
+    with pytest.raises(ValueError, match="norms up to 2e\\+20"):
+        check_logit_range("m", img, img, scale=1.0, bias=0.0)
