@@ -25,6 +25,7 @@ frontier (jestkit.payoff.timing), and so is the ratio of the time speed-up to th
 
     python benchmarks/timing.py run --repeats 5 --workers 2   # measure, then summary
     python benchmarks/timing.py summary                       # re-read timing.json's measures
+    python benchmarks/timing.py ab --against COMMIT --core 1  # this tree's steps against COMMIT's
 
 writes benchmarks/results/timing.json (the measurements and the summary), timing.txt and
 timing.png (accuracy against CPU seconds beside accuracy against FLOPs).
@@ -491,10 +492,81 @@ def summary(measurements: list[dict], load: dict, skip: int) -> None:
     print(f"\nwrote {RESULTS / 'timing.json'}, timing.txt, timing.png")
 
 
+# -- the same rates from an earlier tree, side by side ---------------------------------------
+def ab_work(args) -> None:
+    """A worker for `ab`: the per-step CPU seconds by phase of --methods, from the jestkit on
+    PYTHONPATH (this file's Timer), as one JSON line."""
+    os.sched_setaffinity(0, {args.core})
+    import torch
+
+    torch.set_num_threads(1)
+    timer, runs = Timer(Path(args.work), args.limit), methods()
+    out = {}
+    for name in args.methods.split(","):
+        cpu = timer.method(runs[name], args.steps)["timing"]["per_step"]["cpu"]
+        out[name] = {phase: statistics.fmean(v[args.skip:]) for phase, v in cpu.items()}
+    print(json.dumps(out))
+
+
+def ab(args) -> None:
+    """The methods' CPU seconds per step from this tree and from commit --against's src/,
+    alternately in fresh single-threaded pinned workers (order rotated each repeat), with each
+    method's step over uniform's taken within one worker: what a change to jestkit did to the
+    time a step takes, measured side by side. Writes benchmarks/results/timing_ab.{json,txt}."""
+    import tempfile
+
+    names = args.methods.split(",")
+    if names[0] != "uniform":
+        raise SystemExit("--methods must start with uniform (each step is read over uniform's)")
+    prepare_reference(Path(args.work), args.limit)
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "archive", args.against, "src"], cwd=root, check=True,
+                                 capture_output=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        trees = {args.against: Path(tmp) / "src", "this tree": root / "src"}
+        load, got = {"before": uptime()}, {t: [] for t in trees}
+        for r in range(args.repeats):
+            for tree in list(trees)[r % 2:] + list(trees)[: r % 2]:
+                env = {**os.environ, "PYTHONPATH": str(trees[tree]), "OMP_NUM_THREADS": "1"}
+                cmd = [sys.executable, __file__, "abwork", "--methods", args.methods, "--core",
+                       str(args.core), "--work", args.work, "--steps", str(args.steps),
+                       "--skip", str(args.skip)] + (["--limit", str(args.limit)] if args.limit
+                                                    else [])  # fmt: skip
+                line = subprocess.run(cmd, env=env, check=True, capture_output=True,
+                                      text=True).stdout.strip().splitlines()[-1]  # fmt: skip
+                got[tree].append(json.loads(line))
+                print(f"repeat {r}: {tree} done", flush=True)
+        load["after"] = uptime()
+
+    def cell(values: list[float], digits: int = 3) -> str:
+        return f"{statistics.fmean(values):.{digits}f} ± {statistics.pstdev(values):.{digits}f}"
+
+    head = (f"{'method':<26}{'tree':<12}{'CPU s/step':>16}{'learner score':>16}"
+            f"{'select':>16}{'× uniform':>14}")
+    lines = [f"CPU seconds per step, this tree against {args.against} (its src/), {args.repeats} "
+             "repeats alternating the trees in fresh workers pinned to one core, one thread; "
+             f"× uniform: the method's step over uniform's in the same worker; mean ± spread. "
+             f"Load before {load['before']!r}, after {load['after']!r}.", "", head,
+             "-" * len(head)]  # fmt: skip
+    for name in names:
+        for tree, rs in got.items():
+            ph = [r[name] for r in rs]
+            over = [r[name]["step"] / r["uniform"]["step"] for r in rs]
+            lines.append(f"{name:<26}{tree:<12}{cell([p['step'] for p in ph]):>16}"
+                         f"{cell([p.get('learner_score', 0.0) for p in ph]):>16}"
+                         f"{cell([p.get('select', 0.0) for p in ph]):>16}{cell(over, 2):>14}")
+    text = "\n".join(lines)
+    (RESULTS / "timing_ab.json").write_text(json.dumps(
+        {"against": args.against, "load": load, "repeats": got}, indent=1))
+    (RESULTS / "timing_ab.txt").write_text(text + "\n")
+    print(text)
+
+
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/frontier.py
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("command", choices=("run", "work", "summary"))
+    p.add_argument("command", choices=("run", "work", "summary", "ab", "abwork"))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--workers", type=int, default=2, help="processes, one core and thread each")
     p.add_argument("--steps", type=int, default=12, help="steps of each timed run")
@@ -503,11 +575,18 @@ def main() -> None:
                    "pass is timed on")  # fmt: skip
     p.add_argument("--work", default="runs/timing", help="the reference, the raw measurements")
     p.add_argument("--limit", type=int, default=None, help="first LIMIT images only (tests)")
+    p.add_argument("--against", default="HEAD~1", help="ab: the commit whose src/ to compare")
+    p.add_argument("--methods", default="uniform,flexi f=0.9,jest f=0.9",
+                   help="ab: the methods to time, uniform first")  # fmt: skip
     p.add_argument("--tasks", help=argparse.SUPPRESS)
     p.add_argument("--core", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.command == "work":
         work(args)
+    elif args.command == "abwork":
+        ab_work(args)
+    elif args.command == "ab":
+        ab(args)
     elif args.command == "run":
         load = {"before": uptime()}
         measurements = measure(args)
