@@ -166,6 +166,44 @@ def test_drafted_runs_resume_exactly_and_workers_agree(pattern, tmp_path):
         assert torch.equal(cut.model.state_dict()[name], p), name
 
 
+def _on_2_ranks(ctx, pattern, out):
+    """A drafted run on 2 gloo ranks (a worker each): each rank decodes in full the selected
+    candidates it drew, which then move to the rank that trains on them."""
+    import multiprocessing
+
+    multiprocessing.set_start_method("fork", force=True)  # as under torchrun
+    run = OwnRun(_shards(pattern, workers=1, draft="auto"))
+    model = build_learner(run, MODEL, "sigmoid", None, CONFIG.training.seed)
+    side = resolved_draft_side(run, model, MODEL, CONFIG)
+    source = build_source(run, model, ctx, CONFIG.training.checkpoint_every, side)
+    trained = []
+    model.image_tower.register_forward_pre_hook(
+        lambda module, args: trained.append(args[0].clone()) if torch.is_grad_enabled() else None)
+    trainer = Trainer(model, CONFIG, source, out_dir=out, progress=False, dist=ctx)
+    trainer.run()
+    source.close()
+    return trainer.selected_ids, trainer.losses, trained, source.full_decodes
+
+
+def test_ranks_decode_their_selected_candidates_in_full(pattern, tmp_path):
+    from dropin.test_distributed import spawn, values_of
+
+    one = _train(pattern, tmp_path / "one", 0)
+    two = values_of(spawn(_on_2_ranks, 2, tmp_path, pattern, tmp_path / "two", deadline_s=150))
+    full = _full_images(pattern)
+    b, steps = CONFIG.training.batch_size, CONFIG.training.steps
+    for ids, losses, _, _ in two:
+        assert [list(i) for i in ids] == [list(i) for i in one.selected_ids]
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(one.losses), atol=1e-4,
+                                   rtol=1e-4)  # fmt: skip
+    for step in range(steps):  # the ranks' halves of the sub-batch: the selected, in full
+        selected = [str(i) for i in one.selected_ids[step]]
+        got = [next(i for i in selected if torch.equal(row, full[i]))
+               for _, _, trained, _ in two for row in trained[step]]  # fmt: skip
+        assert sorted(got) == sorted(selected)
+    assert sum(r[3] for r in two) == steps * b  # each selected example decoded in full once
+
+
 def test_draft_side_resolves_and_refuses_bad_values(pattern, tmp_path, capsys):
     run = OwnRun(_shards(pattern, draft="auto"))
     model = build_learner(run, MODEL, "sigmoid", None, 0)
