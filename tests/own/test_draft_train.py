@@ -238,7 +238,12 @@ def test_png_candidates_are_decoded_in_full(tmp_path):
     png = write_shards(tmp_path / "png", shards=2, per_shard=40, size=64)
     plain = _shards(png).parallel(grayscale(28), HashedWords(512, 12))
     drafted = _shards(png).parallel(grayscale(28), HashedWords(512, 12), draft_side=SIDE)
-    assert torch.equal(plain.draw(60).images, drafted.draw(60).images)
+    from jestkit.engine.step import full_decode
+
+    drawn = drafted.draw(60)
+    assert torch.equal(plain.draw(60).images, drawn.images)
+    full_decode(drafted, drawn, 0, torch.arange(12))
+    assert drafted.full_decodes == 0  # exact as drawn: nothing decoded twice
     plain.close(), drafted.close()
 
 

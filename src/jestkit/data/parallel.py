@@ -41,7 +41,8 @@ one is refused with a message naming both (the state is per worker).
 
 Drafted candidates (config.draft_side, jestkit.data.draft). The workers decode each JPEG
 candidate at the libjpeg scale its scoring view needs and send its encoded bytes with the
-tensors (each chunk's "raw"); the source keeps the last draw's bytes (B / world_size encoded
+tensors (each chunk's "raw"; None for a candidate decoded in full anyway: not a JPEG, or no
+larger than the draft side); the source keeps the last draw's bytes (B / world_size encoded
 images; the chunks in flight hold theirs too) and decode_full(rows) decodes the selected rows
 again in full, in this process, exactly as draw() gives them without drafting. The stream, its
 state and exact resume do not change: the full decode reads only the bytes already drawn.
@@ -275,15 +276,18 @@ class ParallelSource:
         are then decoded again in full with decode_full before training."""
         return self.config.draft_side is not None
 
-    def decode_full(self, rows: list[int]) -> torch.Tensor:
-        """The images of rows `rows` of the last draw (this rank's candidates) decoded in full
-        from their bytes, through the transform: exactly the tensors draw() gives them without
-        draft_side. Runs in this process (decode_threads threads): the bytes travelled here
-        with the drafted tensors, and only the selected examples are decoded."""
+    def decode_full(self, rows: list[int]) -> tuple[list[int], torch.Tensor]:
+        """Of rows `rows` of the last draw (this rank's candidates), those that were drafted
+        and their images decoded in full from their bytes, through the transform: exactly the
+        tensors draw() gives them without draft_side. The others (not JPEGs, or JPEGs no larger
+        than the draft side) were decoded in full already: their tensors are exact as drawn.
+        Runs in this process (decode_threads threads): the bytes travelled here with the
+        drafted tensors, and only the selected examples are decoded."""
         from jestkit.data.draft import decode_image
 
         if not self.drafted:
             raise ValueError("decode_full is for a source that drafts (config.draft_side)")
+        rows = [i for i in rows if self._raw[i] is not None]
         raws = [self._raw[i] for i in rows]
         decode = lambda raw: decode_image(raw, self.config.mode, self.transform)  # noqa: E731
         threads = min(self.config.decode_threads, len(raws))
@@ -293,7 +297,7 @@ class ParallelSource:
         else:
             images = [decode(raw) for raw in raws]
         self.full_decodes += len(images)
-        return torch.stack(images) if images else torch.empty(0)
+        return rows, torch.stack(images) if images else torch.empty(0)
 
     def check(self, super_batch: int) -> None:
         """Refuse a super-batch B that does not split over the ranks and streams (call before

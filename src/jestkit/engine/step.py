@@ -90,9 +90,10 @@ def full_decode(source, mine: Examples, rank: int, positions: torch.Tensor) -> N
     n = len(mine)
     positions = positions.cpu()
     local = positions[(positions >= rank * n) & (positions < (rank + 1) * n)] - rank * n
-    if len(local):
-        full = source.decode_full(local.tolist())
-        mine.images[local.to(mine.images.device)] = full.to(mine.images.device, mine.images.dtype)
+    rows, full = source.decode_full(local.tolist())  # the drafted ones (the rest are exact)
+    if rows:
+        rows = torch.tensor(rows, device=mine.images.device)
+        mine.images[rows] = full.to(mine.images.device, mine.images.dtype)
 
 
 def forward_backward(t: Trainer, batch: Examples) -> torch.Tensor:
