@@ -229,6 +229,8 @@ def test_draft_side_resolves_and_refuses_bad_values(pattern, tmp_path, capsys):
     code = cli_main([*base, "--out", str(tmp_path / "c"), "--shards.draft_side", "16",
                      "--selection.policy", "uniform"])  # fmt: skip
     assert code == 2 and "scores no candidate" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="Fashion-MNIST is held decoded"):
+        train_own(OwnRun(ShardsConfig(draft_side="auto")), MODEL, CONFIG, tmp_path / "d")
     code = cli_main(["score", "--shards.pattern", pattern, "--reference", str(tmp_path / "r"),
                      "--out", str(tmp_path / "s"), "--shards.draft_side", "auto"])  # fmt: skip
     assert code == 2 and "decodes every sample in full" in capsys.readouterr().err

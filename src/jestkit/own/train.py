@@ -73,6 +73,9 @@ def train_own(
     loss = config.selection.loss
     with agreed(dist, settings) as shared:  # every rank checks alike, or all stop (no collective)
         if run.shards.pattern is None:
+            if run.shards.draft_side != "none":
+                raise ValueError("--shards.draft_side drafts the JPEG candidates of your own "
+                                 "shards (--shards.pattern); Fashion-MNIST is held decoded")
             if data is None:
                 raise ValueError("no data: give --shards.pattern, or the Fashion-MNIST captions")
             if run.own.open_clip is not None:
