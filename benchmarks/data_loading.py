@@ -20,16 +20,25 @@ captions into 16 tar shards (img2dataset's layout), then:
    of workers a node needs for a given step time.
 
 5. with --draft (only this part runs): decoding candidates no finer than they are scored
-   (jestkit.data.draft). Per trained example at filter ratio f, in CPU seconds on one thread:
-   uniform decodes 1 image in full, JEST today 1 / (1 - f), JEST with draft_side 1 / (1 - f)
-   drafted candidates plus the selected one again in full. Photo-like JPEGs of 224 and 512 px,
-   the ViT-B/16 eval transform (224), scoring views at patch 32 (draft side 112) and 64 (56, an
-   image size of 224 at a 4x coarser patch); decode alone and decode + transform, interleaved
-   repeats. Then how far the drafted view is from today's: a ViT-B/16 (open_clip, random
-   weights: none can be downloaded here) scoring both at patch 32 through
-   jestkit.openclip.views: cosine of the image embeddings, and the overlap of the b selected by
-   hard_learner (joint sigmoid, f = 0.8, the same noise) from each view's embeddings.
-   Results: benchmarks/results/data_loading_draft.{json,txt}.
+   (--shards.draft_side, jestkit.data.draft), measured through `jestkit train` itself
+   (jestkit.own.train with 0 workers, so that every decode runs in the training process):
+   the data phase's process CPU seconds (the parallel reader's draw: decode, transform,
+   tokenize; with drafting also the selected ones' full decode) per trained example, steps 2 to
+   6, for uniform (b = 32), JEST today (hard_learner joint, f = 0.8: B = 160) and JEST with
+   --shards.draft_side auto, each at scoring patch 32 (draft side 112) and 56 (64), and
+   with --shards.draft_side 224 at patch 32 (drafted no finer than the transform's 224), on 800
+   photo-like JPEGs of 224 and of 512 px, with a one-layer open_clip SigLIP at ViT-B/16's input
+   (224 px, patch 16; its transform is ViT-B/16's eval transform); the runs of a repeat
+   interleaved, their order rotated every repeat, ratios to the same repeat's uniform. Then how
+   far the drafted view is from today's: a ViT-B/16 (open_clip, random weights: none can be
+   downloaded here) scoring 100 512-px JPEGs at patch 32 and 56 through
+   jestkit.openclip.views, and the tiny SigLIP of tests/shard_files.py (32 px, patch 8) trained
+   300 uniform steps on 64-px JPEG shapes scoring 500 held-out ones at patch 16 and 32: cosine
+   of the image embeddings, and the overlap of the b selected by hard_learner (joint sigmoid,
+   f = 0.8, the same noise) from each view's embeddings; for the trained model also the view
+   fed at its own resolution (the drafted image transformed to 32 x 8 / patch px and encoded
+   at patch 8, which jestkit does not do). Results: benchmarks/results/data_loading_draft.
+   {json,txt}.
 
 Each measurement is repeated (--repeats 3) and reported as the median and the range, with the
 machine's 1-minute load average when it started (`load`: on a shared 2-core machine other jobs
@@ -164,60 +173,124 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-DRAFT_SIDES = {"patch 32 (side 112)": 112, "patch 64 (side 56)": 56}
+DRAFT_PATCHES = {"patch 32 (side 112)": 32, "patch 56 (side 64)": 56}
+# --shards.draft_side 224: drafted no finer than the transform's output (never upsampled back)
+DRAFT_VIEWS = {**{k: (p, "auto") for k, p in DRAFT_PATCHES.items()},
+               "patch 32 (side 224)": (32, 224)}  # fmt: skip
+DRAFT_B, DRAFT_STEPS, DRAFT_PER_SHARD = 32, 6, 100  # b = 32, B = 160 at f = 0.8
 
 
-def _decode_seconds(jpegs: list[bytes], transform, side: int | None) -> float:
-    """Process CPU seconds per image to decode (and transform) every image once."""
-    from jestkit.data.draft import decode_image
-
-    start = time.process_time()
-    for data in jpegs:
-        decode_image(data, "RGB", transform, side)
-    return (time.process_time() - start) / len(jpegs)
-
-
-def draft_costs(repeats: int, filter_ratio: float = 0.8, n: int = 100) -> dict:
-    """Decode CPU per trained example: uniform, JEST today, JEST with drafted candidates."""
-    import torch
+def write_photo_shards(folder: Path, px: int, n: int) -> str:
+    """n photo-like JPEGs of px x px (benchmarks/jpeg_decode.py) with captions, 100 a shard."""
     from jpeg_decode import make_jpegs
 
+    folder.mkdir(parents=True, exist_ok=True)
+    jpegs = make_jpegs(n, px)
+    shards = -(-n // DRAFT_PER_SHARD)
+    for s in range(shards):
+        with tarfile.open(folder / f"shard-{s:04d}.tar", "w") as tar:
+            for n_ in range(s * DRAFT_PER_SHARD, min(n, (s + 1) * DRAFT_PER_SHARD)):
+                files = {"jpg": jpegs[n_], "txt": f"a photo number {n_} of shapes".encode(),
+                         "json": json.dumps({"uid": f"{n_:032x}"}).encode()}  # fmt: skip
+                add_sample(tar, f"{n_:08d}", files)
+    return str(folder / f"shard-{{0000..{shards - 1:04d}}}.tar")
+
+
+# a one-layer open_clip SigLIP at ViT-B/16's input (224 px, patch 16): its transform is
+# ViT-B/16's eval transform, its towers cost little next to the decode
+B16_INPUT = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 224, "layers": 1, "width": 64, "patch_size": 16,
+                   "head_width": 32},  # fmt: skip
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+    "init_logit_scale": 2.302585,
+    "init_logit_bias": -10.0,
+}
+
+
+def train_path_data_cpu(pattern: str, spec: Path, out: Path, policy: str, patch: int | None,
+                        draft: str) -> float:  # fmt: skip
+    """`jestkit train`'s data phase (jestkit.own.train: the parallel reader's draw, and with
+    drafting the selected ones' full decode) in process CPU seconds per trained example, steps
+    2 to DRAFT_STEPS, 0 workers (all of it in this process: process_time counts it)."""
+    from jestkit import SelectionConfig
+    from jestkit.data.stream import ShardsConfig
+    from jestkit.engine.config import ScoringConfig, TrainConfig, TrainingConfig
+    from jestkit.models.factory import ModelConfig
+    from jestkit.own.run import OwnModel, OwnRun
+    from jestkit.own.train import train_own
+
+    run = OwnRun(ShardsConfig(pattern=pattern, buffer_size=100, draft_side=draft),
+                 OwnModel(open_clip=str(spec)))  # fmt: skip
+    config = TrainConfig(
+        selection=SelectionConfig(policy=policy, method="joint", filter_ratio=0.8, n_chunks=4),
+        scoring=ScoringConfig(patch_size=patch),
+        training=TrainingConfig(batch_size=DRAFT_B, steps=DRAFT_STEPS, eval_every=DRAFT_STEPS,
+                                checkpoint_every=DRAFT_STEPS),  # fmt: skip
+    )
+    result = train_own(run, ModelConfig(), config, out, progress=False)
+    data = result["timing"]["per_step"]["cpu"]["data"][1:]
+    return sum(data) / len(data) / DRAFT_B
+
+
+def draft_costs(repeats: int, tmp: Path) -> dict:
+    """Data CPU per trained example through `jestkit train` (train_path_data_cpu): uniform,
+    JEST today and JEST with drafted candidates, side by side, repeats interleaved."""
+    import torch
+
     torch.set_num_threads(1)
-    transform, _ = vit_b32_inputs()  # open_clip's 224 eval transform (the same for B/16)
-    per_b = 1 / (1 - filter_ratio)
+    spec = tmp / "b16-input.json"
+    spec.write_text(json.dumps(B16_INPUT))
+    modes = {"uniform": ("uniform", None, "none"),
+             **{f"JEST today, {name}": ("hard_learner", p, "none")
+                for name, p in DRAFT_PATCHES.items()},
+             **{f"JEST draft, {name}": ("hard_learner", p, side)
+                for name, (p, side) in DRAFT_VIEWS.items()}}  # fmt: skip
     out = {}
     for px in (224, 512):
-        jpegs = make_jpegs(n, px)
-        for stage, tf in (("decode", None), ("decode + transform", transform)):
-            modes = {"full": None, **DRAFT_SIDES}
-            times = {m: [] for m in modes}
-            for r in range(repeats):  # interleaved, the order rotated every repeat
-                order = list(modes)[r % len(modes) :] + list(modes)[: r % len(modes)]
-                for m in order:
-                    times[m].append(_decode_seconds(jpegs, tf, modes[m]))
-            for m in DRAFT_SIDES:
-                # per repeat: uniform = full; today = per_b * full; draft = per_b * drafted + full
-                today = [per_b for _ in times["full"]]
-                drafted = [per_b * d / f + 1 for d, f in zip(times[m], times["full"], strict=True)]
-                out[f"{px}px / {stage} / {m}"] = {
-                    "full_ms": spread([1e3 * t for t in times["full"]]),
-                    "drafted_ms": spread([1e3 * t for t in times[m]]),
-                    "jest_today_vs_uniform": spread(today),
-                    "jest_draft_vs_uniform": spread(drafted),
-                }
+        pattern = write_photo_shards(tmp / f"photos-{px}", px, 5 * DRAFT_B * DRAFT_STEPS)
+        times, loads = {m: [] for m in modes}, []
+        for r in range(repeats):  # interleaved, the order rotated every repeat
+            loads.append(os.getloadavg()[0])
+            order = list(modes)[r % len(modes) :] + list(modes)[: r % len(modes)]
+            for m in order:
+                times[m].append(train_path_data_cpu(pattern, spec, tmp / f"run-{px}-{r}-{m}",
+                                                     *modes[m]))  # fmt: skip
+        out[f"{px}px"] = {
+            "ms_per_trained_example": {m: spread([1e3 * t for t in v]) for m, v in times.items()},
+            "vs_uniform": {m: spread([t / u for t, u in zip(v, times["uniform"], strict=True)])
+                           for m, v in times.items()},  # fmt: skip
+            "load_average": loads,
+        }
     return out
 
 
+def _overlap(image_a, image_b, text, scale: float, bias: float, filter_ratio: float,
+             seed: int) -> float:  # fmt: skip
+    """The share of the b that hard_learner (joint sigmoid, the same noise) selects from the
+    embeddings image_a that it also selects from image_b."""
+    import torch
+
+    import jestkit
+
+    picks = []
+    for image in (image_a, image_b):
+        learner = jestkit.Embeddings(image, text, scale, bias)
+        picks.append(set(jestkit.select(
+            learner, None, policy="hard_learner", loss="sigmoid", filter_ratio=filter_ratio,
+            generator=torch.Generator().manual_seed(seed)).tolist()))  # fmt: skip
+    return len(picks[0] & picks[1]) / len(picks[0])
+
+
 def view_distance(n: int = 100, filter_ratio: float = 0.8, seed: int = 0) -> dict:
-    """Today's patch-32 scoring view of a ViT-B/16 against the drafted one: embedding cosine and
+    """Today's coarse scoring view of a ViT-B/16 against the drafted one: embedding cosine and
     the overlap of the selections they give (random weights; see the module docstring)."""
     import open_clip
     import torch
     import torch.nn.functional as F
     from jpeg_decode import make_jpegs
 
-    import jestkit
-    from jestkit.data.draft import decode_image
+    from jestkit.data.draft import decode_image, draft_side
     from jestkit.openclip.views import OpenClipViews
 
     torch.manual_seed(seed)
@@ -229,48 +302,153 @@ def view_distance(n: int = 100, filter_ratio: float = 0.8, seed: int = 0) -> dic
     out = {}
     with torch.no_grad():
         text = F.normalize(model.encode_text(tokens), dim=-1)
-        emb = {}
-        for name, side in (("today", None), *DRAFT_SIDES.items()):
-            images = torch.stack([decode_image(d, "RGB", transform, side) for d in jpegs])
-            emb[name] = F.normalize(views.encode_image(images, patch_size=32), dim=-1)
-    for name in DRAFT_SIDES:
-        cos = (emb[name] * emb["today"]).sum(-1)
-        picks = []
-        for e in (emb["today"], emb[name]):
-            learner = jestkit.Embeddings(e, text, 10.0, -10.0)
-            picks.append(set(jestkit.select(
-                learner, None, policy="hard_learner", loss="sigmoid", filter_ratio=filter_ratio,
-                generator=torch.Generator().manual_seed(seed)).tolist()))  # fmt: skip
-        out[name] = {"cosine_median": float(cos.median()), "cosine_min": float(cos.min()),
-                     "selection_overlap": len(picks[0] & picks[1]) / len(picks[0])}  # fmt: skip
+        for name, (patch, side) in DRAFT_VIEWS.items():
+            side = draft_side(224, 16, patch) if side == "auto" else side
+            emb = {}
+            for view, s in (("today", None), ("draft", side)):
+                images = torch.stack([decode_image(d, "RGB", transform, s) for d in jpegs])
+                emb[view] = F.normalize(views.encode_image(images, patch_size=patch), dim=-1)
+            cos = (emb["draft"] * emb["today"]).sum(-1)
+            out[name] = {"cosine_median": float(cos.median()), "cosine_min": float(cos.min()),
+                         "selection_overlap": _overlap(emb["today"], emb["draft"], text, 10.0,
+                                                       -10.0, filter_ratio, seed)}  # fmt: skip
     return out
 
 
-def draft_main(repeats: int) -> None:
-    load = os.getloadavg()
-    costs = draft_costs(repeats)
-    distance = view_distance()
-    lines = [f"decode CPU per trained example at f = 0.8, relative to uniform's; 100 photo-like "
-             f"JPEGs per size, ViT-B/16 224 eval transform, 1 thread; median (min-max) of "
-             f"{repeats} interleaved repeats; load average at start {load[0]:.1f}", "",
-             f"{'case':52s} {'full ms':>16s} {'drafted ms':>16s} {'JEST today':>10s} "
-             f"{'JEST draft':>18s}"]  # fmt: skip
-    for case, c in costs.items():
-        f, d, j = c["full_ms"], c["drafted_ms"], c["jest_draft_vs_uniform"]
-        lines.append(f"{case:52s} {f['median']:6.2f} ({f['min']:.2f}-{f['max']:.2f}) "
-                     f"{d['median']:6.2f} ({d['min']:.2f}-{d['max']:.2f}) "
-                     f"{c['jest_today_vs_uniform']['median']:9.1f}x "
-                     f"{j['median']:5.2f}x ({j['min']:.2f}-{j['max']:.2f})")  # fmt: skip
-    lines += ["", "today's patch-32 view of a ViT-B/16 (random weights) vs the drafted one, "
-              "100 512-px JPEGs:", f"{'draft':20s} {'cosine median':>13s} {'cosine min':>10s} "
-              f"{'overlap of b selected':>22s}"]  # fmt: skip
-    for name, v in distance.items():
-        lines.append(f"{name:20s} {v['cosine_median']:13.4f} {v['cosine_min']:10.4f} "
+def write_shape_jpegs(folder: Path, n: int, first: int, size: int = 64) -> str:
+    """tests/shard_files.py's shapes (noisy captions) at `size` px as JPEGs (quality 90), as the
+    own-data benchmark stores its pool for a 32-px model; one shard."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from shard_files import sample
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(first)
+    with tarfile.open(folder / "shard-0000.tar", "w") as tar:
+        for i in range(first, first + n):
+            png, caption = sample(i, rng, size, noisy=True)
+            jpg = io.BytesIO()
+            Image.open(io.BytesIO(png)).save(jpg, "JPEG", quality=90)
+            files = {"jpg": jpg.getvalue(), "txt": caption.encode(),
+                     "json": json.dumps({"uid": f"{i:032x}"}).encode()}  # fmt: skip
+            add_sample(tar, f"{i:08d}", files)
+    return str(folder / "shard-0000.tar")
+
+
+def trained_view_distance(tmp: Path, steps: int = 300, n: int = 500, filter_ratio: float = 0.8,
+                          seed: int = 0) -> dict:  # fmt: skip
+    """The same comparison with a trained model: the tiny open_clip SigLIP (tests/shard_files.py:
+    32 px, patch 8) trained `steps` uniform steps (b = 32) on 2,000 64-px JPEG shapes, then
+    scoring n held-out ones at patch 16 (draft side 16: libjpeg's 1/4 scale) and 32 (side 8:
+    1/8) with today's view and the drafted one."""
+    import open_clip
+    import torch
+    import torch.nn.functional as F
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from shard_files import TINY_SIG
+
+    from jestkit import SelectionConfig
+    from jestkit.data.draft import decode_image, draft_side
+    from jestkit.data.shards import ShardPool, ShardPoolConfig
+    from jestkit.data.stream import ShardsConfig
+    from jestkit.engine.config import TrainConfig, TrainingConfig
+    from jestkit.models.factory import ModelConfig
+    from jestkit.models.view import View
+    from jestkit.openclip.dual import open_clip_inputs, open_clip_model
+    from jestkit.own.run import OwnModel, OwnRun
+    from jestkit.own.train import train_own
+
+    spec = tmp / "tiny-sig.json"
+    spec.write_text(json.dumps(TINY_SIG))
+    pattern = write_shape_jpegs(tmp / "shapes-train", 2000, 0)
+    run = OwnRun(ShardsConfig(pattern=pattern, buffer_size=500), OwnModel(open_clip=str(spec)))
+    config = TrainConfig(selection=SelectionConfig(policy="uniform"),
+                         training=TrainingConfig(batch_size=32, steps=steps, eval_every=steps,
+                                                 checkpoint_every=steps, lr=2e-3))  # fmt: skip
+    result = train_own(run, ModelConfig(), config, tmp / "tiny-trained", progress=False)
+    model = open_clip_model(str(spec), str(tmp / "tiny-trained" / "checkpoint.pt"), frozen=True)
+    transform, tokenize = open_clip_inputs(str(spec), model)
+    held = ShardPool(write_shape_jpegs(tmp / "shapes-held", n, 10**6),
+                     ShardPoolConfig(buffer_size=0, rank=0, world_size=1, mode=None))
+    records = list(held.records(0))
+    tokens = tokenize([r.caption for r in records])
+    out = {"train_steps": steps, "final_train_loss": result["losses"][-1]}
+    cfg = open_clip.get_model_preprocess_cfg(model.model)
+    visual = model.model.visual
+    with torch.no_grad():
+        for patch in (16, 32):
+            side = draft_side(32, 8, patch)
+            # the scoring view fed at its own resolution (not built: docs/flexi.md): the drafted
+            # image through the same transform at 32 x 8 / patch px, at the model's patch 8
+            small = image_transform_v2(PreprocessCfg(**{**cfg, "size": (side, side)}),
+                                       is_train=False)  # fmt: skip
+            emb = {}
+            for view, s in (("today", None), ("draft", side)):
+                images = torch.stack([decode_image(r.image, "RGB", transform, s) for r in records])
+                emb[view] = model.embeddings(images, tokens, View(patch_size=patch)).image
+            images = torch.stack([decode_image(r.image, "RGB", small, side) for r in records])
+            emb["own resolution"] = F.normalize(model.views.vision_forward(visual, images), dim=-1)
+            text = F.normalize(model.encode_text(tokens), dim=-1)
+            for view in ("draft", "own resolution"):
+                cos = (emb[view] * emb["today"]).sum(-1)
+                name = f"patch {patch} (side {side})" + ("" if view == "draft" else ", " + view)
+                out[name] = {
+                    "cosine_median": float(cos.median()), "cosine_min": float(cos.min()),
+                    "selection_overlap": _overlap(emb["today"], emb[view], text,
+                                                  float(model.logit_scale),
+                                                  float(model.logit_bias), filter_ratio, seed),
+                }  # fmt: skip
+    return out
+
+
+def draft_text(result: dict) -> str:
+    """data_loading_draft.txt from its JSON."""
+    costs, trained = result["costs"], result["trained_view_distance"]
+    names = list(costs["224px"]["vs_uniform"])
+    lines = [f"`jestkit train`'s data-phase CPU (decode, transform, tokenize; 0 workers) per "
+             f"trained example at f = 0.8 (b = {DRAFT_B}, B = {5 * DRAFT_B}), relative to "
+             f"uniform's; photo-like JPEGs, ViT-B/16's 224 eval transform (a 1-layer open_clip "
+             f"SigLIP at 224 px, patch 16), 1 thread, steps 2-{DRAFT_STEPS}; median (min-max) of "
+             f"{result['repeats']} interleaved repeats; load average at start "
+             f"{result['load_average_start'][0]:.1f}", "",
+             f"{'JPEGs':6s} {'run':36s} {'ms / trained example':>22s} {'vs uniform':>20s} "
+             f"{'load':>5s}"]  # fmt: skip
+    for px, c in costs.items():
+        for m in names:
+            t, v = c["ms_per_trained_example"][m], c["vs_uniform"][m]
+            cell = f"{t['median']:.2f} ({t['min']:.2f}-{t['max']:.2f})"
+            ratio = f"{v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f})"
+            lines.append(f"{px:6s} {m:36s} {cell:>22s} {ratio:>20s} "
+                         f"{statistics.median(c['load_average']):5.1f}")  # fmt: skip
+    head = f"{'view':36s} {'cosine median':>13s} {'cosine min':>10s} {'overlap of b selected':>22s}"
+    lines += ["", "today's coarse view of a ViT-B/16 (random weights) vs the drafted one, "
+              "100 512-px JPEGs:", head]  # fmt: skip
+    for name, v in result["view_distance"].items():
+        lines.append(f"{name:36s} {v['cosine_median']:13.4f} {v['cosine_min']:10.4f} "
                      f"{v['selection_overlap']:22.3f}")  # fmt: skip
-    text = "\n".join(lines)
+    lines += ["", f"the same with the tiny SigLIP (32 px, patch 8) trained {trained['train_steps']}"
+              f" uniform steps on 64-px JPEG shapes (last loss {trained['final_train_loss']:.3f}),"
+              f" 500 held-out 64-px JPEGs:", head]  # fmt: skip
+    for name, v in trained.items():
+        if isinstance(v, dict):
+            lines.append(f"{name:36s} {v['cosine_median']:13.4f} {v['cosine_min']:10.4f} "
+                         f"{v['selection_overlap']:22.3f}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def draft_main(repeats: int) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="jestkit-data-loading-draft-"))
+    load = os.getloadavg()
+    costs = draft_costs(repeats, tmp)
+    distance = view_distance()
+    trained = trained_view_distance(tmp)
+    result = {"costs": costs, "view_distance": distance, "trained_view_distance": trained,
+              "repeats": repeats, "load_average_start": load,
+              "load_average_end": os.getloadavg()}  # fmt: skip
+    text = draft_text(result)
     RESULTS.mkdir(exist_ok=True)
-    result = {"costs": costs, "view_distance": distance, "repeats": repeats,
-              "load_average_start": load, "load_average_end": os.getloadavg()}  # fmt: skip
     (RESULTS / "data_loading_draft.json").write_text(json.dumps(result, indent=2))
     (RESULTS / "data_loading_draft.txt").write_text(text + "\n")
     print(text)

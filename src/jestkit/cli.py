@@ -813,6 +813,10 @@ def _score(cmd: Score, save_config, progress: bool, settings: dict) -> int:
         raise ValueError(f"--keep must be in (0, 1], got {keep}")
     if cmd.batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {cmd.batch_size}")
+    if cmd.shards.draft_side != "none":
+        raise ValueError(f"--shards.draft_side {cmd.shards.draft_side}: `jestkit score` decodes "
+                         f"every sample in full for the reference cache; drafting is for the "
+                         f"candidates of `jestkit train`")  # fmt: skip
     check_score_dir(cmd.out)  # before any work
     check_out_config(cmd.out, "score")
     if cmd.subset is not None:  # a DataComp subset (.npy) or a keys file (.txt)

@@ -39,6 +39,14 @@ between snapshots is restored by replaying the steps since the last one. A check
 every rank's loader state; resuming needs the same streams, ranks and workers, and a changed
 one is refused with a message naming both (the state is per worker).
 
+Drafted candidates (config.draft_side, jestkit.data.draft). The workers decode each JPEG
+candidate at the libjpeg scale its scoring view needs and send its encoded bytes with the
+tensors (each chunk's "raw"; None for a candidate decoded in full anyway: not a JPEG, or no
+larger than the draft side); the source keeps the last draw's bytes (B / world_size encoded
+images; the chunks in flight hold theirs too) and decode_full(rows) decodes the selected rows
+again in full, in this process, exactly as draw() gives them without drafting. The stream, its
+state and exact resume do not change: the full decode reads only the bytes already drawn.
+
 Data wait. draw() blocks while the workers (or, with none, this process) decode; the loop
 measures that time per step (jestkit.engine.loop).
 """
@@ -166,6 +174,7 @@ class StreamChunks(IterableDataset):
                     "epochs": torch.tensor([x["epoch"] for x in samples]),
                     "skipped": {s: dict(p.skipped) for s, p in pools.items()},
                     "worker": worker,
+                    **({"raw": [x["raw"] for x in samples]} if self.config.draft_side else {}),
                 }
         finally:
             if executor is not None:
@@ -212,6 +221,8 @@ class ParallelSource:
         self._resume: dict | None = None
         self._skipped: dict[int, dict[str, int]] = {}
         self.last_chunks: list[dict] = []  # the chunks of the last draw (ids, epochs, worker)
+        self._raw: list[bytes] = []  # drafted: the image bytes of the last draw's candidates
+        self.full_decodes = 0  # drafted: images decoded again in full (decode_full), in total
 
     # -- drawing --
 
@@ -251,11 +262,42 @@ class ParallelSource:
             self._skipped.update(chunk["skipped"])
         order = [by_stream[s] for s in sorted(by_stream)]
         self.last_chunks = chunks
+        if self.drafted:  # only the last draw's bytes are kept: B / world_size encoded images
+            self._raw = [raw for chunk, rows in order for raw in chunk["raw"][rows]]
         return Examples(
             [i for chunk, rows in order for i in chunk["ids"][rows]],
             torch.cat([chunk["images"][rows] for chunk, rows in order]),
             torch.cat([chunk["tokens"][rows] for chunk, rows in order]),
         )
+
+    @property
+    def drafted(self) -> bool:
+        """Whether draw() gives the candidates drafted (config.draft_side): the selected ones
+        are then decoded again in full with decode_full before training."""
+        return self.config.draft_side is not None
+
+    def decode_full(self, rows: list[int]) -> tuple[list[int], torch.Tensor]:
+        """Of rows `rows` of the last draw (this rank's candidates), those that were drafted
+        and their images decoded in full from their bytes, through the transform: exactly the
+        tensors draw() gives them without draft_side. The others (not JPEGs, or JPEGs no larger
+        than the draft side) were decoded in full already: their tensors are exact as drawn.
+        Runs in this process (decode_threads threads): the bytes travelled here with the
+        drafted tensors, and only the selected examples are decoded."""
+        from jestkit.data.draft import decode_image
+
+        if not self.drafted:
+            raise ValueError("decode_full is for a source that drafts (config.draft_side)")
+        rows = [i for i in rows if self._raw[i] is not None]
+        raws = [self._raw[i] for i in rows]
+        decode = lambda raw: decode_image(raw, self.config.mode, self.transform)  # noqa: E731
+        threads = min(self.config.decode_threads, len(raws))
+        if threads > 1:
+            with ThreadPoolExecutor(threads) as executor:
+                images = list(executor.map(decode, raws))
+        else:
+            images = [decode(raw) for raw in raws]
+        self.full_decodes += len(images)
+        return rows, torch.stack(images) if images else torch.empty(0)
 
     def check(self, super_batch: int) -> None:
         """Refuse a super-batch B that does not split over the ranks and streams (call before

@@ -169,7 +169,8 @@ class ShardPoolConfig:
     draft_side: decode each JPEG at the smallest libjpeg scale (1/2, 1/4, 1/8) whose shorter
         side stays >= this many pixels, for a coarse scoring view (jestkit.data.draft); the
         sample then also holds its image bytes ('raw') for the full decode of the selected
-        ones (ShardPool.decode_full). None: every image decoded in full.
+        ones (ShardPool.decode_full), or None when it was decoded in full anyway (not a JPEG,
+        or no larger than needed: its tensor is exact as it is). None: every image in full.
     """
 
     buffer_size: int = 1000
@@ -901,8 +902,9 @@ class ShardPool(IterableDataset):
             with Image.open(io.BytesIO(data)) as im:
                 if im.width * im.height > self.config.max_image_pixels:
                     return IMAGE_TOO_LARGE  # judged from the header: never decoded
+                scale = 1
                 if self.config.draft_side is not None:
-                    apply_draft(im, self.config.draft_side)
+                    scale = apply_draft(im, self.config.draft_side)
                 im.load()
                 image = im.convert(self.config.mode) if self.config.mode else im.copy()
         except Image.DecompressionBombError:
@@ -916,8 +918,8 @@ class ShardPool(IterableDataset):
             out = torch.from_numpy(array.copy())
             out = out.unsqueeze(0) if out.dim() == 2 else out.permute(2, 0, 1).contiguous()
         sample = {"image": out, "caption": rec.caption, "id": rec.id}
-        if self.config.draft_side is not None:
-            sample["raw"] = data
+        if self.config.draft_side is not None:  # None: decoded in full already, exact as is
+            sample["raw"] = data if scale > 1 else None
         return sample
 
     def decode_full(self, raw: bytes):

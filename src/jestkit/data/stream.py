@@ -27,6 +27,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 
@@ -58,6 +59,13 @@ class ShardsConfig:
         streams: how many streams the shards are dealt to, split over ranks then workers; the
             super-batches depend on it, not on the ranks or workers (None: ranks x workers)
         shuffle_shards: each epoch, reshuffle the shard order (seed + epoch) before dealing it
+        draft_side: decode the candidates no finer than they are scored (jestkit.data.draft):
+            each JPEG candidate at the smallest libjpeg scale (1/2, 1/4, 1/8) whose shorter
+            side stays >= this many pixels, then through the image transform as today (which
+            resizes it back to the model's input); only the selected examples are decoded again
+            in full for training, exactly as without it. auto: image_size x patch / scoring
+            patch when the learner scores at a coarser --scoring.patch_size (and no reference
+            model scores images in the loop), else none; none: every candidate in full
     """
 
     pattern: str | None = None
@@ -72,6 +80,7 @@ class ShardsConfig:
     workers: int = 0
     streams: int | None = None
     shuffle_shards: bool = True
+    draft_side: int | Literal["auto", "none"] = "none"
 
     def __post_init__(self):
         if self.pattern is not None and not split_patterns(self.pattern):
@@ -87,6 +96,10 @@ class ShardsConfig:
             raise ValueError(f"--shards.workers must be >= 0, got {self.workers}")
         if self.streams is not None and self.streams < 1:
             raise ValueError(f"--shards.streams must be >= 1, got {self.streams}")
+        d = self.draft_side
+        if d not in ("auto", "none") and (isinstance(d, bool) or not isinstance(d, int) or d < 1):
+            raise ValueError(f"--shards.draft_side must be auto, none or a number of pixels >= "
+                             f"1, got {d!r}")  # fmt: skip
 
     def shards(self) -> list[str]:
         """The pattern's parts (separated by the commas outside braces)."""
@@ -115,11 +128,15 @@ class ShardsConfig:
 
     def parallel(self, transform: Callable, tokenize: Callable, rank: int = 0,
                  world_size: int = 1, group=None, pin_memory: bool = False,
-                 snapshot_every: int = 1, mode: str | None = "RGB"):  # fmt: skip
-        """The parallel reader `jestkit train` uses (jestkit.data.parallel.ParallelSource)."""
+                 snapshot_every: int = 1, mode: str | None = "RGB",
+                 draft_side: int | None = None):  # fmt: skip
+        """The parallel reader `jestkit train` uses (jestkit.data.parallel.ParallelSource);
+        draft_side: the resolved number of pixels (jestkit.own.run.resolved_draft_side), None:
+        every candidate decoded in full."""
         from jestkit.data.parallel import ParallelSource
 
-        config = replace(self.pool_config(mode), shuffle_shards=self.shuffle_shards)
+        config = replace(self.pool_config(mode), shuffle_shards=self.shuffle_shards,
+                         draft_side=draft_side)  # fmt: skip
         return ParallelSource(self.shards(), config, transform, tokenize, streams=self.streams,
                               workers=self.workers, rank=rank, world_size=world_size,
                               group=group, pin_memory=pin_memory,

@@ -8,7 +8,9 @@ rank's own B / world_size (`per_rank`, jestkit.data.parallel) has its selected e
 the ranks that train on them (jestkit.dropin.distributed.batch.moved_share: the same examples, in
 the same order, as slicing the whole super-batch would give). Each part is timed as a phase
 (jestkit.engine.timing); the data phase (draw, and the move to the device) is the step's data
-wait.
+wait. A source that drafts its candidates (jestkit.data.parallel: decoded no finer than they
+are scored) has the selected ones decoded again in full after the selection (full_decode, timed
+as data): the scores come from the drafted images, training from the full ones.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ def train_step(t: Trainer) -> float:
         else:
             positions = torch.arange(len(mine) * t.dist.world_size)
         rank, world = t.dist.rank, t.dist.world_size
+    if getattr(t.source, "drafted", False):  # the selected candidates decoded again in full
+        with clock.phase("data"):
+            held = (batch, 0) if batch is not None else (mine, rank)  # what the source drew
+            full_decode(t.source, *held, positions)
+    with clock.phase("select"):
         if batch is not None:
             chosen = batch[positions]
             share = my_share(chosen, positions, len(mine), rank, world)
@@ -73,6 +80,20 @@ def train_step(t: Trainer) -> float:
         t.stats.add(chosen)
         t.step += 1
         return loss.item()
+
+
+def full_decode(source, mine: Examples, rank: int, positions: torch.Tensor) -> None:
+    """Replace, in place, the drafted images of the selected candidates this rank drew (the
+    positions in its block of the super-batch) by their full decode (source.decode_full): the
+    sub-batch then trains on exactly the tensors an undrafted run gives them. The scores were
+    taken already; the rows not selected keep their drafted images and are dropped."""
+    n = len(mine)
+    positions = positions.cpu()
+    local = positions[(positions >= rank * n) & (positions < (rank + 1) * n)] - rank * n
+    rows, full = source.decode_full(local.tolist())  # the drafted ones (the rest are exact)
+    if rows:
+        rows = torch.tensor(rows, device=mine.images.device)
+        mine.images[rows] = full.to(mine.images.device, mine.images.dtype)
 
 
 def forward_backward(t: Trainer, batch: Examples) -> torch.Tensor:

@@ -162,15 +162,62 @@ def model_inputs(run: OwnRun, model: nn.Module):
     return transform, tokenize
 
 
+def image_geometry(run: OwnRun, model: nn.Module, model_config: ModelConfig
+                   ) -> tuple[int, int] | None:  # fmt: skip
+    """(image size, patch size) of the learner's image tower; None for an open_clip tower that
+    is no ViT (a CNN, a timm tower: no patch)."""
+    if run.own.open_clip is None:
+        return IMAGE_SIZE, model_config.patch_size
+    visual = model.model.visual
+    size, patch = getattr(visual, "image_size", None), getattr(visual, "patch_size", None)
+    if size is None or patch is None:
+        return None
+    size, patch = (v if isinstance(v, int) else v[0] for v in (size, patch))
+    return int(size), int(patch)
+
+
+def resolved_draft_side(run: OwnRun, model: nn.Module, model_config: ModelConfig,
+                        config) -> int | None:  # fmt: skip
+    """--shards.draft_side as pixels (None: every candidate decoded in full), given the run's
+    TrainConfig. auto drafts only where it changes nothing but the learner's coarse view: the
+    policy scores with the learner at a --scoring.patch_size coarser than the model's patch, and
+    no reference model scores the candidates' images in the loop (a reference cache reads no
+    image); the side is then image_size x patch / scoring patch (jestkit.data.draft.draft_side).
+    A number drafts to it whatever the view; a policy that scores nothing is refused (every
+    candidate is trained on: drafting would decode each twice)."""
+    from jestkit.data.draft import draft_side
+
+    side, policy = run.shards.draft_side, config.policy
+    if side == "none":
+        return None
+    if side != "auto":
+        if not policy.scored:
+            raise ValueError(
+                f"--shards.draft_side {side}: the policy {config.selection.policy} scores no "
+                f"candidate (every one drawn is trained on), so drafting would only decode each "
+                f"twice; use --shards.draft_side none"
+            )
+        return side
+    model_reference = policy.uses_reference and run.own.reference is not None and \
+        Path(run.own.reference).is_file()  # fmt: skip
+    geometry = image_geometry(run, model, model_config)
+    if not policy.uses_learner or model_reference or geometry is None:
+        return None
+    return draft_side(*geometry, config.scoring.patch_size)
+
+
 def build_source(run: OwnRun, model: nn.Module, dist: Distributed | None = None,
-                 snapshot_every: int = 1) -> ParallelSource:  # fmt: skip
+                 snapshot_every: int = 1, draft_side: int | None = None
+                 ) -> ParallelSource:  # fmt: skip
     """The shards read in parallel (each rank its own streams, --shards.workers processes),
-    with the learner's image transform and tokenizer."""
+    with the learner's image transform and tokenizer; draft_side: the candidates drafted
+    (resolved_draft_side; None: decoded in full)."""
     dist = dist or Distributed()
     transform, tokenize = model_inputs(run, model)
     return run.shards.parallel(transform, tokenize, dist.rank, dist.world_size, dist.group,
                                pin_memory=dist.device.type == "cuda",
-                               snapshot_every=snapshot_every)  # fmt: skip
+                               snapshot_every=snapshot_every,
+                               draft_side=draft_side)  # fmt: skip
 
 
 def shards_fingerprint(paths: list[str]) -> str:

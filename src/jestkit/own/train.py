@@ -33,6 +33,7 @@ from jestkit.own.run import (
     build_source,
     load_any_reference,
     reference_fingerprint,
+    resolved_draft_side,
 )
 
 
@@ -72,6 +73,9 @@ def train_own(
     loss = config.selection.loss
     with agreed(dist, settings) as shared:  # every rank checks alike, or all stop (no collective)
         if run.shards.pattern is None:
+            if run.shards.draft_side != "none":
+                raise ValueError("--shards.draft_side drafts the JPEG candidates of your own "
+                                 "shards (--shards.pattern); Fashion-MNIST is held decoded")
             if data is None:
                 raise ValueError("no data: give --shards.pattern, or the Fashion-MNIST captions")
             if run.own.open_clip is not None:
@@ -90,7 +94,8 @@ def train_own(
         model = build_learner(run, model_config, loss, vocab, config.training.seed).to(device)
         model.check_view(config.scoring.view(), config.scoring.multires_fraction)  # before records
         if run.shards.pattern:
-            source = build_source(run, model, dist, config.training.checkpoint_every)
+            draft = resolved_draft_side(run, model, model_config, config)
+            source = build_source(run, model, dist, config.training.checkpoint_every, draft)
             shared["the shards' files (name:size)"] = [
                 f"{Path(p).name}:{os.path.getsize(p)}" for p in source.shards]
             source.check(config.super_batch_size())  # B splits over the ranks and streams
@@ -131,7 +136,8 @@ def train_own(
             "bf16": trainer.autocast,
             "skipped": source.all_skipped() if hasattr(source, "all_skipped") else {},
             **({"streams": source.plan.streams, "workers": source.workers,
-                "ranks": dist.world_size} if hasattr(source, "plan") else {}),
+                "ranks": dist.world_size, "draft_side": source.config.draft_side}
+               if hasattr(source, "plan") else {}),
             **({"eval_sets": {s.name: {"kind": s.kind, "samples": len(s)} for s in sets}}
                if sets else {}),
         }, write_config)  # fmt: skip
