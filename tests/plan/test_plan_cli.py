@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+import jestkit.plan.fashion as plan_fashion
 import jestkit.plan.run as plan_run
 from jestkit.cli import main as cli_main
 
@@ -30,6 +31,9 @@ def test_plan_writes_its_table_and_files(reference_dir, tmp_path, capsys):
     assert plan["methods"]["filter"]["keep"] == 0.3 and plan["methods"]["jest"]["filter_ratio"]
     assert 0 <= plan["measurements"]["matched_share"] <= 1
     assert plan["plan_flops"] > 0 and "the plan itself cost" in text
+    chosen = plan["methods"][plan["recommended"]]["commands"]
+    assert len(chosen) == 1 and chosen[0] in text and "--training.steps" in chosen[0]
+    assert "--filter_keep 0.3" in plan["methods"]["filter"]["commands"][0]
     again = tmp_path / "flops"  # the same budget given as FLOPs: the same plan
     assert cli_main(["plan", "--reference", str(reference_dir), "--budget_flops",
                      str(plan["budget_flops"]), "--pilot_share", "0", "--out", str(again),
@@ -73,7 +77,7 @@ def test_pilots_run_where_undecided_and_resume_from_cache(reference_dir, tmp_pat
     def no_training(*args, **kwargs):
         raise AssertionError("a pilot ran again although its result was cached")
 
-    monkeypatch.setattr(plan_run, "train_learner", no_training)
+    monkeypatch.setattr(plan_fashion, "train_learner", no_training)
     assert cli_main(argv) == 0  # interrupted after its pilots: they are read back
     assert json.loads((out / "plan.json").read_text())["pilots"] == plan["pilots"]
 
