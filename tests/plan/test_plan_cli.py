@@ -2,6 +2,7 @@
 in both forms, the errors, and pilots that an interrupted plan reads back."""
 
 import json
+import shlex
 
 import pytest
 
@@ -14,7 +15,7 @@ SMALL = ["--data.limit", "1500", "--data.curated_size", "400", "--model.dim", "3
          "--model.embed_dim", "32", "--training.batch_size", "16", "--quiet"]  # fmt: skip
 
 
-def test_plan_writes_its_table_and_files(reference_dir, tmp_path, capsys):
+def test_plan_writes_its_table_and_files(reference_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "plan"
     code = cli_main(["plan", "--reference", str(reference_dir), "--budget_uniform_steps", "400",
                      "--pilot_share", "0", "--out", str(out), *SMALL])  # fmt: skip
@@ -34,6 +35,8 @@ def test_plan_writes_its_table_and_files(reference_dir, tmp_path, capsys):
     chosen = plan["methods"][plan["recommended"]]["commands"]
     assert len(chosen) == 1 and chosen[0] in text and "--training.steps" in chosen[0]
     assert "--filter_keep 0.3" in plan["methods"]["filter"]["commands"][0]
+    monkeypatch.chdir(tmp_path)  # the recommendation runs as printed (here for 2 steps)
+    assert cli_main([*shlex.split(chosen[0])[1:], "--training.steps", "2", "--quiet"]) == 0
     again = tmp_path / "flops"  # the same budget given as FLOPs: the same plan
     assert cli_main(["plan", "--reference", str(reference_dir), "--budget_flops",
                      str(plan["budget_flops"]), "--pilot_share", "0", "--out", str(again),

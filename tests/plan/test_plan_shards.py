@@ -9,6 +9,7 @@ import json
 import shlex
 
 import pytest
+from docs_pages import blocks, commands, page, section
 from shard_files import TINY_SIG, write_eval_set, write_shards
 
 import jestkit.plan.shards as plan_shards
@@ -173,3 +174,15 @@ def test_score_refuses_a_subset_shards_folder_of_other_files(pool, tmp_path, cap
             "--subset_shards", str(tmp_path / "mine")]  # fmt: skip
     assert cli_main(argv) == 2
     assert "holds notes.txt" in capsys.readouterr().err
+
+
+def test_the_manuals_plan_on_shards_runs_as_typed(pool, monkeypatch, capsys):
+    [block] = blocks(section(page("plan.md"), "## On your own shards"), "sh",
+                     runs_as_written=True)  # fmt: skip
+    [command] = commands([block])
+    assert command[:2] == ["jestkit", "plan"]
+    monkeypatch.chdir(pool)
+    assert cli_main(command[1:]) == 0, capsys.readouterr().err
+    plan = json.loads((pool / "runs" / "plan" / "plan.json").read_text())
+    text = capsys.readouterr().out
+    assert f"recommended: {plan['recommended']}" in text and plan["plan_share"] < 1

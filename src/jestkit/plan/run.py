@@ -91,6 +91,7 @@ def plan(pool: PlanPool, base: TrainConfig, out: str | os.PathLike, flops: float
                          f"measurements ({m['flops'] + cost_flops:.3g} FLOPs): nothing to plan")
     revisits = spend["filter"].revisits if "filter" in spend else math.inf
     d = decide(m["matched_share"], min(m["reference_flops"] / budget, 1.0), revisits, rules)
+    runnable(d, spend)
     pilots, pilot_flops = {}, 0.0
     if d.undecided and pilot_share > 0:
         pilot_cost = sum(3 * max(2, round(pilot_share * spend[n].steps))
@@ -135,6 +136,25 @@ def plan(pool: PlanPool, base: TrainConfig, out: str | os.PathLike, flops: float
     write_json_atomic(result, out / "plan.json")
     plot_plan(result, out / "plan.png")
     return result
+
+
+# where the rules' answer cannot run (left out, or the budget buys none of its steps): the
+# next method down, each using less of the reference than the one before
+FALLBACK = ("jest", "easy", "filter", "uniform")
+
+
+def runnable(d, spend: dict) -> None:
+    """Move decision `d` to a method of `spend` (the methods the budget runs): the rules' own
+    answer, or the next one down FALLBACK, saying why; the undecided ones not in spend are
+    dropped."""
+    if d.method not in spend:
+        start = FALLBACK.index(d.method) if d.method in FALLBACK else 0
+        instead = next(n for n in FALLBACK[start:] if n in spend)
+        d.reasons.append(f"{d.method} cannot run on this pool at this budget: {instead} instead")
+        d.method = instead
+    d.undecided = [n for n in d.undecided if n in spend]
+    if len(d.undecided) < 2:
+        d.undecided = []
 
 
 def _pilot(pool: PlanPool, base: TrainConfig, out: Path, name: str, steps: int, share: float,
@@ -187,10 +207,8 @@ def table(result: dict) -> str:
     if result["undecided"]:
         lines.append(f"  the measurements could not separate {' and '.join(result['undecided'])}"
                      + ("; pilots ran" if result["pilots"] else "; no pilots (--pilot_share 0)"))
-    chosen = result["methods"].get(result["recommended"])
-    if chosen is not None:
-        lines.append("run it with:")
-        lines += [f"  {c}" for c in chosen["commands"]]
+    lines.append("run it with:")
+    lines += [f"  {c}" for c in result["methods"][result["recommended"]]["commands"]]
     lines.append(f"the plan itself cost {result['plan_flops'] / 1e12:.4f} TFLOPs "
                  f"({result['plan_share']:.2%} of the budget)")  # fmt: skip
     return "\n".join(lines)
