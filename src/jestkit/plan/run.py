@@ -255,7 +255,7 @@ def plot_plan(result: dict, path: Path) -> None:
     bx.set_yticks(range(len(names)), names)
     bx.set_xlim(0, 1)
     bx.set_ylim(-0.5, len(names) - 0.5)
-    bx.set_xlabel("predicted zero-shot at the budget (pilots' interval)")
+    bx.set_xlabel("predicted held-out accuracy at the budget (pilots' interval)")
     bx.set_title("pilots" if result["pilots"] else "no pilots ran (the rules decided)")
     fig.tight_layout()
     save_png(fig, path, dpi=110)
