@@ -191,3 +191,21 @@ def test_the_manuals_plan_on_shards_runs_as_typed(pool, monkeypatch, capsys):
     plan = json.loads((pool / "runs" / "plan" / "plan.json").read_text())
     text = capsys.readouterr().out
     assert f"recommended: {plan['recommended']}" in text and plan["plan_share"] < 1
+
+
+def test_score_commands_leave_out_the_loaders_workers(pool, tmp_path, monkeypatch):
+    """`jestkit score` splits the shards itself and refuses --shards.workers: the plan's score
+    commands drop them, its train commands keep them."""
+    from jestkit.engine.config import TrainConfig, TrainingConfig
+    from jestkit.models.factory import ModelConfig
+    from jestkit.own.evaluate import EvalConfig
+    from jestkit.plan.rules import method_config
+
+    monkeypatch.chdir(pool)
+    shards = plan_shards.ShardsConfig(pattern="pool/*.tar", workers=2)
+    p = plan_shards.ShardsPool(shards, "tiny-sig.json", "runs/score", "runs/ref/checkpoint.pt",
+                               EvalConfig(zeroshot="eval/shapes"), ModelConfig(), tmp_path)
+    base = TrainConfig(training=TrainingConfig(batch_size=16))
+    score, kept_score, train = p.commands("filter+jest", method_config(base, "filter+jest", 5))
+    assert "--shards.workers" not in score + kept_score and "--shards.workers 2" in train
+    assert cli_main([*shlex.split(score)[1:], "--quiet"]) == 0  # it runs as printed

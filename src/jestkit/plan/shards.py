@@ -120,7 +120,9 @@ class ShardsPool:
         own = OwnRun(self.shards, OwnModel(self.open_clip, checkpoint))
         if score_dir != ref and not (score_dir / "reference.json").is_file():
             # a checkpoint: its pass over the pool (resumable), as `jestkit score` makes it
-            score_shards(own, self.model_config, _loss_of(own), score_dir, progress=self.progress)
+            own_score = OwnRun(for_score(self.shards), own.own)
+            score_shards(own_score, self.model_config, _loss_of(own), score_dir,
+                         progress=self.progress)  # fmt: skip
         info = read_json_record(score_dir / "reference.json", "a reference's reference.json",
                                 REFERENCE_FIELDS, f"score the shards again into {score_dir}")
         if shards_fingerprint(list_shards(self.shards.shards())) != info["data_fingerprint"]:
@@ -267,8 +269,9 @@ class ShardsPool:
             if config.policy.uses_reference:
                 reference = str(self.out / "kept-score")
                 if not (Path(reference) / "reference.json").is_file():
-                    score_shards(self._run(shards, self._ready["checkpoint"]), self.model_config,
-                                 config.selection.loss, reference, progress=progress)
+                    score_shards(self._run(for_score(shards), self._ready["checkpoint"]),
+                                 self.model_config, config.selection.loss, reference,
+                                 progress=progress)  # fmt: skip
         run = self._run(shards, reference if config.policy.uses_reference else None)
         return train_own(run, self.model_config, config, run_dir, resume=resume,
                          progress=progress, eval_config=self.eval)  # fmt: skip
@@ -283,6 +286,7 @@ class ShardsPool:
 
     def commands(self, name: str, config: TrainConfig) -> list[str]:
         """The commands that run method `name` with `config`, as typed."""
+        self.check()
         model = (["--open_clip", self.open_clip] if self.open_clip
                  else changed_flags("model", self.model_config, ModelConfig()))  # fmt: skip
         score = ["--reference", self._ready["checkpoint"]]
@@ -291,13 +295,15 @@ class ShardsPool:
         out, shards = [], self.shards
         reference = str(self.score_dir)
         if keep is not None:
-            out.append(["jestkit", "score", *changed_flags("shards", self.shards, ShardsConfig()),
+            out.append(["jestkit", "score",
+                        *changed_flags("shards", for_score(self.shards), ShardsConfig()),
                         *model, *score, "--out", reference, "--keep", f"{keep:g}",
                         "--subset_shards", "runs/kept"])  # fmt: skip
             shards = replace(self.shards, pattern="runs/kept/kept-*.tar")
             if config.policy.uses_reference:
                 reference = "runs/kept-score"
-                out.append(["jestkit", "score", *changed_flags("shards", shards, ShardsConfig()),
+                out.append(["jestkit", "score",
+                            *changed_flags("shards", for_score(shards), ShardsConfig()),
                             *model, *score, "--out", reference])  # fmt: skip
         out.append(["jestkit", "train", *changed_flags("shards", shards, ShardsConfig()), *model,
                     *(["--reference", reference] if config.policy.uses_reference else []),
@@ -306,6 +312,12 @@ class ShardsPool:
                     *changed_flags("eval", self.eval, EvalConfig()),
                     "--out", f"runs/{slug}"])  # fmt: skip
         return [shlex.join(argv) for argv in out]
+
+
+def for_score(shards: ShardsConfig) -> ShardsConfig:
+    """The shards' settings as `jestkit score` takes them: it splits the shards over ranks
+    itself (no --shards.workers or --shards.streams)."""
+    return replace(shards, workers=0, streams=None)
 
 
 def _loss_of(run: OwnRun) -> str:
