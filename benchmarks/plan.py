@@ -51,7 +51,8 @@ from jestkit.fashion.captions import JUNK, MISMATCHED, class_prompts  # noqa: E4
 from jestkit.fashion.prepare import prepare_caption_data  # noqa: E402
 from jestkit.fashion.source import pixels  # noqa: E402
 from jestkit.models.factory import MAX_LEN, ModelConfig, build_model  # noqa: E402
-from jestkit.plan.fashion import held_out_embeddings, pool_measurements  # noqa: E402
+from jestkit.plan.fashion import held_out_embeddings  # noqa: E402
+from jestkit.plan.measure import pool_measurements  # noqa: E402
 from jestkit.plan.rules import MethodCost, PlanRules, decide, fit_threshold, settings  # noqa: E402
 
 RESULTS = Path("benchmarks/results")

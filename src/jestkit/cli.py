@@ -187,6 +187,9 @@ class Score:
         subset: write the kept samples there: FILE.npy, a DataComp subset (its uids: the
             samples need 32-hex-digit uids in KEY.json), or FILE.txt, their ids one a line
             (plain img2dataset shards: their keys); checked before any sample is scored
+        subset_shards: write the kept samples (--keep) as WebDataset shards in this folder
+            (DIR/kept-NNNN.tar, ids unchanged): the offline filter, ready for `jestkit train
+            --shards.pattern 'DIR/*.tar'`
     """
 
     shards: ShardsConfig = field(default_factory=ShardsConfig)
@@ -199,6 +202,7 @@ class Score:
     batch_size: int = 256
     keep: float | None = None
     subset: str | None = None
+    subset_shards: str | None = None
 
 
 @dataclass
@@ -245,11 +249,15 @@ class Export:
 class Plan(_DataAndModel):
     """Which method to run on the pool for a compute budget: measures the pool with the
     reference, applies the plan's rules, runs short pilots where they cannot decide, prints a
-    table and writes OUT/plan.json and OUT/plan.png.
+    table and the commands that run its recommendation, and writes OUT/plan.json and
+    OUT/plan.png.
 
     Attributes:
-        reference: the reference folder (`jestkit reference`): the plan reads its pass over the
-            pool and runs it over a held-out sample
+        reference: the reference: on Fashion-MNIST its folder (`jestkit reference`); on your
+            shards a `jestkit score` folder of them (with --reference_checkpoint), or the
+            reference's checkpoint file (the plan scores the shards with it into OUT/score)
+        reference_checkpoint: on your shards, the checkpoint that made the --reference score
+            folder: the plan runs it over the held-out sets
         out: output folder (plan.json, plan.png, pilots/)
         budget_flops: the budget as total FLOPs (the reference's training and pass included)
         budget_uniform_steps: the budget as what a uniform run of this many steps costs
@@ -257,15 +265,25 @@ class Plan(_DataAndModel):
             share of their steps (twice: s and 2s steps); 0: no pilots
         training: the learners' training settings (batch size, learning rate)
         rules: the plan's constants (jestkit.plan.rules)
+        shards: your own pool: WebDataset tar or Parquet shards (--shards.pattern); without a
+            pattern, the Fashion-MNIST captions (--data.*)
+        open_clip: on your shards, the learners' and the reference's open_clip config (a name
+            open_clip knows or a JSON file); without it jestkit's dual encoder (--model.*)
+        eval: on your shards, the held-out sets the pool is measured against and the pilots
+            are evaluated on (retrieval sets give matched pairs, zero-shot sets the classes)
     """
 
     reference: str = "runs/reference"
+    reference_checkpoint: str | None = None
     out: str = "runs/plan"
     budget_flops: float | None = None
     budget_uniform_steps: int | None = None
     pilot_share: float = 0.03
     training: TrainingConfig = field(default_factory=TrainingConfig)
     rules: PlanRules = field(default_factory=PlanRules)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    open_clip: str | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 COMMANDS = {"demo": Demo, "reference": Reference, "train": Train, "score": Score, "eval": Eval,
@@ -568,9 +586,9 @@ def unused_sections(command) -> list[str]:
     data (--data.*); with --open_clip, jestkit's own model (--model.*); on Fashion-MNIST, the
     shards and held-out sets."""
     unused = []
-    if isinstance(command, Train | Score) and command.open_clip is not None:
+    if isinstance(command, Train | Score | Plan) and command.open_clip is not None:
         unused.append("model")
-    if isinstance(command, Train):
+    if isinstance(command, Train | Plan):
         unused += ["data"] if command.shards.pattern else ["shards", "eval"]
     return unused
 
@@ -734,18 +752,35 @@ def _train_own(cmd: Train, switches: Switches, save_config, progress: bool, sett
 
 
 def _plan(cmd: Plan, save_config, progress: bool) -> int:
-    """`jestkit plan` (jestkit.plan.run)."""
-    from jestkit.fashion.prepare import prepare_caption_data
-    from jestkit.plan.run import budget_flops, check_plan_reference, plan, table
+    """`jestkit plan` (jestkit.plan.run) on Fashion-MNIST (jestkit.plan.fashion) or on your
+    shards (jestkit.plan.shards)."""
+    from jestkit.plan.run import budget_flops, plan, table
 
     budget_flops(cmd.budget_flops, cmd.budget_uniform_steps, 1.0)  # checked before any work
-    check_plan_reference(cmd.reference)
     check_out_config(cmd.out, "plan")  # a plan's folder only: never another command's record
-    data = prepare_caption_data(cmd.data)
+    if cmd.shards.pattern:
+        from jestkit.plan.shards import ShardsPool
+
+        pool = ShardsPool(cmd.shards, cmd.open_clip, cmd.reference, cmd.reference_checkpoint,
+                          cmd.eval, cmd.model, Path(cmd.out), progress)  # fmt: skip
+        pool.check()  # before any measurement
+        base = TrainConfig(selection=SelectionConfig(loss=pool.loss), training=cmd.training)
+    else:
+        from jestkit.fashion.prepare import prepare_caption_data
+        from jestkit.plan.fashion import FashionPool, check_plan_reference
+
+        given = [flag for flag, value in (("--open_clip", cmd.open_clip),
+                                          ("--reference_checkpoint", cmd.reference_checkpoint),
+                                          ("--eval.*", cmd.eval.any)) if value]  # fmt: skip
+        if given:
+            raise ValueError(f"{', '.join(given)}: for a plan on your own shards; give "
+                             "--shards.pattern, or leave them out for Fashion-MNIST")
+        check_plan_reference(cmd.reference)
+        pool = FashionPool(prepare_caption_data(cmd.data), cmd.model, cmd.reference, cmd.data)
+        base = TrainConfig(training=cmd.training)
     save_config(Path(cmd.out))
-    base = TrainConfig(training=cmd.training)
-    result = plan(data, cmd.model, base, cmd.reference, cmd.out, cmd.budget_flops,
-                  cmd.budget_uniform_steps, cmd.rules, cmd.pilot_share, progress)  # fmt: skip
+    result = plan(pool, base, cmd.out, cmd.budget_flops, cmd.budget_uniform_steps, cmd.rules,
+                  cmd.pilot_share, progress)  # fmt: skip
     print(table(result))
     print(f"wrote {Path(cmd.out) / 'plan.json'} and plan.png")
     return 0
@@ -804,10 +839,16 @@ def _score(cmd: Score, save_config, progress: bool, settings: dict) -> int:
     from jestkit.engine.device import resolve_device
     from jestkit.engine.rundir import check_output_file, check_score_dir, run_lock
     from jestkit.own.run import OwnModel, OwnRun
-    from jestkit.own.score import export_subset, score_shards
+    from jestkit.own.score import (
+        check_subset_shards_dir,
+        export_subset,
+        export_subset_shards,
+        score_shards,
+    )
 
-    if cmd.keep is not None and cmd.subset is None:
-        raise ValueError("--keep needs --subset: where to write the kept uids")
+    if cmd.keep is not None and cmd.subset is None and cmd.subset_shards is None:
+        raise ValueError("--keep needs --subset or --subset_shards: where to write the kept "
+                         "uids or samples")  # fmt: skip
     keep = FILTER_KEEP if cmd.keep is None else cmd.keep
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"--keep must be in (0, 1], got {keep}")
@@ -822,6 +863,8 @@ def _score(cmd: Score, save_config, progress: bool, settings: dict) -> int:
     if cmd.subset is not None:  # a DataComp subset (.npy) or a keys file (.txt)
         suffix = ".txt" if Path(cmd.subset).suffix == ".txt" else ".npy"
         check_output_file(cmd.subset, "--subset", suffix)
+    if cmd.subset_shards is not None:
+        check_subset_shards_dir(cmd.subset_shards)
     run = OwnRun(cmd.shards, OwnModel(cmd.open_clip, cmd.reference, None, cmd.device))
     device = resolve_device(cmd.device)
     dist = setup(backend="nccl" if device.type == "cuda" else "gloo", device=device)
@@ -841,6 +884,10 @@ def _score(cmd: Score, save_config, progress: bool, settings: dict) -> int:
         sub = export_subset(cmd.out, keep, cmd.subset)
         print(f"kept {sub['kept']} of {sub['of']} samples (image-text similarity >= "
               f"{sub['min_similarity']:.4f}): wrote {sub['path']}")  # fmt: skip
+    if cmd.subset_shards is not None:
+        sub = export_subset_shards(cmd.out, keep, cmd.shards, cmd.subset_shards)
+        print(f"kept {sub['kept']} of {sub['of']} samples (image-text similarity >= "
+              f"{sub['min_similarity']:.4f}): wrote their shards to {cmd.subset_shards}")
     return 0
 
 

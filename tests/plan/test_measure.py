@@ -72,3 +72,17 @@ def test_revisits():
     assert math.isclose(measure.revisits(10, 10, 100), 1.0)
     with pytest.raises(ValueError):
         measure.revisits(1, 1, 0)
+
+
+def test_pool_measurements_with_and_without_classes():
+    """All the measurements at once; without class prompts (shards with retrieval sets only)
+    there are no concept shares, and the matched share is still measured."""
+    image, text = _pairs(2000, 0.4)
+    held = _pairs(500, 1.0, seed=1)
+    none = measure.pool_measurements(image, text, held, None, keep=0.3, sample=200)
+    assert none["concepts_pool"] is None and none["concepts_kept"] is None
+    assert abs(none["matched_share"] - 0.4) < 0.05 and none["keep"] == 0.3
+    assert none["flops"] == 2 * 200 * 2000 * 32  # the sample against the pool, pairs of 2 x 16
+    prompts = F.normalize(torch.randn(4, 16, generator=torch.Generator().manual_seed(3)), dim=1)
+    with_classes = measure.pool_measurements(image, text, held, prompts, sample=200)
+    assert 0 < with_classes["concepts_pool"]["entropy"] <= 1

@@ -2,9 +2,11 @@
 in both forms, the errors, and pilots that an interrupted plan reads back."""
 
 import json
+import shlex
 
 import pytest
 
+import jestkit.plan.fashion as plan_fashion
 import jestkit.plan.run as plan_run
 from jestkit.cli import main as cli_main
 
@@ -13,7 +15,7 @@ SMALL = ["--data.limit", "1500", "--data.curated_size", "400", "--model.dim", "3
          "--model.embed_dim", "32", "--training.batch_size", "16", "--quiet"]  # fmt: skip
 
 
-def test_plan_writes_its_table_and_files(reference_dir, tmp_path, capsys):
+def test_plan_writes_its_table_and_files(reference_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "plan"
     code = cli_main(["plan", "--reference", str(reference_dir), "--budget_uniform_steps", "400",
                      "--pilot_share", "0", "--out", str(out), *SMALL])  # fmt: skip
@@ -30,6 +32,11 @@ def test_plan_writes_its_table_and_files(reference_dir, tmp_path, capsys):
     assert plan["methods"]["filter"]["keep"] == 0.3 and plan["methods"]["jest"]["filter_ratio"]
     assert 0 <= plan["measurements"]["matched_share"] <= 1
     assert plan["plan_flops"] > 0 and "the plan itself cost" in text
+    chosen = plan["methods"][plan["recommended"]]["commands"]
+    assert len(chosen) == 1 and chosen[0] in text and "--training.steps" in chosen[0]
+    assert "--filter_keep 0.3" in plan["methods"]["filter"]["commands"][0]
+    monkeypatch.chdir(tmp_path)  # the recommendation runs as printed (here for 2 steps)
+    assert cli_main([*shlex.split(chosen[0])[1:], "--training.steps", "2", "--quiet"]) == 0
     again = tmp_path / "flops"  # the same budget given as FLOPs: the same plan
     assert cli_main(["plan", "--reference", str(reference_dir), "--budget_flops",
                      str(plan["budget_flops"]), "--pilot_share", "0", "--out", str(again),
@@ -73,7 +80,7 @@ def test_pilots_run_where_undecided_and_resume_from_cache(reference_dir, tmp_pat
     def no_training(*args, **kwargs):
         raise AssertionError("a pilot ran again although its result was cached")
 
-    monkeypatch.setattr(plan_run, "train_learner", no_training)
+    monkeypatch.setattr(plan_fashion, "train_learner", no_training)
     assert cli_main(argv) == 0  # interrupted after its pilots: they are read back
     assert json.loads((out / "plan.json").read_text())["pilots"] == plan["pilots"]
 

@@ -49,3 +49,16 @@ def test_fit_threshold_separates_or_misplaces_the_fewest():
     t = fit_threshold([1.0, 2.0, 10.0], [5.0, 20.0])  # 10 below and 5 above cannot both fit
     errors = sum(v >= t for v in (1.0, 2.0, 10.0)) + sum(v < t for v in (5.0, 20.0))
     assert errors == 1
+
+
+def test_a_recommendation_that_cannot_run_falls_to_the_next_method_down():
+    from jestkit.plan.rules import Decision, Setting
+    from jestkit.plan.run import runnable
+
+    spend = {n: Setting(n, 10, 1.0, None, None, None) for n in ("uniform", "filter")}
+    d = Decision("jest", ["many revisits"], ["easy", "jest"])
+    runnable(d, spend)
+    assert d.method == "filter" and "jest cannot run" in d.reasons[-1] and d.undecided == []
+    d = Decision("uniform", [], ["filter", "uniform"])
+    runnable(d, spend)
+    assert d.method == "uniform" and d.undecided == ["filter", "uniform"]

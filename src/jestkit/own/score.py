@@ -37,11 +37,21 @@ image-text similarity (DataComp's "CLIP score" filter). FILE.npy: DataComp's for
 shards, whose ids are their keys (`webdataset`'s `.select(lambda s: s["__key__"] in keep)`
 filters on them). Which one a subset can be is checked once the shards are listed, before any
 sample is scored.
+
+Kept shards (`--keep F --subset_shards DIR`): the same share written as WebDataset shards, one
+DIR/kept-NNNN.tar per pool shard holding its kept samples (each sample's image bytes as read, its
+caption as KEY.txt and its id as the uid in KEY.json, so the ids stay the same), then
+DIR/kept.json last: the offline filter, ready for `jestkit train --shards.pattern 'DIR/*.tar'`.
+A folder whose kept.json says the same cache and share is left as it is (an interrupted plan's
+pilots read it again); any other content is refused.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import tarfile
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -50,7 +60,8 @@ import torch
 from torch import nn
 
 from jestkit.core.filter import keep_top, similarity
-from jestkit.data.shards import DuplicateIdError, ShardPool
+from jestkit.data.shards import DuplicateIdError, ShardPool, read_image_file
+from jestkit.data.stream import ShardsConfig
 from jestkit.dropin.cache import (
     CacheError,
     CacheMeta,
@@ -66,7 +77,7 @@ from jestkit.engine.files import read_json_record, write_bytes_atomic, write_jso
 from jestkit.engine.reference import REFERENCE_FIELDS
 from jestkit.engine.rundir import check_score_dir
 from jestkit.models.factory import ModelConfig, build_model
-from jestkit.own.run import OwnRun, model_inputs, shards_fingerprint
+from jestkit.own.run import OwnRun, load_stream_reference, model_inputs, shards_fingerprint
 
 
 def _reference_model(run: OwnRun, model_config: ModelConfig, loss: str) -> tuple[nn.Module, str]:
@@ -276,13 +287,12 @@ def check_subset_ids(ids: list[str], path: str | os.PathLike) -> None:
         )
 
 
-def export_subset(ref_dir: str | os.PathLike, keep: float, path: str | os.PathLike) -> dict:
-    """The share `keep` of the cached samples with the highest reference image-text cosine
-    similarity, saved at `path`: a DataComp subset (.npy of uids), or their ids one a line,
-    sorted (.txt)."""
+def kept_ids(ref_dir: str | os.PathLike, keep: float) -> tuple[list[str], int, float, dict]:
+    """(the ids of the share `keep` of the cached samples with the highest reference image-text
+    cosine similarity, highest first; the cache's size; the lowest kept similarity;
+    reference.json's contents)."""
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
-    fmt = subset_format(path)
     ref = Path(ref_dir)
     info = read_json_record(ref / "reference.json", "a reference's reference.json",
                             REFERENCE_FIELDS, f"score the shards again into {ref}")  # fmt: skip
@@ -291,16 +301,92 @@ def export_subset(ref_dir: str | os.PathLike, keep: float, path: str | os.PathLi
     rows = cache.lookup(ids, ["image", "text"])
     score = similarity(rows["image"], rows["text"])
     top = keep_top(score, keep)
-    n = len(top)
-    kept = [ids[i] for i in top.tolist()]
+    return [ids[i] for i in top.tolist()], len(ids), float(score[top[-1]]), info
+
+
+def export_subset(ref_dir: str | os.PathLike, keep: float, path: str | os.PathLike) -> dict:
+    """The share `keep` of the cached samples with the highest reference image-text cosine
+    similarity, saved at `path`: a DataComp subset (.npy of uids), or their ids one a line,
+    sorted (.txt)."""
+    fmt = subset_format(path)
+    kept, of, threshold, _ = kept_ids(ref_dir, keep)
     if fmt == ".txt":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic("".join(f"{i}\n" for i in sorted(kept)).encode(), Path(path))
     else:
         check_subset_ids(kept, path)
         save_datacomp_subset(path, parse_uids(kept))
-    threshold = float(score[top[-1]])
-    return {"kept": n, "of": len(ids), "min_similarity": threshold, "path": str(path)}
+    return {"kept": len(kept), "of": of, "min_similarity": threshold, "path": str(path)}
 
 
-__all__ = ["check_subset_ids", "export_subset", "score_shards"]
+KEPT_RECORD = "kept.json"
+
+
+def check_subset_shards_dir(folder: str | os.PathLike) -> None:
+    """Refuse, before any work, a --subset_shards folder that is a file or holds anything but
+    kept shards (kept-NNNN.tar) and their kept.json."""
+    folder = Path(folder)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ValueError(f"--subset_shards {folder} is not a folder: give a new folder")
+    if folder.is_dir():
+        foreign = [p.name for p in folder.iterdir()
+                   if p.name != KEPT_RECORD and not (p.name.startswith("kept-")
+                                                     and p.suffix in (".tar", ".partial"))]
+        if foreign:
+            raise ValueError(f"--subset_shards {folder} holds {', '.join(sorted(foreign)[:3])}: "
+                             "the kept shards are written only into a new folder or one they "
+                             "were written into before")  # fmt: skip
+
+
+def export_subset_shards(ref_dir: str | os.PathLike, keep: float, shards: ShardsConfig,
+                         folder: str | os.PathLike) -> dict:  # fmt: skip
+    """Write the share `keep` of the cached samples with the highest reference image-text
+    similarity as WebDataset shards in `folder` (see the module docstring); shards: the pool
+    the cache at ref_dir was built from (its fingerprint is checked). Returns kept.json's
+    contents."""
+    from PIL import Image
+
+    check_subset_shards_dir(folder)
+    folder = Path(folder)
+    kept, of, threshold, info = kept_ids(ref_dir, keep)
+    record = {"reference": str(ref_dir), "data_fingerprint": info["data_fingerprint"],
+              "model_fingerprint": info["model_fingerprint"], "keep": keep, "kept": len(kept),
+              "of": of, "min_similarity": threshold}  # fmt: skip
+    done = folder / KEPT_RECORD
+    if done.is_file():
+        before = json.loads(done.read_text())
+        if {k: before.get(k) for k in record if k != "reference"} == \
+                {k: v for k, v in record.items() if k != "reference"}:  # fmt: skip
+            return before
+        raise ValueError(f"--subset_shards {folder} holds the kept shards of another cache or "
+                         "share: choose another folder")  # fmt: skip
+    pool = shards.pool(None, mode=None)
+    load_stream_reference(ref_dir, pool, info["loss"])  # the cache must be of these shards
+    wanted = set(kept)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, path in enumerate(pool.shards):
+        buffer, n = io.BytesIO(), 0
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for rec in pool.records(index):
+                if rec.bad is not None or rec.id not in wanted:
+                    continue
+                image = rec.image if rec.image is not None else \
+                    read_image_file(rec.path, shards.max_sample_bytes)  # fmt: skip
+                if isinstance(image, str):  # unreadable now: it was cached, so it changed
+                    raise ValueError(f"{path}: the image of {rec.id!r} cannot be read ({image})")
+                with Image.open(io.BytesIO(image)) as im:  # the header only: its format
+                    ext = {"JPEG": "jpg"}.get(im.format, (im.format or "png").lower())
+                key = f"{index:04d}{n:08d}"
+                for suffix, data in ((ext, image), ("txt", rec.caption.encode()),
+                                     ("json", json.dumps({"uid": rec.id}).encode())):
+                    member = tarfile.TarInfo(f"{key}.{suffix}")
+                    member.size = len(data)
+                    tar.addfile(member, io.BytesIO(data))
+                n += 1
+        if n:
+            write_bytes_atomic(buffer.getvalue(), folder / f"kept-{index:04d}.tar")
+    write_json_atomic(record, done)
+    return record
+
+
+__all__ = ["check_subset_ids", "export_subset", "export_subset_shards", "score_shards"]

@@ -1,4 +1,6 @@
-"""The plan's measurements and costs on a Fashion-MNIST caption pool with a reference folder.
+"""The plan's Fashion-MNIST pool (`FashionPool`): a caption pool with a `jestkit reference`
+folder, behind the pool interface jestkit.plan.run plans with (measure, step costs, a method's
+run, the commands that run it).
 
 `measure_pool` reads the reference's cache of the pool (its pass over the pool, which the
 filter and JEST need anyway) and runs the reference once over a sample of the held-out test
@@ -10,25 +12,25 @@ they spent: they are the plan's own cost.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+import shlex
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
-from jestkit.core.filter import keep_top, similarity
 from jestkit.engine.config import TrainConfig
 from jestkit.engine.flops import count_no_grad_flops
 from jestkit.engine.loop import Trainer
 from jestkit.engine.reference import read_reference_info
 from jestkit.engine.step import train_step
+from jestkit.fashion.captions import PoolConfig
+from jestkit.fashion.learner import train_learner
 from jestkit.fashion.prepare import CaptionData
-from jestkit.fashion.reference import load_reference
+from jestkit.fashion.reference import filter_pool, load_reference
 from jestkit.fashion.source import pixels
 from jestkit.models.factory import ModelConfig, build_model
-from jestkit.plan import measure
-from jestkit.plan.rules import METHODS, MethodCost
-
-SAMPLE = 2000  # held-out pairs and pool images the near-duplicate and held-out passes read
+from jestkit.plan.measure import SAMPLE, pool_measurements
+from jestkit.plan.rules import METHODS, MethodCost, method_config
 
 
 def load_reference_model(ref_dir: str | os.PathLike, data: CaptionData):
@@ -41,32 +43,6 @@ def load_reference_model(ref_dir: str | os.PathLike, data: CaptionData):
     model = build_model(ModelConfig(**saved["model_config"]), len(data.vocab), saved["loss"])
     model.load_state_dict(saved["model"])
     return model.eval()
-
-
-def pool_measurements(image: torch.Tensor, text: torch.Tensor, held: tuple, prompts: torch.Tensor,
-                      keep: float = 0.3, sample: int = SAMPLE, seed: int = 0) -> dict:  # fmt: skip
-    """The measurements (jestkit.plan.measure) from the reference's embeddings of the pool's
-    pairs (all of them, or a random sample), of held-out pairs (image, text) and of the class
-    prompts; with 'flops', what the near-duplicate search cost."""
-    g = torch.Generator().manual_seed(seed)
-    image, text = image.float(), text.float()
-    pool_sim = similarity(image, text)
-    held_sim = similarity(*held)
-    classes = measure.zero_shot_classes(image, prompts)  # unmatched: a caption of another class
-    unmatched = measure.shuffled_similarity(image, text, g, classes)
-    share = measure.matched_share(pool_sim, held_sim, unmatched)
-    kept = keep_top(pool_sim, keep)
-    picks = torch.randperm(len(image), generator=g)[: min(sample, len(image))]
-    pair = torch.cat([image, text], 1) / 2**0.5  # cosine of pairs: the mean of both cosines
-    return {
-        "matched_share": share,
-        "kept_precision": measure.kept_precision(pool_sim, held_sim, share, keep),
-        "keep": keep,
-        "near_duplicate_share": measure.near_duplicate_share(pair[picks], pair, picks),
-        "concepts_pool": measure.concentration(measure.concept_shares(image, prompts)),
-        "concepts_kept": measure.concentration(measure.concept_shares(image[kept], prompts)),
-        "flops": 2 * len(picks) * len(image) * pair.shape[1],
-    }
 
 
 def held_out_embeddings(model, data: CaptionData, sample: int = SAMPLE, seed: int = 0):
@@ -101,10 +77,8 @@ def step_costs(data: CaptionData, model_config: ModelConfig, base: TrainConfig,
     """Each method's FLOPs per step (METHODS), measured over one step of it, and the FLOPs those
     steps cost. base: the learners' training settings (batch size, loss)."""
     costs, spent = {}, 0.0
-    for name, (policy, ratio, keep) in METHODS.items():
-        config = base.with_name(policy)
-        if ratio is not None:
-            config = replace(config, selection=replace(config.selection, filter_ratio=ratio))
+    for name, (_, _, keep) in METHODS.items():
+        config = method_config(base, name)
         torch.manual_seed(0)
         model = build_model(model_config, len(data.vocab), config.selection.loss)
         reference = None
@@ -117,3 +91,79 @@ def step_costs(data: CaptionData, model_config: ModelConfig, base: TrainConfig,
                                  config.policy.uses_reference or keep is not None)  # fmt: skip
         spent += sum(per_step.values())
     return costs, spent
+
+
+def check_plan_reference(ref_dir: str | os.PathLike) -> None:
+    """Refuse a reference folder without a reference (a pool without a reference)."""
+    if not (Path(ref_dir) / "reference.json").is_file():
+        raise ValueError(f"--reference {ref_dir} holds no reference (reference.json): the plan "
+                         "measures the pool with it; build one with `jestkit reference`")
+
+
+def changed_flags(section: str, value, default) -> list[str]:
+    """`--section.field VALUE` for each field of the dataclass `value` that differs from
+    `default`'s (what a command must say to reproduce it)."""
+    out = []
+    for f in fields(value):
+        v = getattr(value, f.name)
+        if v != getattr(default, f.name):
+            text = "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+            out += [f"--{section}.{f.name}", text]
+    return out
+
+
+@dataclass
+class FashionPool:
+    """The Fashion-MNIST caption pool of `data` with the reference folder `ref_dir`, its
+    learners jestkit's dual encoder of `model_config` (jestkit.plan.run's pool interface)."""
+
+    data: CaptionData
+    model_config: ModelConfig
+    ref_dir: str
+    data_config: PoolConfig | None = None  # the --data.* flags the commands repeat
+
+    def check(self) -> None:
+        check_plan_reference(self.ref_dir)
+        if len(self.data.test) == 0:
+            raise ValueError("the held-out test set is empty: the plan needs held-out pairs")
+
+    def measure(self) -> dict:
+        return measure_pool(self.data, self.ref_dir)
+
+    def step_costs(self, base: TrainConfig) -> tuple[dict[str, MethodCost], float]:
+        return step_costs(self.data, self.model_config, base, self.ref_dir)
+
+    def train(self, name: str, config: TrainConfig, run_dir: Path, resume: bool,
+              progress: bool) -> dict:  # fmt: skip
+        """Method `name` with `config`, in run_dir (its result.json's contents)."""
+        keep = METHODS[name][2]
+        data = self.data if keep is None else filter_pool(self.data, self.ref_dir, keep,
+                                                          config.selection.loss)  # fmt: skip
+        return train_learner(data, self.model_config, config, self.ref_dir, run_dir,
+                             resume=resume, progress=progress)  # fmt: skip
+
+    @staticmethod
+    def accuracy(result: dict) -> float:
+        """A run's held-out accuracy: zero-shot on the test set."""
+        return result["final"]["zero_shot"]
+
+    def commands(self, name: str, config: TrainConfig) -> list[str]:
+        """The command that runs method `name` with `config`."""
+        keep = METHODS[name][2]
+        argv = ["jestkit", "train",
+                *changed_flags("data", self.data_config or PoolConfig(), PoolConfig()),
+                *changed_flags("model", self.model_config, ModelConfig()),
+                "--reference", self.ref_dir, *selection_flags(config),
+                *changed_flags("training", config.training, type(config.training)()),
+                *([] if keep is None else ["--filter_keep", f"{keep:g}"]),
+                "--out", f"runs/{name.replace('+', '-')}"]  # fmt: skip
+        return [shlex.join(argv)]
+
+
+def selection_flags(config: TrainConfig) -> list[str]:
+    """The --selection.* flags of a method's config (policy, method, filter ratio)."""
+    s = config.selection
+    if not config.policy.scored:
+        return ["--selection.policy", s.policy]
+    return ["--selection.policy", s.policy, "--selection.method", s.method,
+            "--selection.filter_ratio", f"{s.filter_ratio:g}"]  # fmt: skip

@@ -16,6 +16,7 @@ the class prompts go in; numbers come out.
 * `concept_shares`: the pool's images assigned to the held-out set's classes by the reference's
   zero-shot (its nearest class prompt), and how concentrated they are.
 * `revisits`: how many times a run of `steps` batches of `batch_size` goes over `kept` pairs.
+* `pool_measurements`: all of them at once, as the plan records them (both pools' sources).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import math
 
 import torch
 
-from jestkit.core.filter import similarity
+from jestkit.core.filter import keep_top, similarity
+
+SAMPLE = 2000  # pool pairs the near-duplicate search reads (and held-out pairs, at most)
 
 
 def _check_pairs(image: torch.Tensor, text: torch.Tensor, what: str) -> None:
@@ -130,3 +133,36 @@ def revisits(steps: int, batch_size: int, kept: int) -> float:
     if kept < 1:
         raise ValueError(f"kept must be >= 1, got {kept}")
     return steps * batch_size / kept
+
+
+def pool_measurements(image: torch.Tensor, text: torch.Tensor, held: tuple,
+                      prompts: torch.Tensor | None, keep: float = 0.3, sample: int = SAMPLE,
+                      seed: int = 0) -> dict:  # fmt: skip
+    """The measurements above from the reference's embeddings of the pool's pairs (all of them,
+    or a random sample), of held-out matched pairs (image, text) and of the class prompts (None:
+    no classes known, so no concept shares, and unmatched pairs drawn from any other row); with
+    'flops', what the near-duplicate search cost."""
+    g = torch.Generator().manual_seed(seed)
+    image, text = image.float(), text.float()
+    pool_sim = similarity(image, text)
+    held_sim = similarity(*held)
+    classes = None if prompts is None else zero_shot_classes(image, prompts)
+    if classes is not None and len(torch.unique(classes)) < 2:
+        classes = None  # every image nearest one class: no other class to draw captions from
+    unmatched = shuffled_similarity(image, text, g, classes)  # a caption of another class
+    share = matched_share(pool_sim, held_sim, unmatched)
+    kept = keep_top(pool_sim, keep)
+    picks = torch.randperm(len(image), generator=g)[: min(sample, len(image))]
+    pair = torch.cat([image, text], 1) / 2**0.5  # cosine of pairs: the mean of both cosines
+    concepts = {"concepts_pool": None, "concepts_kept": None}
+    if prompts is not None:
+        concepts = {"concepts_pool": concentration(concept_shares(image, prompts)),
+                    "concepts_kept": concentration(concept_shares(image[kept], prompts))}
+    return {
+        "matched_share": share,
+        "kept_precision": kept_precision(pool_sim, held_sim, share, keep),
+        "keep": keep,
+        "near_duplicate_share": near_duplicate_share(pair[picks], pair, picks),
+        **concepts,
+        "flops": 2 * len(picks) * len(image) * pair.shape[1],
+    }

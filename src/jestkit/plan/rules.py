@@ -27,7 +27,9 @@ FLOPs per step. Then, in order:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from jestkit.engine.config import TrainConfig
 
 # the methods the plan can recommend, with what they run: (policy run name, filter ratio, keep)
 METHODS = {
@@ -37,6 +39,18 @@ METHODS = {
     "jest": ("learnability-joint", 0.9, None),
     "filter+jest": ("learnability-joint", 0.5, 0.3),
 }
+
+
+def method_config(base: TrainConfig, name: str, steps: int | None = None) -> TrainConfig:
+    """The training settings of method `name` (METHODS): base's, with its policy, method and
+    filter ratio, and `steps` when given."""
+    policy, ratio, _ = METHODS[name]
+    config = base.with_name(policy)
+    if ratio is not None:
+        config = replace(config, selection=replace(config.selection, filter_ratio=ratio))
+    if steps is not None:
+        config = replace(config, training=replace(config.training, steps=steps))
+    return config
 
 
 @dataclass(frozen=True)
@@ -74,12 +88,15 @@ class PlanRules:
 
 @dataclass(frozen=True)
 class MethodCost:
-    """FLOPs per step of a method (training and the learner's scoring) and whether it uses the
-    reference (whose cost is then charged to it in full)."""
+    """FLOPs per step of a method (training and the learner's scoring), whether it uses the
+    reference (whose cost is then charged to it in full), and what else it costs once before its
+    steps (`fixed`: on shards, the reference's pass over the filter's kept shards for
+    filter + JEST)."""
 
     train: float
     score: float = 0.0
     uses_reference: bool = False
+    fixed: float = 0.0
 
     @property
     def per_step(self) -> float:
@@ -114,7 +131,7 @@ def settings(costs: dict[str, MethodCost], reference_flops: float, budget: float
     out = {}
     for name, cost in costs.items():
         _, ratio, keep = METHODS[name]
-        fixed = reference_flops if cost.uses_reference else 0.0
+        fixed = (reference_flops if cost.uses_reference else 0.0) + cost.fixed
         steps = math.floor((budget - fixed) / cost.per_step) if cost.per_step > 0 else 0
         if steps < 1:
             continue

@@ -1,5 +1,8 @@
-"""`jestkit plan` on a Fashion-MNIST caption pool: measure, decide, pilot where undecided, and
-write OUT/plan.json and OUT/plan.png.
+"""`jestkit plan`: measure, decide, pilot where undecided, and write OUT/plan.json and
+OUT/plan.png, on any pool behind the pool interface (`PlanPool`): the Fashion-MNIST caption
+pool with a reference folder (jestkit.plan.fashion) or your own shards with a `jestkit score`
+folder and held-out sets (jestkit.plan.shards). The decision, pilots, intervals and table are
+this module's, the same for both.
 
 Pilots (only for the methods the rules could not separate, and only with pilot_share > 0): each
 such method runs twice, at s and 2s steps (s from pilot_share of its budget-spending steps),
@@ -17,15 +20,31 @@ import math
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Protocol
 
 from jestkit.engine.config import TrainConfig
 from jestkit.engine.files import save_png, write_json_atomic
-from jestkit.fashion.learner import train_learner
-from jestkit.fashion.prepare import CaptionData
-from jestkit.fashion.reference import filter_pool
-from jestkit.models.factory import ModelConfig
-from jestkit.plan.fashion import measure_pool, step_costs
-from jestkit.plan.rules import METHODS, PlanRules, decide, settings
+from jestkit.plan.rules import MethodCost, PlanRules, decide, method_config, settings
+
+
+class PlanPool(Protocol):
+    """What the plan needs of a pool: its checks, its measurements (jestkit.plan.measure's, with
+    'pool_size', 'kept', 'reference_flops' and their own cost 'flops'), each method's FLOPs per
+    step, a method's run (result.json's contents, for the pilots), a run's held-out accuracy,
+    and the commands that run a method as the plan recommends it."""
+
+    def check(self) -> None: ...
+
+    def measure(self) -> dict: ...
+
+    def step_costs(self, base: TrainConfig) -> tuple[dict[str, MethodCost], float]: ...
+
+    def train(self, name: str, config: TrainConfig, run_dir: Path, resume: bool,
+              progress: bool) -> dict: ...  # fmt: skip
+
+    def accuracy(self, result: dict) -> float: ...
+
+    def commands(self, name: str, config: TrainConfig) -> list[str]: ...
 
 
 def budget_flops(flops: float | None, uniform_steps: int | None, uniform_per_step: float) -> float:
@@ -42,13 +61,6 @@ def budget_flops(flops: float | None, uniform_steps: int | None, uniform_per_ste
     return uniform_steps * uniform_per_step
 
 
-def check_plan_reference(ref_dir: str | os.PathLike) -> None:
-    """Refuse a reference folder without a reference (a pool without a reference)."""
-    if not (Path(ref_dir) / "reference.json").is_file():
-        raise ValueError(f"--reference {ref_dir} holds no reference (reference.json): the plan "
-                         "measures the pool with it; build one with `jestkit reference`")
-
-
 def pilot_interval(s1: int, a1: float, s2: int, a2: float, target: int) -> tuple[float, float]:
     """(low, high) accuracy at `target` steps from runs of s1 < s2 <= target steps: the gain
     stopping at s2, and the line through both in log steps carried on to target."""
@@ -58,20 +70,17 @@ def pilot_interval(s1: int, a1: float, s2: int, a2: float, target: int) -> tuple
     return min(a2, carried), max(a2, carried)
 
 
-def plan(data: CaptionData, model_config: ModelConfig, base: TrainConfig,
-         ref_dir: str | os.PathLike, out: str | os.PathLike, flops: float | None = None,
+def plan(pool: PlanPool, base: TrainConfig, out: str | os.PathLike, flops: float | None = None,
          uniform_steps: int | None = None, rules: PlanRules | None = None,
          pilot_share: float = 0.0, progress: bool = False) -> dict:  # fmt: skip
     """The plan (see the module docstring); also written to out/plan.json and out/plan.png."""
     rules = rules or PlanRules()
     if not 0 <= pilot_share < 1:
         raise ValueError(f"--pilot_share must be in [0, 1), got {pilot_share:g}")
-    check_plan_reference(ref_dir)
-    if len(data.test) == 0:
-        raise ValueError("the held-out test set is empty: the plan needs held-out pairs")
+    pool.check()
     out = Path(out)
-    m = measure_pool(data, ref_dir)
-    costs, cost_flops = step_costs(data, model_config, base, ref_dir)
+    m = pool.measure()
+    costs, cost_flops = pool.step_costs(base)
     budget = budget_flops(flops, uniform_steps, costs["uniform"].per_step)
     batch = base.training.batch_size
     spend = settings(costs, m["reference_flops"], budget, batch, m["pool_size"])
@@ -82,17 +91,19 @@ def plan(data: CaptionData, model_config: ModelConfig, base: TrainConfig,
                          f"measurements ({m['flops'] + cost_flops:.3g} FLOPs): nothing to plan")
     revisits = spend["filter"].revisits if "filter" in spend else math.inf
     d = decide(m["matched_share"], min(m["reference_flops"] / budget, 1.0), revisits, rules)
+    runnable(d, spend)
     pilots, pilot_flops = {}, 0.0
     if d.undecided and pilot_share > 0:
         pilot_cost = sum(3 * max(2, round(pilot_share * spend[n].steps))
-                         * costs[n].per_step for n in d.undecided if n in spend)  # fmt: skip
+                         * costs[n].per_step + costs[n].fixed
+                         for n in d.undecided if n in spend)  # fmt: skip
         if pilot_cost >= budget:
             raise ValueError(f"the pilots ({pilot_cost:.3g} FLOPs) cost more than the budget "
                              f"({budget:.3g}): lower --pilot_share or raise the budget")
         for name in d.undecided:
             if name in spend:
-                pilots[name], spent = _pilot(data, model_config, base, ref_dir, out, name,
-                                             spend[name].steps, pilot_share, progress)  # fmt: skip
+                pilots[name], spent = _pilot(pool, base, out, name, spend[name].steps,
+                                             pilot_share, progress)  # fmt: skip
                 pilot_flops += spent
         ranked = sorted(pilots, key=lambda n: -sum(pilots[n]["interval"]) / 2)
         if ranked:
@@ -105,10 +116,12 @@ def plan(data: CaptionData, model_config: ModelConfig, base: TrainConfig,
         "rules": asdict(rules),
         "methods": {n: {**asdict(s), "flops_per_step": costs[n].per_step,
                         "flops_split": {
-                            "reference": m["reference_flops"] if costs[n].uses_reference else 0,
+                            "reference": (m["reference_flops"] if costs[n].uses_reference
+                                          else 0) + costs[n].fixed,
                             "train": s.steps * costs[n].train,
                             "learner_score": s.steps * costs[n].score},
-                        "predicted_accuracy": pilots.get(n, {}).get("interval")}
+                        "predicted_accuracy": pilots.get(n, {}).get("interval"),
+                        "commands": pool.commands(n, method_config(base, n, s.steps))}
                     for n, s in spend.items()},  # fmt: skip
         "recommended": d.method,
         "reasons": d.reasons,
@@ -125,29 +138,42 @@ def plan(data: CaptionData, model_config: ModelConfig, base: TrainConfig,
     return result
 
 
-def _pilot(data, model_config, base, ref_dir, out, name, steps, share, progress):
+# where the rules' answer cannot run (left out, or the budget buys none of its steps): the
+# next method down, each using less of the reference than the one before
+FALLBACK = ("jest", "easy", "filter", "uniform")
+
+
+def runnable(d, spend: dict) -> None:
+    """Move decision `d` to a method of `spend` (the methods the budget runs): the rules' own
+    answer, or the next one down FALLBACK, saying why; the undecided ones not in spend are
+    dropped."""
+    if d.method not in spend:
+        start = FALLBACK.index(d.method) if d.method in FALLBACK else 0
+        instead = next(n for n in FALLBACK[start:] if n in spend)
+        d.reasons.append(f"{d.method} cannot run on this pool at this budget: {instead} instead")
+        d.method = instead
+    d.undecided = [n for n in d.undecided if n in spend]
+    if len(d.undecided) < 2:
+        d.undecided = []
+
+
+def _pilot(pool: PlanPool, base: TrainConfig, out: Path, name: str, steps: int, share: float,
+           progress: bool) -> tuple[dict, float]:  # fmt: skip
     """A method's two pilot runs (s and 2s steps), read back when done; (summary, FLOPs)."""
-    policy, ratio, keep = METHODS[name]
     s2 = max(2, round(share * steps))
     s1 = max(1, s2 // 2)
-    pilot_data = data if keep is None else filter_pool(data, ref_dir, keep,
-                                                       base.selection.loss)  # fmt: skip
     accs, spent = {}, 0.0
     for s in (s1, s2):
-        config = base.with_name(policy)
-        if ratio is not None:
-            config = replace(config, selection=replace(config.selection, filter_ratio=ratio))
-        config = replace(config, training=replace(config.training, steps=s, eval_every=None,
+        config = method_config(base, name, s)
+        config = replace(config, training=replace(config.training, eval_every=None,
                                                   warmup_steps=min(20, s // 5)))  # fmt: skip
-        run = out / "pilots" / f"{name}-{s}"
+        run = out / "pilots" / f"{name.replace('+', '-')}-{s}"
         done = run / "result.json"
         if done.is_file():  # a pilot of an interrupted plan, done before
             result = json.loads(done.read_text())
         else:
-            result = train_learner(pilot_data, model_config, config, ref_dir, run,
-                                   resume=(run / "checkpoint.pt").exists(),
-                                   progress=progress)  # fmt: skip
-        accs[s] = result["final"]["zero_shot"]
+            result = pool.train(name, config, run, (run / "checkpoint.pt").exists(), progress)
+        accs[s] = pool.accuracy(result)
         spent += sum(result["flops"].values())
     return {"steps": [s1, s2], "accuracy": [accs[s1], accs[s2]],
             "interval": pilot_interval(s1, accs[s1], s2, accs[s2], max(s2, steps))}, spent
@@ -161,8 +187,7 @@ def table(result: dict) -> str:
              f"{result['reference_flops'] / 1e12:.3f} TFLOPs, charged to the methods that use it",
              f"measured: matched share {m['matched_share']:.3f}, the filter's kept share "
              f"{m['kept']} pairs (estimated {m['kept_precision']:.0%} matched), near-duplicates "
-             f"{m['near_duplicate_share']:.1%}, class entropy {m['concepts_pool']['entropy']:.3f}"
-             f" (kept {m['concepts_kept']['entropy']:.3f})", ""]  # fmt: skip
+             f"{m['near_duplicate_share']:.1%}" + _concepts(m), ""]  # fmt: skip
     head = (f"{'method':<13}{'steps':>7}{'f':>5}{'keep':>6}{'revisits':>9}{'TFLOPs':>9}"
             f"{'predicted accuracy':>22}")  # fmt: skip
     lines += [head, "-" * len(head)]
@@ -177,12 +202,24 @@ def table(result: dict) -> str:
                      f"{acc:>22}{mark}")  # fmt: skip
     lines += ["", f"recommended: {result['recommended']}"]
     lines += [f"  because {r}" for r in result["reasons"]]
+    for name, why in m.get("left_out", {}).items():
+        lines.append(f"  {name} was left out: {why}")
     if result["undecided"]:
         lines.append(f"  the measurements could not separate {' and '.join(result['undecided'])}"
                      + ("; pilots ran" if result["pilots"] else "; no pilots (--pilot_share 0)"))
+    lines.append("run it with:")
+    lines += [f"  {c}" for c in result["methods"][result["recommended"]]["commands"]]
     lines.append(f"the plan itself cost {result['plan_flops'] / 1e12:.4f} TFLOPs "
                  f"({result['plan_share']:.2%} of the budget)")  # fmt: skip
     return "\n".join(lines)
+
+
+def _concepts(m: dict) -> str:
+    """The class entropies of the pool and of the filter's kept share ('' without classes)."""
+    if m["concepts_pool"] is None:
+        return ""
+    return (f", class entropy {m['concepts_pool']['entropy']:.3f} (kept "
+            f"{m['concepts_kept']['entropy']:.3f})")  # fmt: skip
 
 
 def plot_plan(result: dict, path: Path) -> None:
@@ -218,7 +255,7 @@ def plot_plan(result: dict, path: Path) -> None:
     bx.set_yticks(range(len(names)), names)
     bx.set_xlim(0, 1)
     bx.set_ylim(-0.5, len(names) - 0.5)
-    bx.set_xlabel("predicted zero-shot at the budget (pilots' interval)")
+    bx.set_xlabel("predicted held-out accuracy at the budget (pilots' interval)")
     bx.set_title("pilots" if result["pilots"] else "no pilots ran (the rules decided)")
     fig.tight_layout()
     save_png(fig, path, dpi=110)
