@@ -302,7 +302,32 @@ def table(results: dict) -> str:
                  "seed-mean final metric on its seed-mean frontier over the run's own ('> k×': "
                  "uniform's largest budget never got there, '< k×': its smallest already "
                  "did)")  # fmt: skip
+    lines += ["", *paired(results)]
     return "\n".join(lines)
+
+
+def paired(results: dict) -> list[str]:
+    """Each selecting run against uniform at the same steps and seed (the same initial weights):
+    per seed, the run's final top-1 and R@1 minus uniform's, and their mean ± standard deviation.
+    The seeds share most of what makes a run early or late, so the paired differences can be
+    tighter than either method's own spread."""
+    seeds = [int(s) for s in results["args"]["seeds"].split(",")]
+    uniform = {(r["steps"], r["seed"]): r["final"] for r in results["uniform"]}
+    lines = ["paired with uniform at the same steps and seed (run - uniform, per seed; mean ± "
+             "standard deviation):"]  # fmt: skip
+    for name, r in results["policies"].items():
+        if any((r["steps"], s) not in uniform for s in seeds):
+            continue
+        text = f"  {name:<28}"
+        for metric, label in ((ZERO_SHOT, "top-1"), (RETRIEVAL, "R@1")):
+            diffs = [f[metric] - uniform[r["steps"], s][metric]
+                     for f, s in zip(r["seeds"], seeds, strict=True)]  # fmt: skip
+            mean, std = statistics.fmean(diffs), statistics.stdev(diffs) if len(diffs) > 1 else 0
+            text += (
+                f" {label} " + " ".join(f"{d:+.3f}" for d in diffs) + f" = {mean:+.3f}±{std:.3f}"
+            )
+        lines.append(text)
+    return lines
 
 
 def _x(s: dict) -> str:
