@@ -1,13 +1,19 @@
 """Did JEST beat uniform at equal compute on your own data? `jestkit train` on shards with a tiny
 open_clip model, held-out evaluation, and speed-ups read off uniform's budget-matched frontier.
 
-Writes, under OUT (default runs/own_data), with tests/shard_files.py's writers:
-  curated/   512 clean samples (coloured shapes, captions naming colour and shape)
-  pool/      4,000 samples, 40 % with a wrong caption (another colour and shape)
-  eval/shapes/    a zero-shot set in clip_benchmark's layout: 12 classes ("red square", ...),
-                  3 templates, 240 held-out images
-  eval/captions/  a retrieval set in clip_benchmark's layout: 240 held-out images, 2 captions each
-  tiny-sig.json   a two-layer open_clip SigLIP config, 32 x 32 images
+Writes, under OUT (default runs/own_data), with tests/shape_scenes.py's writers (JPEG scenes,
+64 x 64 px: one coloured shape, captions naming its colour, shape, position, size and background,
+"a small red ring at the top left on a grey background"):
+  curated/   --curated clean samples (default 2,000)
+  pool/      --pool samples (default 10,000), 40 % with a caption wrong in every attribute
+  eval/shapes/    a zero-shot set in clip_benchmark's layout: 30 classes (6 colours x 5 shapes,
+                  "red ring", ...), 3 templates, 1,200 held-out images (40 a class)
+  eval/captions/  a retrieval set in clip_benchmark's layout: 720 held-out images, one caption
+                  each, every caption different (every colour, shape, position, size and
+                  background once)
+  tiny-sig.json   a two-layer open_clip SigLIP config, 32 x 32 images (open_clip's transform
+                  resizes the 64 x 64 JPEGs)
+and OUT/READY once the data, the reference and its scores exist.
 Then, with the `jestkit` commands, each run cached (a run with a result.json is not run again;
 a run cut short is started afresh):
   1. the reference: uniform on the curated shards; `jestkit score` of the pool with it;
@@ -37,13 +43,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from shard_files import TINY_SIG, is_noisy, write_eval_set, write_shards  # noqa: E402
+import torch  # noqa: E402
+from shape_scenes import (  # noqa: E402
+    CLASSES,
+    PERIOD,
+    TEMPLATES,
+    write_scene_eval_set,
+    write_scene_shards,
+)
+from shard_files import TINY_SIG, is_noisy  # noqa: E402
 
 from jestkit.cli import main as jestkit  # noqa: E402
 from jestkit.engine.checkpoint import load_checkpoint  # noqa: E402
 from jestkit.payoff.report import compare, plot, run_cost  # noqa: E402
 
 ZERO_SHOT, RETRIEVAL = "shapes/acc1", "captions/mean_recall@1"
+ZERO_SHOT_IMAGES = 40 * len(CLASSES)  # 1,200 held-out images, 40 of each class
+RETRIEVAL_IMAGES = PERIOD  # 720 held-out images, every caption once
 RESULTS = ROOT / "benchmarks" / "results"
 # Flexi-JEST's scoring view of the tiny config (patch 8 on 32 x 32 images: 16 patches): patch 16
 # (4 patches) and half of the 16 text positions, half of each trained sub-batch at patch 16
@@ -68,16 +84,18 @@ def wrong_caption_share(run_dir: Path) -> float:
     return sum(is_noisy(i) for i in ids) / len(ids)
 
 
-def write_data(out: Path) -> dict:
+def write_data(out: Path, pool: int, curated: int) -> dict:
+    """The shards and held-out sets (shape_scenes.py), written once: OUT/data.json lists them."""
     if not (out / "data.json").is_file():
         paths = {
-            "curated": write_shards(out / "curated", shards=1, per_shard=512, seed=1,
-                                    first=10**6),
-            "pool": write_shards(out / "pool", shards=4, per_shard=1000, seed=0, noisy=True),
-            "shapes": write_eval_set(out / "eval" / "shapes", "zeroshot", per_shard=240,
-                                     first=10**7),
-            "captions": write_eval_set(out / "eval" / "captions", "retrieval", per_shard=240,
-                                       first=2 * 10**7),
+            "curated": write_scene_shards(out / "curated", shards=1, per_shard=curated, seed=1,
+                                          first=10**6),
+            "pool": write_scene_shards(out / "pool", shards=pool // 1000, per_shard=1000,
+                                       seed=0, noisy=True),
+            "shapes": write_scene_eval_set(out / "eval" / "shapes", "zeroshot", ZERO_SHOT_IMAGES,
+                                           first=10**7),
+            "captions": write_scene_eval_set(out / "eval" / "captions", "retrieval",
+                                             RETRIEVAL_IMAGES, first=2 * 10**7),
         }  # fmt: skip
         (out / "tiny-sig.json").write_text(json.dumps(TINY_SIG))
         (out / "data.json").write_text(json.dumps(paths))
@@ -87,25 +105,41 @@ def write_data(out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/own_data")
-    parser.add_argument("--steps", default="40,80",
+    parser.add_argument("--steps", default="75,150",
                         help="the selecting policies' budgets, comma-separated")  # fmt: skip
-    parser.add_argument("--budgets", default="0.5,1,2,4,8,16,32",
+    parser.add_argument("--budgets", default="0.5,1,2,4,8",
                         help="uniform's budgets, multiples of the first of --steps")  # fmt: skip
-    parser.add_argument("--policies", default="learnability-joint,flexi-learnability-joint",
-                        help="'flexi-' before a policy: scored through FLEXI_FLAGS's view")
-    parser.add_argument("--ref_steps", type=int, default=150, help="reference steps")
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument(
+        "--policies",
+        default="learnability-joint,flexi-learnability-joint",
+        help="'flexi-' before a policy: scored through FLEXI_FLAGS's view",
+    )
+    parser.add_argument("--ref_steps", type=int, default=400, help="reference steps")
+    parser.add_argument(
+        "--pool",
+        type=int,
+        default=10_000,
+        help="pool samples (a multiple of 1,000: shards of 1,000)",
+    )
+    parser.add_argument("--curated", type=int, default=2_000, help="curated samples")
+    parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seeds", default="0,1,2",
                         help="seeds of every learner run (initial weights, data order, "
                              "selection noise); results are their means")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads: one, as on a machine shared with other jobs, where "
+                             "more threads contend and slow every step")  # fmt: skip
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     steps_list = [int(s) for s in args.steps.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    data = write_data(out)
+    if args.pool < 1000 or args.pool % 1000:
+        raise SystemExit(f"--pool must be a positive multiple of 1,000, not {args.pool}")
+    data = write_data(out, args.pool, args.curated)
     evals = ["--eval.zeroshot", f"shapes={data['shapes']}",
              "--eval.retrieval", f"captions={data['captions']}"]  # fmt: skip
     model = ["--open_clip", str(out / "tiny-sig.json"), "--training.batch_size",
@@ -134,12 +168,13 @@ def main() -> None:
                     str(out / "tiny-sig.json"), "--reference", str(out / "reference" /
                     "checkpoint.pt"), "--out", str(out / "score"), "--quiet"]) != 0:  # fmt: skip
             raise SystemExit("jestkit score failed")
+    (out / "READY").touch()  # data.json, reference/ and score/ exist: `jestkit plan` can read them
     uniform = []  # every seed's run: the frontier is their mean per budget
     for multiple in sorted(float(m) for m in args.budgets.split(",")):
         steps = max(1, round(multiple * steps_list[0]))
         uniform += seeded(f"uniform-{steps}", steps, steps, "--selection.policy", "uniform")
     runs, spread = {}, {}
-    for policy_name in args.policies.split(","):
+    for policy_name in filter(None, args.policies.split(",")):
         flexi = policy_name.startswith("flexi-")
         policy, _, method = policy_name.removeprefix("flexi-").partition("-")
         for steps in steps_list:
@@ -151,16 +186,33 @@ def main() -> None:
     rows = {metric: compare(uniform, runs, metric) for metric in (ZERO_SHOT, RETRIEVAL)}
     results = {
         "metrics": [ZERO_SHOT, RETRIEVAL],
-        "reference": {"steps": args.ref_steps, "final": reference["final"],
-                      "total_flops": run_cost(reference, "flops")},  # fmt: skip
-        "uniform": [{"steps": r["steps"], "seed": r["seed"], "final": r["final"],
-                     "total_flops": run_cost(r, "flops"), "train_seconds": r["train_seconds"],
-                     "wrong_captions": r["wrong_captions"]} for r in uniform],  # fmt: skip
-        "policies": {name: {**rows[ZERO_SHOT][name], "wrong_captions": runs[name]["wrong_captions"],
-                            "seeds": spread[name],
-                            "speedup_retrieval": {c: rows[RETRIEVAL][name][f"speedup_{c}"]
-                                                  for c in ("steps", "flops")}}
-                     for name in runs},  # fmt: skip
+        "reference": {
+            "steps": args.ref_steps,
+            "final": reference["final"],
+            "total_flops": run_cost(reference, "flops"),
+        },  # fmt: skip
+        "uniform": [
+            {
+                "steps": r["steps"],
+                "seed": r["seed"],
+                "final": r["final"],
+                "total_flops": run_cost(r, "flops"),
+                "train_seconds": r["train_seconds"],
+                "wrong_captions": r["wrong_captions"],
+            }
+            for r in uniform
+        ],  # fmt: skip
+        "policies": {
+            name: {
+                **rows[ZERO_SHOT][name],
+                "wrong_captions": runs[name]["wrong_captions"],
+                "seeds": spread[name],
+                "speedup_retrieval": {
+                    c: rows[RETRIEVAL][name][f"speedup_{c}"] for c in ("steps", "flops")
+                },
+            }
+            for name in runs
+        },  # fmt: skip
         "args": vars(args),
         "wall_seconds": time.perf_counter() - t0,
     }
@@ -170,11 +222,18 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{name}.json").write_text(json.dumps(results, indent=2))
         (folder / f"{name}.txt").write_text(text + "\n")
-        plot(uniform, runs, folder / f"{name}.png", metric=ZERO_SHOT,
-             ylabel="held-out zero-shot top-1 (shapes)",
-             title="Own shards (40 % wrong captions), tiny open_clip SigLIP: uniform's frontier")
-    print(f"\nwrote {out}/results.{{json,txt,png}} and {RESULTS}/own_data.{{json,txt,png}} "
-          f"({results['wall_seconds']:.0f} s this time)")
+        plot(
+            uniform,
+            runs,
+            folder / f"{name}.png",
+            metric=ZERO_SHOT,
+            ylabel="held-out zero-shot top-1 (shapes)",
+            title="Own shards (40 % wrong captions), tiny open_clip SigLIP: uniform's frontier",
+        )
+    print(
+        f"\nwrote {out}/results.{{json,txt,png}} and {RESULTS}/own_data.{{json,txt,png}} "
+        f"({results['wall_seconds']:.0f} s this time)"
+    )
 
 
 def mean_run(rs: list[dict]) -> dict:
@@ -187,8 +246,10 @@ def mean_run(rs: list[dict]) -> dict:
         "flops": {k: statistics.fmean(r["flops"][k] for r in rs) for k in rs[0]["flops"]},
         "train_seconds": statistics.fmean(r["train_seconds"] for r in rs),
         "wrong_captions": statistics.fmean(r["wrong_captions"] for r in rs),
-        "history": [{k: statistics.fmean(h[k] for h in evals) for k in evals[0]}
-                    for evals in zip(*(r["history"] for r in rs), strict=True)],  # fmt: skip
+        "history": [
+            {k: statistics.fmean(h[k] for h in evals) for k in evals[0]}
+            for evals in zip(*(r["history"] for r in rs), strict=True)
+        ],  # fmt: skip
     }
 
 
@@ -200,7 +261,8 @@ def _spread(values: list[float]) -> str:
 def table(results: dict) -> str:
     ref = results["reference"]
     n = len(results["args"]["seeds"].split(","))
-    lines = [f"reference: {ref['steps']} uniform steps on 512 curated samples: zero-shot top-1 "
+    lines = [f"reference: {ref['steps']} uniform steps on {results['args']['curated']:,} curated "
+             f"samples: zero-shot top-1 "
              f"{ref['final'][ZERO_SHOT]:.4f}, mean_recall@1 {ref['final'][RETRIEVAL]:.4f}",
              f"every learner run: mean ± standard deviation over {n} seeds",
              "", f"{'run':<28} {'steps':>5} {'top-1':>12} {'top-5':>6} {'R@1':>12} "
@@ -232,13 +294,40 @@ def table(results: dict) -> str:
     for name, r in results["policies"].items():
         seeds = [{**r, "final": f} for f in r["seeds"]]
         lines.append(row(name, seeds, r))
-    lines.append("top-1 / top-5: held-out zero-shot (12 classes, 3 templates); R@1: retrieval "
-                 "mean_recall@1; score%: learner scoring's share of the run's FLOPs; wrong: "
-                 "share of trained pairs with a wrong caption;\n× = uniform's steps (FLOPs, "
-                 "scoring included) to reach the run's seed-mean final metric on its seed-mean "
-                 "frontier over the run's own ('> k×': uniform's largest budget never got there, "
-                 "'< k×': its smallest already did)")  # fmt: skip
+    lines.append(f"top-1 / top-5: held-out zero-shot ({len(CLASSES)} classes, {len(TEMPLATES)} "
+                 f"templates, {ZERO_SHOT_IMAGES:,} images); R@1: retrieval mean_recall@1 "
+                 f"({RETRIEVAL_IMAGES} images, one different caption each); score%: learner "
+                 "scoring's share of the run's FLOPs; wrong: share of trained pairs with a wrong "
+                 "caption;\n× = uniform's steps (FLOPs, scoring included) to reach the run's "
+                 "seed-mean final metric on its seed-mean frontier over the run's own ('> k×': "
+                 "uniform's largest budget never got there, '< k×': its smallest already "
+                 "did)")  # fmt: skip
+    lines += ["", *paired(results)]
     return "\n".join(lines)
+
+
+def paired(results: dict) -> list[str]:
+    """Each selecting run against uniform at the same steps and seed (the same initial weights):
+    per seed, the run's final top-1 and R@1 minus uniform's, and their mean ± standard deviation.
+    The seeds share most of what makes a run early or late, so the paired differences can be
+    tighter than either method's own spread."""
+    seeds = [int(s) for s in results["args"]["seeds"].split(",")]
+    uniform = {(r["steps"], r["seed"]): r["final"] for r in results["uniform"]}
+    lines = ["paired with uniform at the same steps and seed (run - uniform, per seed; mean ± "
+             "standard deviation):"]  # fmt: skip
+    for name, r in results["policies"].items():
+        if any((r["steps"], s) not in uniform for s in seeds):
+            continue
+        text = f"  {name:<28}"
+        for metric, label in ((ZERO_SHOT, "top-1"), (RETRIEVAL, "R@1")):
+            diffs = [f[metric] - uniform[r["steps"], s][metric]
+                     for f, s in zip(r["seeds"], seeds, strict=True)]  # fmt: skip
+            mean, std = statistics.fmean(diffs), statistics.stdev(diffs) if len(diffs) > 1 else 0
+            text += (
+                f" {label} " + " ".join(f"{d:+.3f}" for d in diffs) + f" = {mean:+.3f}±{std:.3f}"
+            )
+        lines.append(text)
+    return lines
 
 
 def _x(s: dict) -> str:
