@@ -21,7 +21,10 @@ a run cut short is started afresh):
   3. each selecting policy at each of --steps: by default JEST (learnability-joint) and
      Flexi-JEST ("flexi-" before the policy: the learner scores through a cheaper view of
      itself, patch 16 instead of 8 and half of each caption's positions, FLEXI_FLAGS, and trains
-     half of each sub-batch at the coarse patch size);
+     half of each sub-batch at the coarse patch size); "draft-" after "flexi-" also decodes
+     the candidates no finer than that view scores them (--shards.draft_side auto: libjpeg's
+     1/4 scale of the 64-px JPEGs, the selected ones again in full), read against the same
+     run without it, seed by seed;
 every learner run once per seed (--seeds: initial weights, data order, selection noise). It
 reads the speed-up in steps and FLOPs (training and learner scoring) of each policy's seed mean
 off uniform's seed-mean frontier of the held-out zero-shot top-1 (and of retrieval
@@ -112,7 +115,8 @@ def main() -> None:
     parser.add_argument(
         "--policies",
         default="learnability-joint,flexi-learnability-joint",
-        help="'flexi-' before a policy: scored through FLEXI_FLAGS's view",
+        help="'flexi-' before a policy: scored through FLEXI_FLAGS's view; 'flexi-draft-': "
+        "its candidates decoded at that view's scale too; ':N' after one: at N steps only",
     )
     parser.add_argument("--ref_steps", type=int, default=400, help="reference steps")
     parser.add_argument(
@@ -174,15 +178,23 @@ def main() -> None:
         steps = max(1, round(multiple * steps_list[0]))
         uniform += seeded(f"uniform-{steps}", steps, steps, "--selection.policy", "uniform")
     runs, spread = {}, {}
-    for policy_name in filter(None, args.policies.split(",")):
+    data_cpu = {}  # each policy run's data-phase CPU seconds per step, per seed
+    for entry in filter(None, args.policies.split(",")):
+        policy_name, _, only = entry.partition(":")  # POLICY:STEPS: at those steps only
         flexi = policy_name.startswith("flexi-")
-        policy, _, method = policy_name.removeprefix("flexi-").partition("-")
-        for steps in steps_list:
+        drafted = policy_name.removeprefix("flexi-").startswith("draft-")
+        if drafted and not flexi:
+            raise SystemExit(f"{policy_name}: 'draft-' needs 'flexi-' before it (a coarse view)")
+        base = policy_name.removeprefix("flexi-").removeprefix("draft-")
+        policy, _, method = base.partition("-")
+        for steps in [int(only)] if only else steps_list:
             name = f"{policy_name}-{steps}"
             rs = seeded(name, steps, max(1, steps // 4), "--selection.policy", policy,
                         "--selection.method", method, "--reference", str(out / "score"),
-                        *(FLEXI_FLAGS if flexi else ()))  # fmt: skip
+                        *(FLEXI_FLAGS if flexi else ()),
+                        *(("--shards.draft_side", "auto") if drafted else ()))  # fmt: skip
             runs[name], spread[name] = mean_run(rs), [r["final"] for r in rs]
+            data_cpu[name] = [r["timing"]["total"]["cpu"]["data"] / steps for r in rs]
     rows = {metric: compare(uniform, runs, metric) for metric in (ZERO_SHOT, RETRIEVAL)}
     results = {
         "metrics": [ZERO_SHOT, RETRIEVAL],
@@ -207,6 +219,7 @@ def main() -> None:
                 **rows[ZERO_SHOT][name],
                 "wrong_captions": runs[name]["wrong_captions"],
                 "seeds": spread[name],
+                "data_cpu_per_step": data_cpu[name],
                 "speedup_retrieval": {
                     c: rows[RETRIEVAL][name][f"speedup_{c}"] for c in ("steps", "flops")
                 },
@@ -302,8 +315,32 @@ def table(results: dict) -> str:
                  "seed-mean final metric on its seed-mean frontier over the run's own ('> k×': "
                  "uniform's largest budget never got there, '< k×': its smallest already "
                  "did)")  # fmt: skip
-    lines += ["", *paired(results)]
+    lines += ["", *paired(results), *drafting(results)]
     return "\n".join(lines)
+
+
+def drafting(results: dict) -> list[str]:
+    """Each drafted run against the same run undrafted (the same steps and seeds): the final
+    top-1 and R@1 differences per seed, and the data phase's CPU seconds per step of both."""
+    policies = results["policies"]
+    lines = []
+    for name, r in policies.items():
+        plain = name.replace("flexi-draft-", "flexi-", 1)
+        if plain == name or plain not in policies:
+            continue
+        if not lines:
+            lines = ["", "drafted against the same run undrafted (same steps and seeds; per seed, "
+                     "mean ± standard deviation):"]  # fmt: skip
+        text = f"  {name:<34}"
+        for metric, label in ((ZERO_SHOT, "top-1"), (RETRIEVAL, "R@1")):
+            diffs = [a[metric] - b[metric] for a, b in zip(r["seeds"], policies[plain]["seeds"],
+                                                          strict=True)]  # fmt: skip
+            text += f" {label} " + " ".join(f"{d:+.3f}" for d in diffs) + f" = {_spread(diffs)}"
+        ours, theirs = r.get("data_cpu_per_step"), policies[plain].get("data_cpu_per_step")
+        if ours and theirs:
+            text += f" | data CPU s/step {_spread(ours)} against {_spread(theirs)}"
+        lines.append(text)
+    return lines
 
 
 def paired(results: dict) -> list[str]:

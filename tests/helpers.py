@@ -51,3 +51,14 @@ def random_embeddings(n: int, d: int, seed: int, scale=5.0, bias=-3.0, dtype=tor
     """Random embeddings from a fresh generator seeded `seed` (jestkit.core.naive's helper)."""
     g = torch.Generator().manual_seed(seed)
     return naive.random_embeddings(n, d, g, scale, bias, noise=0.8, dtype=dtype)
+
+
+def check_pilots(plan: dict) -> None:
+    """A plan.json whose rules decided nothing: it piloted exactly the undecided methods, each
+    pilot's prediction is its interval (low <= high), and the pilots are in the plan's cost."""
+    assert plan["undecided"] and set(plan["pilots"]) == set(plan["undecided"])
+    for name, pilot in plan["pilots"].items():
+        low, high = pilot["interval"]
+        assert low <= high and plan["methods"][name]["predicted_accuracy"] == [low, high]
+        assert pilot["steps"][0] < pilot["steps"][1]
+    assert plan["plan_flops"] > plan["measurements"]["flops"]  # the pilots are charged

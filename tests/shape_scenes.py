@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from shard_files import add_sample, is_noisy
+from shard_files import add_sample, is_noisy, write_eval_layout, write_numbered_shards
 
 SIZE = 64  # stored pixels a side; the model's transform resizes them to its input
 QUALITY = 90
@@ -107,18 +107,12 @@ def write_scene_shards(folder: str | Path, shards: int = 2, per_shard: int = 64,
     """Write shards-0000.tar ... of scenes numbered from `first` (their uids), KEY.jpg +
     KEY.txt + KEY.json as img2dataset writes them; noisy: wrong captions (is_noisy). Returns
     their brace pattern."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for s in range(shards):
-        with tarfile.open(folder / f"shards-{s:04d}.tar", "w") as tar:
-            for j in range(per_shard):
-                n = first + s * per_shard + j
-                text = wrong_caption(n) if noisy and is_noisy(n) else caption(n)
-                files = {"jpg": scene(n, rng), "txt": text.encode(),
-                         "json": json.dumps({"uid": f"{n:032x}"}).encode()}  # fmt: skip
-                add_sample(tar, f"{n:08d}", files)
-    return str(folder / f"shards-{{0000..{shards - 1:04d}}}.tar")
+    def files(n: int, rng: np.random.Generator) -> dict[str, bytes]:
+        text = wrong_caption(n) if noisy and is_noisy(n) else caption(n)
+        return {"jpg": scene(n, rng), "txt": text.encode(),
+                "json": json.dumps({"uid": f"{n:032x}"}).encode()}  # fmt: skip
+
+    return write_numbered_shards(folder, shards, per_shard, seed, first, files)
 
 
 def write_scene_eval_set(folder: str | Path, kind: str, images: int, first: int,
@@ -140,10 +134,4 @@ def write_scene_eval_set(folder: str | Path, kind: str, images: int, first: int,
             else:
                 files["txt"] = caption(n).encode()
             add_sample(tar, f"s{n:08d}", files)
-    (folder / "test" / "nshards.txt").write_text("1\n")
-    if kind == "zeroshot":
-        (folder / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
-        (folder / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
-    else:
-        (folder / "dataset_type.txt").write_text("retrieval\n")
-    return str(folder)
+    return write_eval_layout(folder, kind, 1, CLASSES, TEMPLATES)

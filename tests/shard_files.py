@@ -68,6 +68,20 @@ def write_shards(folder: str | Path, shards: int = 2, per_shard: int = 64, seed:
     bytes that are not an image; noisy: wrong captions (is_noisy); first: the first sample's
     number (its uid); uids False: plain img2dataset shards, whose json has no uid (the ids are
     the keys)."""
+    def files(n: int, rng: np.random.Generator) -> dict[str, bytes]:
+        png, caption = sample(n, rng, size, noisy)
+        png = b"not a png" if n in bad else png
+        meta = {"uid": f"{n:032x}"} if uids else {"key": f"{n:08d}", "status": "success"}
+        return {"png": png, "txt": caption.encode(), "json": json.dumps(meta).encode()}
+
+    return write_numbered_shards(folder, shards, per_shard, seed, first, files)
+
+
+def write_numbered_shards(folder: str | Path, shards: int, per_shard: int, seed: int, first: int,
+                          files) -> str:  # fmt: skip
+    """Write shards-0000.tar ... of samples numbered from `first`, sample n's members
+    files(n, rng) (extension -> bytes) under the key n, one rng seeded `seed` drawn in order;
+    returns their brace pattern."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -75,11 +89,7 @@ def write_shards(folder: str | Path, shards: int = 2, per_shard: int = 64, seed:
         with tarfile.open(folder / f"shards-{s:04d}.tar", "w") as tar:
             for i in range(per_shard):
                 n = first + s * per_shard + i
-                png, caption = sample(n, rng, size, noisy)
-                png = b"not a png" if n in bad else png
-                meta = {"uid": f"{n:032x}"} if uids else {"key": f"{n:08d}", "status": "success"}
-                files = {"png": png, "txt": caption.encode(), "json": json.dumps(meta).encode()}
-                add_sample(tar, f"{n:08d}", files)
+                add_sample(tar, f"{n:08d}", files(n, rng))
     return str(folder / f"shards-{{0000..{shards - 1:04d}}}.tar")
 
 
@@ -113,10 +123,17 @@ def write_eval_set(folder: str | Path, kind: str, shards: int = 1, per_shard: in
                     lines = [caption, f"{CLASSES[class_of(n)]} picture {n}"][:captions]
                     files["txt"] = "\n".join(lines).encode()
                 add_sample(tar, f"s{n:08d}", files)
+    return write_eval_layout(folder, kind, shards, CLASSES, TEMPLATES)
+
+
+def write_eval_layout(folder: Path, kind: str, shards: int, classes, templates) -> str:
+    """The files beside a held-out set's test/N.tar in clip_benchmark's layout: nshards.txt,
+    and classnames.txt + zeroshot_classification_templates.txt (zero-shot) or dataset_type.txt
+    'retrieval'. Returns the folder."""
     (folder / "test" / "nshards.txt").write_text(f"{shards}\n")
     if kind == "zeroshot":
-        (folder / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
-        (folder / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
+        (folder / "classnames.txt").write_text("\n".join(classes) + "\n")
+        (folder / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
     else:
         (folder / "dataset_type.txt").write_text("retrieval\n")
     return str(folder)

@@ -5,6 +5,7 @@ import json
 import shlex
 
 import pytest
+from helpers import check_pilots
 
 import jestkit.plan.fashion as plan_fashion
 import jestkit.plan.run as plan_run
@@ -70,12 +71,7 @@ def test_pilots_run_where_undecided_and_resume_from_cache(reference_dir, tmp_pat
             *SMALL]  # fmt: skip  (margin 0.99: the rules never decide, pilots do)
     assert cli_main(argv) == 0, capsys.readouterr().err
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["undecided"] and set(plan["pilots"]) == set(plan["undecided"])
-    for name, pilot in plan["pilots"].items():
-        low, high = pilot["interval"]
-        assert low <= high and plan["methods"][name]["predicted_accuracy"] == [low, high]
-        assert pilot["steps"][0] < pilot["steps"][1]
-    assert plan["plan_flops"] > plan["measurements"]["flops"]  # the pilots are charged
+    check_pilots(plan)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a pilot ran again although its result was cached")

@@ -10,6 +10,7 @@ import shlex
 
 import pytest
 from docs_pages import blocks, commands, page, section
+from helpers import check_pilots
 from shard_files import TINY_SIG, write_eval_set, write_shards
 
 import jestkit.plan.shards as plan_shards
@@ -103,11 +104,7 @@ def test_plan_pilots_on_shards_resume_from_cache(pool, tmp_path, monkeypatch, ca
                      "--rules.margin", "0.99", "--rules.easy_revisits", "1e6")  # fmt: skip
     assert cli_main(argv) == 0, capsys.readouterr().err
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["undecided"] and set(plan["pilots"]) == set(plan["undecided"])
-    for name, pilot in plan["pilots"].items():
-        low, high = pilot["interval"]
-        assert low <= high and plan["methods"][name]["predicted_accuracy"] == [low, high]
-    assert plan["plan_flops"] > plan["measurements"]["flops"]  # the pilots are charged
+    check_pilots(plan)
     runs = sorted((out / "pilots").iterdir())
     assert len(runs) == 2 * len(plan["pilots"])
     lost = runs[-1]  # interrupted before its last pilot finished
