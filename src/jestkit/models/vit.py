@@ -23,9 +23,10 @@ This file also holds the pre-norm transformer block shared with the text tower.
 Attention is F.scaled_dot_product_attention: the same result as the plain matmuls to float
 rounding, and on a CPU a quarter less time for Flexi-JEST's scoring at patch 14, where sequences
 of 4 tokens make the matmuls' batched products tiny (benchmarks/results/timing_ab.txt, with the
-cheaper selection checks); training at the base patch takes the same time either way. Its
-FLOPs are counted as the matmuls' were (jestkit.engine.flops adds the CPU's fused kernels to
-torch.utils.flop_counter, which misses them).
+cheaper selection checks); training at the base patch takes the same time either way. A
+forward pass counts the FLOPs the matmuls did, a backward pass 0.4 % more (torch's formula for
+the fused kernel; jestkit.engine.flops adds the CPU's fused kernels to torch.utils.flop_counter,
+which misses them).
 """
 
 from __future__ import annotations
