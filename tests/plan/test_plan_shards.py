@@ -206,3 +206,21 @@ def test_score_commands_leave_out_the_loaders_workers(pool, tmp_path, monkeypatc
     score, kept_score, train = p.commands("filter+jest", method_config(base, "filter+jest", 5))
     assert "--shards.workers" not in score + kept_score and "--shards.workers 2" in train
     assert cli_main([*shlex.split(score)[1:], "--quiet"]) == 0  # it runs as printed
+
+
+def test_score_writes_kept_shards_into_a_folder_a_killed_export_left(pool, tmp_path, capsys):
+    """A kill during the export leaves the tmp files atomic_file writes first (kept-NNNN.tar.tmp,
+    kept.json.tmp): the next export takes that folder and replaces them; anything else in it is
+    still refused (test above)."""
+    folder = tmp_path / "kept"
+    folder.mkdir()
+    for name in ("kept-0000.tar.tmp", "kept.json.tmp"):
+        (folder / name).write_bytes(b"cut short")
+    argv = ["score", "--shards.pattern", str(pool / "pool" / "*.tar"), "--open_clip",
+            str(pool / "tiny-sig.json"), "--reference",
+            str(pool / "runs" / "ref" / "checkpoint.pt"), "--out", str(pool / "runs" / "score"),
+            "--keep", "0.3", "--subset_shards", str(folder)]  # fmt: skip
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    record = json.loads((folder / "kept.json").read_text())
+    assert record["kept"] > 0 and not (folder / "kept.json.tmp").exists()
+    assert sorted(p.name for p in folder.glob("kept-*.tar"))  # the kept shards are there

@@ -73,7 +73,7 @@ from jestkit.dropin.cache import (
 from jestkit.dropin.distributed import Distributed, build_cache_sharded
 from jestkit.engine.checkpoint import is_checkpoint, load_checkpoint
 from jestkit.engine.device import resolve_device
-from jestkit.engine.files import read_json_record, write_bytes_atomic, write_json_atomic
+from jestkit.engine.files import read_json_record, tmp_path, write_bytes_atomic, write_json_atomic
 from jestkit.engine.reference import REFERENCE_FIELDS
 from jestkit.engine.rundir import check_score_dir
 from jestkit.models.factory import ModelConfig, build_model
@@ -324,18 +324,25 @@ KEPT_RECORD = "kept.json"
 
 def check_subset_shards_dir(folder: str | os.PathLike) -> None:
     """Refuse, before any work, a --subset_shards folder that is a file or holds anything but
-    kept shards (kept-NNNN.tar) and their kept.json."""
+    kept shards (kept-NNNN.tar), their kept.json, and the PATH.tmp files a write cut short
+    leaves of either (jestkit.engine.files.atomic_file: the next write replaces them)."""
     folder = Path(folder)
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise ValueError(f"--subset_shards {folder} is not a folder: give a new folder")
     if folder.is_dir():
-        foreign = [p.name for p in folder.iterdir()
-                   if p.name != KEPT_RECORD and not (p.name.startswith("kept-")
-                                                     and p.suffix in (".tar", ".partial"))]
+        foreign = [p.name for p in folder.iterdir() if not _written_here(p)]
         if foreign:
             raise ValueError(f"--subset_shards {folder} holds {', '.join(sorted(foreign)[:3])}: "
                              "the kept shards are written only into a new folder or one they "
                              "were written into before")  # fmt: skip
+
+
+def _written_here(path: Path) -> bool:
+    """Whether export_subset_shards writes `path`: kept.json, kept-NNNN.tar, or the tmp file
+    either is written to first (atomic_file's tmp_path)."""
+    final = path.with_suffix("")  # kept.json.tmp -> kept.json
+    name = final.name if tmp_path(final) == path else path.name
+    return name == KEPT_RECORD or (name.startswith("kept-") and name.endswith(".tar"))
 
 
 def export_subset_shards(ref_dir: str | os.PathLike, keep: float, shards: ShardsConfig,
@@ -354,7 +361,8 @@ def export_subset_shards(ref_dir: str | os.PathLike, keep: float, shards: Shards
               "of": of, "min_similarity": threshold}  # fmt: skip
     done = folder / KEPT_RECORD
     if done.is_file():
-        before = json.loads(done.read_text())
+        before = read_json_record(done, "a kept shards folder's kept.json", fix="choose "
+                                  "another --subset_shards folder")  # fmt: skip
         if {k: before.get(k) for k in record if k != "reference"} == \
                 {k: v for k, v in record.items() if k != "reference"}:  # fmt: skip
             return before

@@ -21,7 +21,6 @@ charged to it.
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -194,8 +193,9 @@ class ShardsPool:
         checkpoint; None when it is not one (a downloaded or foreign checkpoint)."""
         result = Path(self._ready["checkpoint"]).parent / "result.json"
         try:
-            return float(sum(json.loads(result.read_text())["flops"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            run = read_json_record(result, "a `jestkit train` run's result.json", {"flops": dict})
+            return float(sum(run["flops"].values()))
+        except (OSError, ValueError, TypeError):  # no such run, or not one: its cost unknown
             return None
 
     def measure(self) -> dict:
