@@ -331,11 +331,7 @@ def drafting(results: dict) -> list[str]:
         if not lines:
             lines = ["", "drafted against the same run undrafted (same steps and seeds; per seed, "
                      "mean ± standard deviation):"]  # fmt: skip
-        text = f"  {name:<34}"
-        for metric, label in ((ZERO_SHOT, "top-1"), (RETRIEVAL, "R@1")):
-            diffs = [a[metric] - b[metric] for a, b in zip(r["seeds"], policies[plain]["seeds"],
-                                                          strict=True)]  # fmt: skip
-            text += f" {label} " + " ".join(f"{d:+.3f}" for d in diffs) + f" = {_spread(diffs)}"
+        text = f"  {name:<34}" + _differences(r["seeds"], policies[plain]["seeds"])
         ours, theirs = r.get("data_cpu_per_step"), policies[plain].get("data_cpu_per_step")
         if ours and theirs:
             text += f" | data CPU s/step {_spread(ours)} against {_spread(theirs)}"
@@ -355,16 +351,20 @@ def paired(results: dict) -> list[str]:
     for name, r in results["policies"].items():
         if any((r["steps"], s) not in uniform for s in seeds):
             continue
-        text = f"  {name:<28}"
-        for metric, label in ((ZERO_SHOT, "top-1"), (RETRIEVAL, "R@1")):
-            diffs = [f[metric] - uniform[r["steps"], s][metric]
-                     for f, s in zip(r["seeds"], seeds, strict=True)]  # fmt: skip
-            mean, std = statistics.fmean(diffs), statistics.stdev(diffs) if len(diffs) > 1 else 0
-            text += (
-                f" {label} " + " ".join(f"{d:+.3f}" for d in diffs) + f" = {mean:+.3f}±{std:.3f}"
-            )
-        lines.append(text)
+        baseline = [uniform[r["steps"], s] for s in seeds]
+        lines.append(f"  {name:<28}" + _differences(r["seeds"], baseline))
     return lines
+
+
+def _differences(finals: list[dict], baseline: list[dict]) -> str:
+    """' top-1 D D D = MEAN±STD R@1 ...': the final top-1 and R@1 of `finals` minus those of
+    `baseline`, seed by seed (the lists in seed order), with their mean ± standard deviation."""
+    text = ""
+    for metric, label in ((ZERO_SHOT, "top-1"), (RETRIEVAL, "R@1")):
+        diffs = [f[metric] - b[metric] for f, b in zip(finals, baseline, strict=True)]
+        mean, std = statistics.fmean(diffs), statistics.stdev(diffs) if len(diffs) > 1 else 0
+        text += f" {label} " + " ".join(f"{d:+.3f}" for d in diffs) + f" = {mean:+.3f}±{std:.3f}"
+    return text
 
 
 def _x(s: dict) -> str:
