@@ -2,15 +2,16 @@
 open_clip model, held-out evaluation, and speed-ups read off uniform's budget-matched frontier.
 
 Writes, under OUT (default runs/own_data), with tests/shape_scenes.py's writers (JPEG scenes,
-64 x 64 px: one coloured shape, captions naming its colour, shape, position, size and background,
-"a small red ring at the top left on a grey background"):
+64 x 64 px: one coloured shape, captions naming its colour, shape, position, background and its
+texture, "a red ring at the top left on a noisy grey background"):
   curated/   --curated clean samples (default 2,000)
   pool/      --pool samples (default 10,000), 40 % with a caption wrong in every attribute
+             (40 % of every class: shape_scenes.is_noisy)
   eval/shapes/    a zero-shot set in clip_benchmark's layout: 30 classes (6 colours x 5 shapes,
                   "red ring", ...), 3 templates, 1,200 held-out images (40 a class)
   eval/captions/  a retrieval set in clip_benchmark's layout: 720 held-out images, one caption
-                  each, every caption different (every colour, shape, position, size and
-                  background once)
+                  each, every caption different (every colour, shape, position, background
+                  and texture once)
   tiny-sig.json   a two-layer open_clip SigLIP config, 32 x 32 images (open_clip's transform
                   resizes the 64 x 64 JPEGs)
 and OUT/READY once the data, the reference and its scores exist.
@@ -24,7 +25,10 @@ a run cut short is started afresh):
      half of each sub-batch at the coarse patch size); "draft-" after "flexi-" also decodes
      the candidates no finer than that view scores them (--shards.draft_side auto: libjpeg's
      1/4 scale of the 64-px JPEGs, the selected ones again in full), read against the same
-     run without it, seed by seed;
+     run without it, seed by seed; "filter" is the reference's offline filter as `jestkit
+     plan` runs it: uniform on the share KEEP (0.3) of the pool the reference's score ranks
+     highest (`jestkit score --keep 0.3 --subset_shards OUT/kept`); ":N/M" after a policy: at
+     those steps only;
 every learner run once per seed (--seeds: initial weights, data order, selection noise). It
 reads the speed-up in steps and FLOPs (training and learner scoring) of each policy's seed mean
 off uniform's seed-mean frontier of the held-out zero-shot top-1 (and of retrieval
@@ -51,19 +55,22 @@ from shape_scenes import (  # noqa: E402
     CLASSES,
     PERIOD,
     TEMPLATES,
+    is_noisy,
     write_scene_eval_set,
     write_scene_shards,
 )
-from shard_files import TINY_SIG, is_noisy  # noqa: E402
+from shard_files import TINY_SIG  # noqa: E402
 
 from jestkit.cli import main as jestkit  # noqa: E402
 from jestkit.engine.checkpoint import load_checkpoint  # noqa: E402
 from jestkit.payoff.report import compare, plot, run_cost  # noqa: E402
+from jestkit.plan.rules import METHODS  # noqa: E402
 
 ZERO_SHOT, RETRIEVAL = "shapes/acc1", "captions/mean_recall@1"
 ZERO_SHOT_IMAGES = 40 * len(CLASSES)  # 1,200 held-out images, 40 of each class
 RETRIEVAL_IMAGES = PERIOD  # 720 held-out images, every caption once
 RESULTS = ROOT / "benchmarks" / "results"
+KEEP = METHODS["filter"][2]  # the offline filter's kept share, as jestkit plan runs it
 # Flexi-JEST's scoring view of the tiny config (patch 8 on 32 x 32 images: 16 patches): patch 16
 # (4 patches) and half of the 16 text positions, half of each trained sub-batch at patch 16
 FLEXI_FLAGS = ("--scoring.patch_size", "16", "--scoring.text_token_drop", "0.5",
@@ -85,6 +92,18 @@ def wrong_caption_share(run_dir: Path) -> float:
     state = load_checkpoint(run_dir / "checkpoint.pt")
     ids = [int(i, 16) for step in state["stats"]["selected_ids"] for i in step]
     return sum(is_noisy(i) for i in ids) / len(ids)
+
+
+def export_kept(out: Path, pool: str) -> str:
+    """The offline filter's kept shards (OUT/kept, written once), as `jestkit plan` runs the
+    filter: the share KEEP of the pool the reference's score ranks highest, exported by
+    `jestkit score --keep KEEP --subset_shards` from the cached score. Returns their pattern."""
+    argv = ["score", "--shards.pattern", pool, "--open_clip", str(out / "tiny-sig.json"),
+            "--reference", str(out / "reference" / "checkpoint.pt"), "--out", str(out / "score"),
+            "--keep", f"{KEEP:g}", "--subset_shards", str(out / "kept"), "--quiet"]  # fmt: skip
+    if not (out / "kept" / "kept.json").is_file() and jestkit(argv) != 0:
+        raise SystemExit("jestkit score --keep failed")
+    return str(out / "kept" / "kept-*.tar")
 
 
 def write_data(out: Path, pool: int, curated: int) -> dict:
@@ -154,12 +173,12 @@ def main() -> None:
                           "--training.steps", str(steps), "--training.checkpoint_every",
                           str(steps), "--training.eval_every", str(eval_every), *flags)  # fmt: skip
 
-    def seeded(name: str, steps: int, eval_every: int, *flags: str) -> list[dict]:
-        """The run on the pool once per seed (folders NAME, NAME-s1, NAME-s2, ...)."""
+    def seeded(name: str, steps: int, eval_every: int, *flags: str, shards: str = "") -> list[dict]:
+        """The run on the pool (or `shards`) once per seed (folders NAME, NAME-s1, ...)."""
         rs = []
         for seed in seeds:
             folder = name if seed == 0 else f"{name}-s{seed}"
-            rs.append(train(folder, data["pool"], steps, eval_every, "--training.seed",
+            rs.append(train(folder, shards or data["pool"], steps, eval_every, "--training.seed",
                             str(seed), "--shards.seed", str(seed), *flags))  # fmt: skip
             rs[-1] |= {"seed": seed, "wrong_captions": wrong_caption_share(out / folder)}
         return rs
@@ -180,14 +199,24 @@ def main() -> None:
     runs, spread = {}, {}
     data_cpu = {}  # each policy run's data-phase CPU seconds per step, per seed
     for entry in filter(None, args.policies.split(",")):
-        policy_name, _, only = entry.partition(":")  # POLICY:STEPS: at those steps only
+        policy_name, _, only = entry.partition(":")  # POLICY:N/M/...: at those steps only
+        budgets = [int(n) for n in only.split("/")] if only else steps_list
+        if policy_name == "filter":  # uniform on the kept shards, each budget once per seed
+            kept = export_kept(out, data["pool"])
+            for steps in budgets:
+                name = f"filter-{steps}"
+                rs = seeded(name, steps, max(1, steps // 4), "--selection.policy", "uniform",
+                            shards=kept)  # fmt: skip
+                runs[name], spread[name] = mean_run(rs), [r["final"] for r in rs]
+                data_cpu[name] = [r["timing"]["total"]["cpu"]["data"] / steps for r in rs]
+            continue
         flexi = policy_name.startswith("flexi-")
         drafted = policy_name.removeprefix("flexi-").startswith("draft-")
         if drafted and not flexi:
             raise SystemExit(f"{policy_name}: 'draft-' needs 'flexi-' before it (a coarse view)")
         base = policy_name.removeprefix("flexi-").removeprefix("draft-")
         policy, _, method = base.partition("-")
-        for steps in [int(only)] if only else steps_list:
+        for steps in budgets:
             name = f"{policy_name}-{steps}"
             rs = seeded(name, steps, max(1, steps // 4), "--selection.policy", policy,
                         "--selection.method", method, "--reference", str(out / "score"),

@@ -7,8 +7,9 @@ Sample i's scene is the mixed-radix digits of i: class (colour x shape) i % 30, 
 (i // 30) % 4, background (i // 120) % 3 and texture (i // 360) % 2, so any 30 consecutive
 samples hold every class once and any 720 every caption once. A held-out retrieval set of 720
 consecutive images therefore has 720 different captions (R@1 can reach 1), and a zero-shot set
-of a multiple of 30 images is balanced. Noisy pools (shard_files.is_noisy: 2 samples of 5) get
-the caption of another colour, shape, position, background and texture. The writers use
+of a multiple of 30 images is balanced. Noisy pools (is_noisy: 2 samples of 5, and 2 of 5 of
+every class) get the caption of another colour, shape, position, background and texture. The
+writers use
 shard_files.py's layouts (img2dataset's WebDataset shards, clip_benchmark's held-out sets)."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from shard_files import add_sample, is_noisy, write_eval_layout, write_numbered_shards
+from shard_files import add_sample, write_eval_layout, write_numbered_shards
 
 SIZE = 64  # stored pixels a side; the model's transform resizes them to its input
 QUALITY = 90
@@ -53,6 +54,13 @@ def attributes(i: int) -> tuple[int, int, int, int]:
 def _words(k: int, position: int, background: int, texture: int) -> str:
     return (f"a {CLASSES[k]} at the {POSITIONS[position]} on a {list(TEXTURES)[texture]} "
             f"{list(BACKGROUNDS)[background]} background")  # fmt: skip
+
+
+def is_noisy(i: int) -> bool:
+    """Whether sample i of a noisy pool has a wrong caption: 2 of every 5, and 2 of every 5 of
+    each class. shard_files.is_noisy (i % 5 in (1, 3)) would be a class's rule here: 30 classes
+    repeat every 30 samples, so 12 classes would never have a right caption in the pool."""
+    return (i + i // len(CLASSES)) % 5 in (1, 3)
 
 
 def caption(i: int) -> str:

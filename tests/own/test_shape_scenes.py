@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import shape_scenes as ss
 from PIL import Image
-from shard_files import is_noisy
 
 from jestkit.data.shards import ShardPoolConfig, read_ids
 from jestkit.own.evalsets import load_eval_set
@@ -86,7 +85,14 @@ def test_wrong_captions_are_wrong_in_every_attribute():
     for i in range(3 * ss.PERIOD):
         right, wrong = _parse(ss.caption(i)), _parse(ss.wrong_caption(i))
         assert all(a != b for a, b in zip(right, wrong, strict=True)), (i, right, wrong)
-    assert sum(is_noisy(i) for i in range(1000)) == 400
+
+
+def test_noise_is_two_in_five_of_every_class():
+    for first in (0, 10**6 + 7):
+        counts = Counter(ss.attributes(i)[0] for i in range(first, first + 1500)
+                         if ss.is_noisy(i))  # fmt: skip
+        assert counts == dict.fromkeys(range(30), 20)  # 50 samples of each class, 20 noisy
+    assert sum(ss.is_noisy(i) for i in range(1000)) == 400
 
 
 def test_jestkit_reads_the_jpeg_shards_and_held_out_sets(tmp_path):
