@@ -155,7 +155,7 @@ def measurements(pool: str, work: Path, borrow: str | None = None) -> dict:
     (image, text), pass_flops = count_no_grad_flops(
         model, pixels(data.pool.images[rows]), data.pool_tokens[rows]
     )
-    held, prompts, held_flops = held_out_embeddings(model, data)
+    held, prompts, held_flops, _ = held_out_embeddings(model, data)
     m = pool_measurements(image, text, held, prompts)
     noise = data.pool.noise
     matched = (noise != MISMATCHED) & (noise != JUNK)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from jestkit import Embeddings, SelectionConfig
@@ -62,3 +63,29 @@ def check_pilots(plan: dict) -> None:
         assert low <= high and plan["methods"][name]["predicted_accuracy"] == [low, high]
         assert pilot["steps"][0] < pilot["steps"][1]
     assert plan["plan_flops"] > plan["measurements"]["flops"]  # the pilots are charged
+
+
+def check_time(plan: dict, text: str) -> None:
+    """A plan.json's predicted seconds: every method's measured step time (CPU and wall, > 0),
+    its steps at that time, and its total with the reference's training and pass (timed) added
+    where it uses the reference, its one-off pass over the kept shards at the pass's rate; the
+    table's wall-time column and the plan's own time."""
+    t, m = plan["time"], plan["measurements"]
+    ref = t["reference"]
+    assert ref["train"]["wall"] > 0 and ref["pass"]["wall"] > 0  # the reference's record, timed
+    assert ref["total"] == {k: pytest.approx(ref["train"][k] + ref["pass"][k]) for k in ("cpu",
+                                                                                       "wall")}
+    assert set(t["methods"]) == set(plan["methods"])
+    for name, method in plan["methods"].items():
+        mt = t["methods"][name]
+        for clock in ("cpu", "wall"):
+            assert mt["per_step"][clock] > 0, (name, clock)
+            steps = method["steps"] * mt["per_step"][clock]
+            assert mt["steps"][clock] == pytest.approx(steps)
+            once = ref["pass"][clock] * (method["flops_split"]["reference"] - m["reference_flops"]
+                                         ) / m["reference_pass_flops"] if method["flops_split"][
+                "reference"] else 0.0  # fmt: skip
+            expected = steps + once + (ref["total"][clock] if method["flops_split"]["reference"]
+                                       else 0.0)  # fmt: skip
+            assert mt["total"][clock] == pytest.approx(expected), (name, clock)
+    assert "wall time" in text and t["plan"]["wall"] > 0 and "of wall time" in text

@@ -5,7 +5,7 @@ import json
 import shlex
 
 import pytest
-from helpers import check_pilots
+from helpers import check_pilots, check_time
 
 import jestkit.plan.fashion as plan_fashion
 import jestkit.plan.run as plan_run
@@ -33,6 +33,7 @@ def test_plan_writes_its_table_and_files(reference_dir, tmp_path, capsys, monkey
     assert plan["methods"]["filter"]["keep"] == 0.3 and plan["methods"]["jest"]["filter_ratio"]
     assert 0 <= plan["measurements"]["matched_share"] <= 1
     assert plan["plan_flops"] > 0 and "the plan itself cost" in text
+    check_time(plan, text)
     chosen = plan["methods"][plan["recommended"]]["commands"]
     assert len(chosen) == 1 and chosen[0] in text and "--training.steps" in chosen[0]
     assert "--filter_keep 0.3" in plan["methods"]["filter"]["commands"][0]

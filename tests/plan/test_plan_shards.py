@@ -10,7 +10,7 @@ import shlex
 
 import pytest
 from docs_pages import blocks, commands, page, section
-from helpers import check_pilots
+from helpers import check_pilots, check_time
 from shard_files import TINY_SIG, write_eval_set, write_shards
 
 import jestkit.plan.shards as plan_shards
@@ -71,6 +71,7 @@ def test_plan_on_shards_prints_commands_that_run(pool, tmp_path, monkeypatch, ca
     split = plan["methods"]["filter+jest"]["flops_split"]["reference"]
     assert split == pytest.approx(m["reference_flops"] + 60 / 200 * m["reference_pass_flops"])
     assert 0 < plan["plan_share"] < 1 and "the plan itself cost" in text
+    check_time(plan, text)
     print(f"plan FLOPs {plan['plan_flops']:.4g}, {plan['plan_share']:.2%} of the budget")
     for name, method in plan["methods"].items():
         for command in method["commands"]:

@@ -164,6 +164,8 @@ def _build(data, model_config, config, loss, out: Path, evaluate, progress, dist
         "cache_flops": cache_flops,
         "curated_size": len(data.curated),
         "final": trainer.summary()["final"],
+        # its training's seconds (the cache's pass is not timed here: jestkit plan times it)
+        "train_seconds": {c: t["run"] for c, t in trainer.clock.summary()["total"].items()},
     }
     if dist.is_main:
         building.unlink()

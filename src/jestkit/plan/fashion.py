@@ -4,9 +4,10 @@ run, the commands that run it).
 
 `measure_pool` reads the reference's cache of the pool (its pass over the pool, which the
 filter and JEST need anyway) and runs the reference once over a sample of the held-out test
-pairs and the class prompts; `step_costs` measures each method's FLOPs per step with one step
-of it (torch.utils.flop_counter, as every run of jestkit counts them). Both report the FLOPs
-they spent: they are the plan's own cost.
+pairs and the class prompts (timing that forward: the reference's pass in seconds); `step_costs`
+measures each method's FLOPs per step (torch.utils.flop_counter, as every run of jestkit counts
+them) and seconds per step over a few real steps of it (jestkit.plan.costs). Both report the
+FLOPs they spent: they are the plan's own cost.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from jestkit.engine.config import TrainConfig
 from jestkit.engine.flops import count_no_grad_flops
 from jestkit.engine.loop import Trainer
 from jestkit.engine.reference import read_reference_info
-from jestkit.engine.step import train_step
 from jestkit.fashion.captions import PoolConfig
 from jestkit.fashion.learner import train_learner
 from jestkit.fashion.prepare import CaptionData
 from jestkit.fashion.reference import filter_pool, load_reference
 from jestkit.fashion.source import pixels
 from jestkit.models.factory import ModelConfig, build_model
+from jestkit.plan.costs import measure_method, reference_seconds, timed
 from jestkit.plan.measure import SAMPLE, pool_measurements
 from jestkit.plan.rules import METHODS, MethodCost, method_config
 
@@ -47,35 +48,42 @@ def load_reference_model(ref_dir: str | os.PathLike, data: CaptionData):
 
 def held_out_embeddings(model, data: CaptionData, sample: int = SAMPLE, seed: int = 0):
     """((image, text) of a random sample of the held-out test pairs, the class prompts' text
-    embeddings, the FLOPs of those forward passes)."""
+    embeddings, the FLOPs of those forward passes, and the pairs' forward seconds per pair
+    {"cpu", "wall"}: what the reference's pass over the pool takes a pair)."""
     g = torch.Generator().manual_seed(seed)
     held = torch.randperm(len(data.test), generator=g)[: min(sample, len(data.test))]
-    pairs, flops = count_no_grad_flops(model, pixels(data.test.images[held]),
-                                       data.test_tokens[held])  # fmt: skip
+    (pairs, flops), seconds = timed(count_no_grad_flops, model, pixels(data.test.images[held]),
+                                    data.test_tokens[held])  # fmt: skip
     prompts, prompt_flops = count_no_grad_flops(model.encode_text, data.prompt_tokens)
-    return pairs, prompts, flops + prompt_flops
+    per_pair = {k: v / len(held) for k, v in seconds.items()}
+    return pairs, prompts, flops + prompt_flops, per_pair
 
 
 def measure_pool(data: CaptionData, ref_dir: str | os.PathLike, keep: float = 0.3,
                  sample: int = SAMPLE, seed: int = 0) -> dict:  # fmt: skip
     """The pool's measurements from the reference's pass over the whole pool (its cache) and
     a held-out sample, with the FLOPs they cost beyond that pass ('flops') and the reference's
-    own cost ('reference_flops': its training and its pass over the pool)."""
+    own cost ('reference_flops': its training and its pass over the pool; 'reference_seconds':
+    the same in seconds, jestkit.plan.costs.reference_seconds)."""
     info = read_reference_info(Path(ref_dir), "sigmoid", f"`jestkit reference --out {ref_dir}`")
     rows = load_reference(ref_dir, data, info["loss"]).cache.lookup(data.pool.ids,
                                                                     ["image", "text"])  # fmt: skip
     model = load_reference_model(ref_dir, data)
-    held, prompts, flops = held_out_embeddings(model, data, sample, seed)
+    held, prompts, flops, per_pair = held_out_embeddings(model, data, sample, seed)
     m = pool_measurements(rows["image"], rows["text"], held, prompts, keep, sample, seed)
     return {"pool_size": len(data.pool), "kept": max(1, round(keep * len(data.pool))), **m,
             "reference_flops": info["train_flops"] + info["cache_flops"],
+            "reference_pass_flops": info["cache_flops"],
+            "reference_seconds": reference_seconds(info.get("train_seconds"), per_pair,
+                                                   len(data.pool)),
             "flops": m["flops"] + flops}  # fmt: skip
 
 
 def step_costs(data: CaptionData, model_config: ModelConfig, base: TrainConfig,
                ref_dir: str | os.PathLike) -> tuple[dict[str, MethodCost], float]:  # fmt: skip
-    """Each method's FLOPs per step (METHODS), measured over one step of it, and the FLOPs those
-    steps cost. base: the learners' training settings (batch size, loss)."""
+    """Each method's FLOPs and seconds per step (METHODS), measured over real steps of it
+    (jestkit.plan.costs), and the FLOPs those steps cost. base: the learners' training settings
+    (batch size, loss)."""
     costs, spent = {}, 0.0
     for name, (_, _, keep) in METHODS.items():
         config = method_config(base, name)
@@ -85,11 +93,9 @@ def step_costs(data: CaptionData, model_config: ModelConfig, base: TrainConfig,
         if config.policy.uses_reference:
             reference = load_reference(ref_dir, data, config.selection.loss)
         trainer = Trainer(model, config, data.pool_source(), reference, progress=False)
-        train_step(trainer)
-        per_step = {k: v or 0 for k, v in trainer.flops.per_step.items()}
-        costs[name] = MethodCost(per_step["train"], per_step["learner_score"],
-                                 config.policy.uses_reference or keep is not None)  # fmt: skip
-        spent += sum(per_step.values())
+        costs[name], flops = measure_method(trainer, config.policy.uses_reference or
+                                            keep is not None)  # fmt: skip
+        spent += flops
     return costs, spent
 
 

@@ -89,14 +89,15 @@ class PlanRules:
 @dataclass(frozen=True)
 class MethodCost:
     """FLOPs per step of a method (training and the learner's scoring), whether it uses the
-    reference (whose cost is then charged to it in full), and what else it costs once before its
-    steps (`fixed`: on shards, the reference's pass over the filter's kept shards for
-    filter + JEST)."""
+    reference (whose cost is then charged to it in full), what else it costs once before its
+    steps (`fixed`, FLOPs: on shards, the reference's pass over the filter's kept shards for
+    filter + JEST), and a step's seconds on this machine (jestkit.plan.costs)."""
 
     train: float
     score: float = 0.0
     uses_reference: bool = False
     fixed: float = 0.0
+    seconds: dict[str, float] | None = None  # a step's {"cpu", "wall"} seconds, measured
 
     @property
     def per_step(self) -> float:

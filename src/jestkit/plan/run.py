@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Protocol
@@ -74,6 +75,7 @@ def plan(pool: PlanPool, base: TrainConfig, out: str | os.PathLike, flops: float
          uniform_steps: int | None = None, rules: PlanRules | None = None,
          pilot_share: float = 0.0, progress: bool = False) -> dict:  # fmt: skip
     """The plan (see the module docstring); also written to out/plan.json and out/plan.png."""
+    started = {"cpu": time.process_time(), "wall": time.perf_counter()}  # the plan's own time
     rules = rules or PlanRules()
     if not 0 <= pilot_share < 1:
         raise ValueError(f"--pilot_share must be in [0, 1), got {pilot_share:g}")
@@ -130,12 +132,49 @@ def plan(pool: PlanPool, base: TrainConfig, out: str | os.PathLike, flops: float
         "plan_flops": plan_flops,
         "plan_share": plan_flops / budget,
         "reference_flops": m["reference_flops"],
-        "time": None,  # hook: measured phase times per step, once result.json carries them
+        "time": predicted_seconds(spend, costs, m) | {
+            "plan": {"cpu": time.process_time() - started["cpu"],
+                     "wall": time.perf_counter() - started["wall"]}},
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(result, out / "plan.json")
     plot_plan(result, out / "plan.png")
     return result
+
+
+def predicted_seconds(spend: dict, costs: dict[str, MethodCost], m: dict) -> dict:
+    """Each method's seconds on this machine {"cpu", "wall"} at the steps that spend the budget:
+    its steps at its measured step time, plus the reference (training and pass over the pool,
+    measurements' 'reference_seconds') where it uses it, plus its one-off pass (`fixed`, at the
+    reference pass's seconds per FLOP). 'total' is None where the reference's training time is
+    not on record; 'steps' is there either way."""
+    ref = m.get("reference_seconds") or {"total": None, "pass": None}
+    methods = {}
+    for n, s in spend.items():
+        step = costs[n].seconds
+        if step is None:
+            continue
+        steps = {k: s.steps * v for k, v in step.items()}
+        once = {k: 0.0 for k in step}
+        if costs[n].fixed and ref["pass"] and m.get("reference_pass_flops"):
+            once = {k: ref["pass"][k] * costs[n].fixed / m["reference_pass_flops"] for k in step}
+        if costs[n].uses_reference:
+            total = None if ref["total"] is None else {
+                k: steps[k] + once[k] + ref["total"][k] for k in step}  # fmt: skip
+        else:
+            total = {k: steps[k] + once[k] for k in step}
+        methods[n] = {"per_step": step, "steps": steps, "total": total}
+    return {"unit": "seconds on this machine", "reference": m.get("reference_seconds"),
+            "methods": methods}  # fmt: skip
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as a person reads them: '42 s', '12.5 min', '3.1 h' ('?' for None)."""
+    if seconds is None:
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 # where the rules' answer cannot run (left out, or the budget buys none of its steps): the
@@ -189,7 +228,7 @@ def table(result: dict) -> str:
              f"{m['kept']} pairs (estimated {m['kept_precision']:.0%} matched), near-duplicates "
              f"{m['near_duplicate_share']:.1%}" + _concepts(m), ""]  # fmt: skip
     head = (f"{'method':<13}{'steps':>7}{'f':>5}{'keep':>6}{'revisits':>9}{'TFLOPs':>9}"
-            f"{'predicted accuracy':>22}")  # fmt: skip
+            f"{'wall time':>11}{'predicted accuracy':>22}")  # fmt: skip
     lines += [head, "-" * len(head)]
     for name, s in result["methods"].items():
         acc = s["predicted_accuracy"]
@@ -198,8 +237,9 @@ def table(result: dict) -> str:
         f = "-" if s["filter_ratio"] is None else f"{s['filter_ratio']:g}"
         keep = "-" if s["keep"] is None else f"{s['keep']:g}"
         rev = "-" if s["revisits"] is None else f"{s['revisits']:.1f}"
+        t = result["time"]["methods"].get(name, {}).get("total")
         lines.append(f"{name:<13}{s['steps']:>7}{f:>5}{keep:>6}{rev:>9}{s['flops'] / 1e12:>9.3f}"
-                     f"{acc:>22}{mark}")  # fmt: skip
+                     f"{duration(t and t['wall']):>11}{acc:>22}{mark}")  # fmt: skip
     lines += ["", f"recommended: {result['recommended']}"]
     lines += [f"  because {r}" for r in result["reasons"]]
     for name, why in m.get("left_out", {}).items():
@@ -210,8 +250,22 @@ def table(result: dict) -> str:
     lines.append("run it with:")
     lines += [f"  {c}" for c in result["methods"][result["recommended"]]["commands"]]
     lines.append(f"the plan itself cost {result['plan_flops'] / 1e12:.4f} TFLOPs "
-                 f"({result['plan_share']:.2%} of the budget)")  # fmt: skip
+                 f"({result['plan_share']:.2%} of the budget) and "
+                 f"{duration(result['time']['plan']['wall'])} of wall time")  # fmt: skip
+    ref = result["time"]["reference"]
+    if ref is not None:
+        lines.append(_reference_time(ref))
     return "\n".join(lines)
+
+
+def _reference_time(ref: dict) -> str:
+    """How the wall-time column counts the reference."""
+    text = (f"wall time: each method's steps at its measured step time on this machine, plus, "
+            f"where it uses the reference, its pass over the pool ({duration(ref['pass']['wall'])}"
+            f", timed on held-out pairs)")  # fmt: skip
+    if ref["train"] is None:
+        return text + " and its training, whose time is not on record ('?')"
+    return text + f" and its training ({duration(ref['train']['wall'])}, its record)"
 
 
 def _concepts(m: dict) -> str:

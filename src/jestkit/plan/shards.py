@@ -9,8 +9,10 @@ matched pairs (each caption with its image), zero-shot sets the class prompts (a
 retrieval set, the matched pairs: each image with its class). The reference's cost is its pass
 over the pool (its forward FLOPs on one sample, measured, times the samples cached) plus its
 training where the checkpoint is a `jestkit train` run's (its result.json's FLOPs; otherwise 0,
-recorded as unknown). Step costs: one step of each method on the shards, measured as every run
-counts them (jestkit.engine.flops).
+recorded as unknown); in seconds, its training as that result.json's timing says and its pass
+as the held-out forward (decoding included) took per image and caption, times the samples.
+Step costs: real steps of each method on the shards, their FLOPs counted as every run counts
+them (jestkit.engine.flops), their seconds timed (jestkit.plan.costs).
 
 The methods run from the CLI as the plan prints them: `jestkit train --shards.pattern ...`
 with --selection.* and --reference SCOREFOLDER; the offline filter writes the kept samples as
@@ -36,7 +38,6 @@ from jestkit.engine.files import read_json_record
 from jestkit.engine.flops import count_no_grad_flops
 from jestkit.engine.loop import Trainer
 from jestkit.engine.reference import REFERENCE_FIELDS
-from jestkit.engine.step import train_step
 from jestkit.models.factory import ModelConfig
 from jestkit.own.evaluate import (
     EvalConfig,
@@ -59,6 +60,7 @@ from jestkit.own.run import (
 )
 from jestkit.own.score import _reference_model, export_subset_shards, score_shards
 from jestkit.own.train import train_own
+from jestkit.plan.costs import measure_method, reference_seconds, timed
 from jestkit.plan.fashion import changed_flags, selection_flags
 from jestkit.plan.measure import SAMPLE, pool_measurements
 from jestkit.plan.rules import METHODS, MethodCost, method_config
@@ -152,29 +154,39 @@ class ShardsPool:
     # -- measurements and costs ----------------------------------------------------------------
 
     def _held_out(self, model, sample: int = SAMPLE, seed: int = 0):
-        """((image, text) matched pairs, class prompts or None, FLOPs) from the held-out sets."""
+        """((image, text) matched pairs, class prompts or None, FLOPs, seconds per pair) from
+        the held-out sets; seconds {"cpu", "wall"}: an image's decoding and forward plus a
+        caption's (or a prompt's) forward, as the reference's pass over the pool takes them."""
         transform, tokenize = model_inputs(self._run(), model)
         g = torch.Generator().manual_seed(seed)
         bs, retrieval, zeroshot, prompts, flops = self.eval.batch_size, [], [], None, 0
+        spent = {"image": [{"cpu": 0.0, "wall": 0.0}, 0], "text": [{"cpu": 0.0, "wall": 0.0}, 0]}
+
+        def encode(kind: str, fn, *args):
+            (out, f), seconds = timed(count_no_grad_flops, fn, model, *args, bs, "cpu")
+            spent[kind][0] = {k: spent[kind][0][k] + seconds[k] for k in seconds}
+            spent[kind][1] += len(args[0])
+            return out, f
+
         for s in self._ready["sets"]:
             rows = torch.randperm(len(s), generator=g)[:sample].tolist()
-            images = [s.images[i] for i in rows]
-            img, f = count_no_grad_flops(_encode_images, model, images, transform, bs, "cpu")
+            img, f = encode("image", _encode_images, [s.images[i] for i in rows], transform)
             flops += f
             if s.kind == "retrieval":
                 texts = [s.captions[i][0] for i in rows]  # each image with its first caption
-                txt, f = count_no_grad_flops(_encode_texts, model, tokenize(texts), bs, "cpu")
+                txt, f = encode("text", _encode_texts, tokenize(texts))
                 retrieval.append((img, txt))
             else:
-                txt, f = count_no_grad_flops(_encode_texts, model, tokenize(s.prompts()), bs,
-                                             "cpu")  # fmt: skip
+                txt, f = encode("text", _encode_texts, tokenize(s.prompts()))
                 classes = class_weights(txt.view(len(s.classnames), len(s.templates), -1))
                 prompts = classes if prompts is None else prompts
                 zeroshot.append((img, classes[torch.tensor([s.labels[i] for i in rows])]))
             flops += f
         pairs = retrieval or zeroshot
         held = tuple(torch.cat([p[k] for p in pairs]) for k in (0, 1))
-        return held, prompts, flops
+        per_pair = {k: sum(spent[kind][0][k] / max(1, spent[kind][1]) for kind in spent)
+                    for k in ("cpu", "wall")}  # fmt: skip
+        return held, prompts, flops, per_pair
 
     def _pass_per_sample(self) -> int:
         """The reference's forward FLOPs on one sample (its pass over the pool: this times the
@@ -188,15 +200,21 @@ class ShardsPool:
             _, self._ready["pass"] = count_no_grad_flops(model.embeddings, image, tokens)
         return self._ready["pass"]
 
-    def _reference_train_flops(self) -> float | None:
-        """The reference's training FLOPs: its `jestkit train` run's result.json beside the
-        checkpoint; None when it is not one (a downloaded or foreign checkpoint)."""
+    def _reference_training(self) -> tuple[float | None, dict[str, float] | None]:
+        """The reference's training FLOPs and seconds {"cpu", "wall"}: its `jestkit train` run's
+        result.json beside the checkpoint; None when it is not one (a downloaded or foreign
+        checkpoint) or, for the seconds, when it has no timing."""
         result = Path(self._ready["checkpoint"]).parent / "result.json"
         try:
             run = read_json_record(result, "a `jestkit train` run's result.json", {"flops": dict})
-            return float(sum(run["flops"].values()))
+            flops = float(sum(run["flops"].values()))
         except (OSError, ValueError, TypeError):  # no such run, or not one: its cost unknown
-            return None
+            return None, None
+        try:
+            seconds = {c: float(run["timing"]["total"][c]["run"]) for c in ("cpu", "wall")}
+        except (KeyError, TypeError, ValueError):
+            seconds = None
+        return flops, seconds
 
     def measure(self) -> dict:
         self.check()
@@ -207,19 +225,21 @@ class ShardsPool:
         rows = cache.lookup(ids, ["image", "text"])
         image, text = F.normalize(rows["image"].float(), dim=1), F.normalize(rows["text"].float(),
                                                                              dim=1)  # fmt: skip
-        held, prompts, flops = self._held_out(self._ready["model"])
+        held, prompts, flops, per_pair = self._held_out(self._ready["model"])
         m = pool_measurements(image, text, held, prompts, KEEP)
         passed = self._pass_per_sample() * len(ids)
-        trained = self._reference_train_flops()
+        trained, train_seconds = self._reference_training()
         self._ready.setdefault("left_out", {})
         return {"pool_size": len(ids), "kept": max(1, round(KEEP * len(ids))), **m,
                 "left_out": self._ready["left_out"],
                 "reference_flops": passed + (trained or 0.0), "reference_pass_flops": passed,
-                "reference_train_flops": trained, "flops": m["flops"] + flops}  # fmt: skip
+                "reference_train_flops": trained,
+                "reference_seconds": reference_seconds(train_seconds, per_pair, len(ids)),
+                "flops": m["flops"] + flops}  # fmt: skip
 
     def step_costs(self, base: TrainConfig) -> tuple[dict[str, MethodCost], float]:
-        """Each method's FLOPs per step, measured over one step of it on the shards, and the
-        FLOPs those steps cost."""
+        """Each method's FLOPs and seconds per step, measured over real steps of it on the
+        shards (jestkit.plan.costs), and the FLOPs those steps cost."""
         self.check()
         costs, spent = {}, 0.0
         kept = max(1, round(KEEP * self._ready["info"]["samples"]))
@@ -241,15 +261,12 @@ class ShardsPool:
                     reference = load_stream_reference(self.score_dir, source,
                                                       config.selection.loss)  # fmt: skip
                 trainer = Trainer(model, config, source, reference, progress=False)
-                train_step(trainer)
+                rescore = kept * self._pass_per_sample() if keep and reference is not None else 0.0
+                costs[name], flops = measure_method(
+                    trainer, config.policy.uses_reference or keep is not None, rescore)
             finally:
                 source.close()
-            per_step = {k: v or 0 for k, v in trainer.flops.per_step.items()}
-            rescore = kept * self._pass_per_sample() if keep and reference is not None else 0.0
-            costs[name] = MethodCost(per_step["train"], per_step["learner_score"],
-                                     config.policy.uses_reference or keep is not None,
-                                     rescore)  # fmt: skip
-            spent += sum(per_step.values())
+            spent += flops
         return costs, spent
 
     # -- the methods' runs and commands --------------------------------------------------------
