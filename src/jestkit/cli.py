@@ -261,6 +261,8 @@ class Plan(_DataAndModel):
         out: output folder (plan.json, plan.png, pilots/)
         budget_flops: the budget as total FLOPs (the reference's training and pass included)
         budget_uniform_steps: the budget as what a uniform run of this many steps costs
+        budget_hours: the budget as machine-hours: wall time on this machine, each method's
+            step timed here (the reference's training and pass included)
         pilot_share: where the measurements cannot decide, pilot the undecided methods at this
             share of their steps (twice: s and 2s steps); 0: no pilots
         training: the learners' training settings (batch size, learning rate)
@@ -278,6 +280,7 @@ class Plan(_DataAndModel):
     out: str = "runs/plan"
     budget_flops: float | None = None
     budget_uniform_steps: int | None = None
+    budget_hours: float | None = None
     pilot_share: float = 0.03
     training: TrainingConfig = field(default_factory=TrainingConfig)
     rules: PlanRules = field(default_factory=PlanRules)
@@ -754,9 +757,9 @@ def _train_own(cmd: Train, switches: Switches, save_config, progress: bool, sett
 def _plan(cmd: Plan, save_config, progress: bool) -> int:
     """`jestkit plan` (jestkit.plan.run) on Fashion-MNIST (jestkit.plan.fashion) or on your
     shards (jestkit.plan.shards)."""
-    from jestkit.plan.run import budget_flops, plan, table
+    from jestkit.plan.run import check_budget, plan, table
 
-    budget_flops(cmd.budget_flops, cmd.budget_uniform_steps, 1.0)  # checked before any work
+    check_budget(cmd.budget_flops, cmd.budget_uniform_steps, cmd.budget_hours)  # before any work
     check_out_config(cmd.out, "plan")  # a plan's folder only: never another command's record
     if cmd.shards.pattern:
         from jestkit.plan.shards import ShardsPool
@@ -780,7 +783,7 @@ def _plan(cmd: Plan, save_config, progress: bool) -> int:
         base = TrainConfig(training=cmd.training)
     save_config(Path(cmd.out))
     result = plan(pool, base, cmd.out, cmd.budget_flops, cmd.budget_uniform_steps, cmd.rules,
-                  cmd.pilot_share, progress)  # fmt: skip
+                  cmd.pilot_share, progress, cmd.budget_hours)  # fmt: skip
     print(table(result))
     print(f"wrote {Path(cmd.out) / 'plan.json'} and plan.png")
     return 0

@@ -45,12 +45,30 @@ def test_plan_writes_its_table_and_files(reference_dir, tmp_path, capsys, monkey
                      *SMALL]) == 0  # fmt: skip
     same = json.loads((again / "plan.json").read_text())
     assert same["methods"] == plan["methods"] and same["recommended"] == plan["recommended"]
+    # the budget in machine-hours: about what this plan's uniform run would take; every method
+    # then spends it in wall seconds as that plan timed its steps
+    hours = plan["time"]["methods"]["uniform"]["total"]["wall"] / 3600
+    timed = tmp_path / "hours"
+    assert cli_main(["plan", "--reference", str(reference_dir), "--budget_hours", f"{hours:.6g}",
+                     "--pilot_share", "0", "--out", str(timed), *SMALL]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    by_time = json.loads((timed / "plan.json").read_text())
+    assert by_time["budget_hours"] == float(f"{hours:.6g}") and by_time["budget_flops"] is None
+    assert "machine-hours" in text and set(by_time["methods"]) == set(plan["methods"])
+    for name, m in by_time["methods"].items():
+        t = by_time["time"]["methods"][name]
+        assert t["total"]["wall"] <= hours * 3600 < t["total"]["wall"] + t["per_step"]["wall"]
+        assert m["flops"] == pytest.approx(m["flops_split"]["reference"] + m["steps"] *
+                                           m["flops_per_step"])  # its FLOPs at those steps
 
 
 @pytest.mark.parametrize("flags, message", [
     ([], "give the budget once"),
     (["--budget_flops", "1e12", "--budget_uniform_steps", "5"], "give the budget once"),
     (["--budget_flops", "-1"], "--budget_flops must be > 0"),
+    (["--budget_hours", "0"], "--budget_hours must be > 0"),
+    (["--budget_hours", "1", "--budget_uniform_steps", "5"], "give the budget once"),
+    (["--budget_hours", "1e-9"], "does not buy one uniform step"),
     (["--budget_uniform_steps", "400", "--reference", "nowhere"], "holds no reference"),
     (["--budget_flops", "1e6"], "does not buy one uniform step"),
     (["--budget_uniform_steps", "2"], "smaller than the plan's own measurements"),

@@ -131,14 +131,21 @@ def settings(costs: dict[str, MethodCost], reference_flops: float, budget: float
     use it); a method the budget cannot run one step of is left out."""
     out = {}
     for name, cost in costs.items():
-        _, ratio, keep = METHODS[name]
         fixed = (reference_flops if cost.uses_reference else 0.0) + cost.fixed
         steps = math.floor((budget - fixed) / cost.per_step) if cost.per_step > 0 else 0
-        if steps < 1:
-            continue
-        seen = None if keep is None else steps * batch_size / max(1, round(keep * pool_size))
-        out[name] = Setting(name, steps, fixed + steps * cost.per_step, ratio, keep, seen)
+        if steps >= 1:
+            out[name] = at_steps(name, cost, reference_flops, steps, batch_size, pool_size)
     return out
+
+
+def at_steps(name: str, cost: MethodCost, reference_flops: float, steps: int, batch_size: int,
+             pool_size: int) -> Setting:  # fmt: skip
+    """Method `name` run for `steps` steps: its total cost (the reference charged where it uses
+    it) and how many times it goes over what it trains on."""
+    _, ratio, keep = METHODS[name]
+    fixed = (reference_flops if cost.uses_reference else 0.0) + cost.fixed
+    seen = None if keep is None else steps * batch_size / max(1, round(keep * pool_size))
+    return Setting(name, steps, fixed + steps * cost.per_step, ratio, keep, seen)
 
 
 def decide(matched: float, reference_share: float, filter_revisits: float,

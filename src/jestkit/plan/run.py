@@ -25,7 +25,14 @@ from typing import Protocol
 
 from jestkit.engine.config import TrainConfig
 from jestkit.engine.files import save_png, write_json_atomic
-from jestkit.plan.rules import MethodCost, PlanRules, decide, method_config, settings
+from jestkit.plan.rules import (
+    MethodCost,
+    PlanRules,
+    at_steps,
+    decide,
+    method_config,
+    settings,
+)
 
 
 class PlanPool(Protocol):
@@ -48,18 +55,44 @@ class PlanPool(Protocol):
     def commands(self, name: str, config: TrainConfig) -> list[str]: ...
 
 
+def check_budget(flops: float | None, uniform_steps: int | None, hours: float | None) -> None:
+    """Refuse a budget given not exactly once, or out of range."""
+    if sum(x is not None for x in (flops, uniform_steps, hours)) != 1:
+        raise ValueError("give the budget once: --budget_flops F (total FLOPs), "
+                         "--budget_uniform_steps N (what a uniform run of N steps costs) or "
+                         "--budget_hours H (machine-hours: wall time on this machine)")
+    if flops is not None and not flops > 0:
+        raise ValueError(f"--budget_flops must be > 0, got {flops:g}")
+    if uniform_steps is not None and uniform_steps < 1:
+        raise ValueError(f"--budget_uniform_steps must be >= 1, got {uniform_steps}")
+    if hours is not None and not 0 < hours < math.inf:
+        raise ValueError(f"--budget_hours must be > 0, got {hours:g}")
+
+
 def budget_flops(flops: float | None, uniform_steps: int | None, uniform_per_step: float) -> float:
     """The budget in FLOPs: given, or what a uniform run of `uniform_steps` costs."""
-    if (flops is None) == (uniform_steps is None):
-        raise ValueError("give the budget once: --budget_flops F (total FLOPs) or "
-                         "--budget_uniform_steps N (what a uniform run of N steps costs)")
-    if flops is not None:
-        if flops <= 0:
-            raise ValueError(f"--budget_flops must be > 0, got {flops:g}")
-        return float(flops)
-    if uniform_steps < 1:
-        raise ValueError(f"--budget_uniform_steps must be >= 1, got {uniform_steps}")
-    return uniform_steps * uniform_per_step
+    check_budget(flops, uniform_steps, None)
+    return float(flops) if flops is not None else uniform_steps * uniform_per_step
+
+
+def _once_seconds(cost: MethodCost, m: dict, clock: str) -> float:
+    """A method's one-off pass (its `fixed` FLOPs) in seconds, at the reference pass's rate."""
+    ref = m.get("reference_seconds") or {}
+    if not cost.fixed or not ref.get("pass") or not m.get("reference_pass_flops"):
+        return 0.0
+    return ref["pass"][clock] * cost.fixed / m["reference_pass_flops"]
+
+
+def wall_costs(costs: dict[str, MethodCost], m: dict) -> tuple[dict[str, MethodCost], float]:
+    """The methods' costs in wall seconds on this machine (for a budget in machine-hours): each
+    a step's wall time, its one-off pass, and the reference's training and pass."""
+    total = (m.get("reference_seconds") or {}).get("total")
+    if total is None and any(c.uses_reference for c in costs.values()):
+        raise ValueError("--budget_hours needs the reference's training time, which its record "
+                         "does not hold (a reference built elsewhere, or before jestkit recorded "
+                         "it): give the budget as --budget_flops or --budget_uniform_steps")
+    return {n: MethodCost(c.seconds["wall"], 0.0, c.uses_reference, _once_seconds(c, m, "wall"),
+                          c.seconds) for n, c in costs.items()}, (total or {"wall": 0.0})["wall"]
 
 
 def pilot_interval(s1: int, a1: float, s2: int, a2: float, target: int) -> tuple[float, float]:
@@ -73,8 +106,11 @@ def pilot_interval(s1: int, a1: float, s2: int, a2: float, target: int) -> tuple
 
 def plan(pool: PlanPool, base: TrainConfig, out: str | os.PathLike, flops: float | None = None,
          uniform_steps: int | None = None, rules: PlanRules | None = None,
-         pilot_share: float = 0.0, progress: bool = False) -> dict:  # fmt: skip
-    """The plan (see the module docstring); also written to out/plan.json and out/plan.png."""
+         pilot_share: float = 0.0, progress: bool = False,
+         hours: float | None = None) -> dict:  # fmt: skip
+    """The plan (see the module docstring); also written to out/plan.json and out/plan.png.
+    The budget: `flops`, `uniform_steps` (what a uniform run of that many steps costs) or
+    `hours` (machine-hours: every cost in wall seconds measured here, jestkit.plan.costs)."""
     started = {"cpu": time.process_time(), "wall": time.perf_counter()}  # the plan's own time
     rules = rules or PlanRules()
     if not 0 <= pilot_share < 1:
@@ -83,24 +119,35 @@ def plan(pool: PlanPool, base: TrainConfig, out: str | os.PathLike, flops: float
     out = Path(out)
     m = pool.measure()
     costs, cost_flops = pool.step_costs(base)
-    budget = budget_flops(flops, uniform_steps, costs["uniform"].per_step)
+    check_budget(flops, uniform_steps, hours)
+    if hours is None:  # every cost in FLOPs
+        budget, unit = budget_flops(flops, uniform_steps, costs["uniform"].per_step), "FLOPs"
+        unit_costs, unit_reference = costs, m["reference_flops"]
+        own = m["flops"] + cost_flops
+    else:  # every cost in wall seconds on this machine
+        budget, unit = hours * 3600.0, "wall seconds"
+        unit_costs, unit_reference = wall_costs(costs, m)
+        own = time.perf_counter() - started["wall"]
     batch = base.training.batch_size
-    spend = settings(costs, m["reference_flops"], budget, batch, m["pool_size"])
+    spend = settings(unit_costs, unit_reference, budget, batch, m["pool_size"])
     if "uniform" not in spend:
-        raise ValueError(f"a budget of {budget:.3g} FLOPs does not buy one uniform step")
-    if m["flops"] + cost_flops >= budget:
-        raise ValueError(f"a budget of {budget:.3g} FLOPs is smaller than the plan's own "
-                         f"measurements ({m['flops'] + cost_flops:.3g} FLOPs): nothing to plan")
+        raise ValueError(f"a budget of {budget:.3g} {unit} does not buy one uniform step")
+    if own >= budget:
+        raise ValueError(f"a budget of {budget:.3g} {unit} is smaller than the plan's own "
+                         f"measurements ({own:.3g} {unit}): nothing to plan")
+    if hours is not None:  # the same steps, their FLOPs
+        spend = {n: at_steps(n, costs[n], m["reference_flops"], s.steps, batch, m["pool_size"])
+                 for n, s in spend.items()}  # fmt: skip
     revisits = spend["filter"].revisits if "filter" in spend else math.inf
-    d = decide(m["matched_share"], min(m["reference_flops"] / budget, 1.0), revisits, rules)
+    d = decide(m["matched_share"], min(unit_reference / budget, 1.0), revisits, rules)
     runnable(d, spend)
     pilots, pilot_flops = {}, 0.0
     if d.undecided and pilot_share > 0:
         pilot_cost = sum(3 * max(2, round(pilot_share * spend[n].steps))
-                         * costs[n].per_step + costs[n].fixed
+                         * unit_costs[n].per_step + unit_costs[n].fixed
                          for n in d.undecided if n in spend)  # fmt: skip
         if pilot_cost >= budget:
-            raise ValueError(f"the pilots ({pilot_cost:.3g} FLOPs) cost more than the budget "
+            raise ValueError(f"the pilots ({pilot_cost:.3g} {unit}) cost more than the budget "
                              f"({budget:.3g}): lower --pilot_share or raise the budget")
         for name in d.undecided:
             if name in spend:
@@ -112,8 +159,11 @@ def plan(pool: PlanPool, base: TrainConfig, out: str | os.PathLike, flops: float
             d.method = ranked[0]
             d.reasons.append(f"pilots: {ranked[0]}'s interval lies highest (by its middle)")
     plan_flops = m["flops"] + cost_flops + pilot_flops
+    plan_seconds = {"cpu": time.process_time() - started["cpu"],
+                    "wall": time.perf_counter() - started["wall"]}  # fmt: skip
     result = {
-        "budget_flops": budget,
+        "budget_flops": budget if hours is None else None,
+        "budget_hours": hours,
         "measurements": m,
         "rules": asdict(rules),
         "methods": {n: {**asdict(s), "flops_per_step": costs[n].per_step,
@@ -130,11 +180,9 @@ def plan(pool: PlanPool, base: TrainConfig, out: str | os.PathLike, flops: float
         "undecided": d.undecided,
         "pilots": pilots,
         "plan_flops": plan_flops,
-        "plan_share": plan_flops / budget,
+        "plan_share": (plan_flops if hours is None else plan_seconds["wall"]) / budget,
         "reference_flops": m["reference_flops"],
-        "time": predicted_seconds(spend, costs, m) | {
-            "plan": {"cpu": time.process_time() - started["cpu"],
-                     "wall": time.perf_counter() - started["wall"]}},
+        "time": predicted_seconds(spend, costs, m) | {"plan": plan_seconds},
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(result, out / "plan.json")
@@ -155,9 +203,7 @@ def predicted_seconds(spend: dict, costs: dict[str, MethodCost], m: dict) -> dic
         if step is None:
             continue
         steps = {k: s.steps * v for k, v in step.items()}
-        once = {k: 0.0 for k in step}
-        if costs[n].fixed and ref["pass"] and m.get("reference_pass_flops"):
-            once = {k: ref["pass"][k] * costs[n].fixed / m["reference_pass_flops"] for k in step}
+        once = {k: _once_seconds(costs[n], m, k) for k in step}
         if costs[n].uses_reference:
             total = None if ref["total"] is None else {
                 k: steps[k] + once[k] + ref["total"][k] for k in step}  # fmt: skip
@@ -220,9 +266,11 @@ def _pilot(pool: PlanPool, base: TrainConfig, out: Path, name: str, steps: int, 
 
 def table(result: dict) -> str:
     """The plan as text: a row per method at the settings that spend the budget."""
-    b = result["budget_flops"]
+    b, hours = result["budget_flops"], result.get("budget_hours")
     m = result["measurements"]
-    lines = [f"budget {b / 1e12:.3f} TFLOPs; the reference (training + its pass over the pool) "
+    budget = (f"{b / 1e12:.3f} TFLOPs" if hours is None else
+              f"{hours:g} machine-hours (wall time on this machine)")  # fmt: skip
+    lines = [f"budget {budget}; the reference (training + its pass over the pool) "
              f"{result['reference_flops'] / 1e12:.3f} TFLOPs, charged to the methods that use it",
              f"measured: matched share {m['matched_share']:.3f}, the filter's kept share "
              f"{m['kept']} pairs (estimated {m['kept_precision']:.0%} matched), near-duplicates "
@@ -292,7 +340,8 @@ def plot_plan(result: dict, path: Path) -> None:
         widths = [result["methods"][n]["flops_split"][part] / 1e12 for n in names]
         ax.barh(names, widths, left=left, color=colour, label=part)
         left = [a + w for a, w in zip(left, widths, strict=True)]
-    ax.axvline(result["budget_flops"] / 1e12, color="k", lw=1, ls="--", label="budget")
+    if result["budget_flops"] is not None:  # a budget in machine-hours has no line here
+        ax.axvline(result["budget_flops"] / 1e12, color="k", lw=1, ls="--", label="budget")
     ax.set_xlabel("TFLOPs at the steps that spend the budget")
     ax.set_title(f"recommended: {result['recommended']}")
     ax.legend(fontsize=7, loc="lower right")
