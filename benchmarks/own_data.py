@@ -8,7 +8,9 @@ texture, "a red ring at the top left on a noisy grey background"):
   pool/      --pool samples (default 10,000), 40 % with a caption wrong in every attribute
              (40 % of every class: shape_scenes.is_noisy)
   eval/shapes/    a zero-shot set in clip_benchmark's layout: 30 classes (6 colours x 5 shapes,
-                  "red ring", ...), 3 templates, 1,200 held-out images (40 a class)
+                  "red ring", ...), 24 templates written as the captions are ("a {c} at
+                  the top left on a plain dark background", ...), 1,200 held-out images (40
+                  a class)
   eval/captions/  a retrieval set in clip_benchmark's layout: 720 held-out images, one caption
                   each, every caption different (every colour, shape, position, background
                   and texture once)
@@ -40,6 +42,7 @@ Prints a table, writes OUT/results.{json,txt,png} and benchmarks/results/own_dat
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import statistics
@@ -85,6 +88,20 @@ def cached_run(folder: Path, *argv: str) -> dict:
     if jestkit([*argv, "--out", str(folder), "--quiet"]) != 0:
         raise SystemExit(f"jestkit {' '.join(argv)} failed")
     return json.loads((folder / "result.json").read_text())
+
+
+def final_eval(folder: Path, data: dict) -> dict:
+    """The run's final checkpoint evaluated by `jestkit eval` on the held-out sets as they are
+    written now (FOLDER/eval-HASH.json, HASH: the zero-shot templates'), so that every run is
+    read with the same prompts, those cached before the templates changed too."""
+    templates = (Path(data["shapes"]) / "zeroshot_classification_templates.txt").read_bytes()
+    out = folder / f"eval-{hashlib.sha256(templates).hexdigest()[:8]}.json"
+    if not out.is_file() and jestkit(["eval", "--checkpoint", str(folder / "checkpoint.pt"),
+                                      "--eval.zeroshot", f"shapes={data['shapes']}",
+                                      "--eval.retrieval", f"captions={data['captions']}",
+                                      "--out", str(out), "--quiet"]) != 0:  # fmt: skip
+        raise SystemExit(f"jestkit eval of {folder} failed")
+    return json.loads(out.read_text())["metrics"]
 
 
 def wrong_caption_share(run_dir: Path) -> float:
@@ -169,9 +186,12 @@ def main() -> None:
              str(args.batch_size), "--training.lr", str(args.lr)]  # fmt: skip
 
     def train(name: str, shards: str, steps: int, eval_every: int, *flags: str) -> dict:
-        return cached_run(out / name, "train", "--shards.pattern", shards, *model, *evals,
-                          "--training.steps", str(steps), "--training.checkpoint_every",
-                          str(steps), "--training.eval_every", str(eval_every), *flags)  # fmt: skip
+        """The cached run, its final metrics those of final_eval; its evaluations during the
+        run (which may have used older templates) are left out."""
+        r = cached_run(out / name, "train", "--shards.pattern", shards, *model, *evals,
+                       "--training.steps", str(steps), "--training.checkpoint_every",
+                       str(steps), "--training.eval_every", str(eval_every), *flags)  # fmt: skip
+        return r | {"final": final_eval(out / name, data), "history": []}
 
     def seeded(name: str, steps: int, eval_every: int, *flags: str, shards: str = "") -> list[dict]:
         """The run on the pool (or `shards`) once per seed (folders NAME, NAME-s1, ...)."""
