@@ -52,6 +52,8 @@ Runs are taken by --workers processes (one thread each) that claim tasks with lo
     python benchmarks/frontier.py run --plan tails --workers 2      # a long tail of classes,
                                                                     # vague captions
     python benchmarks/frontier.py run --plan tails-seeds --workers 2  # their seeds 1, 2
+    python benchmarks/frontier.py run --plan cause-seeds --workers 2  # issue 27's cause
+                 # experiment without JEST at 800 steps ("cause": with it); "cause-8k": half size
     python benchmarks/frontier.py summary                           # tables, JSON, plots
 
 `summary` (also run at the end of `run`) writes benchmarks/results/frontier.json, frontier.txt,
@@ -273,6 +275,9 @@ def tuning(pool: str, families=("uniform", "jest")) -> list[tuple[str, str]]:
     return [(pool, f) for f in families]
 
 
+# the cause experiment's JEST at 800 steps, seeds 0-2, on its three pools
+CAUSE_JEST_800 = [run for pool in ("web17k", "longtail", "web") for run in
+                  cells(pool, 0.9, ("jest",), seeds=(0, 1, 2), jest_budgets=(800,))]  # fmt: skip
 PLANS = {
     # the goals: web-like pool at filter ratio 0.9, default pool at 0.8
     "decisive": [
@@ -442,8 +447,7 @@ PLANS = {
         )]
         + cells("web", 0.9, ("uniform",), seeds=(1, 2), uniform_budgets=(400,), keep=TUNE_KEEP)
         + cells("web", 0.9, ("jest",), seeds=(1, 2), jest_budgets=(400,))
-        + [run for pool in ("web17k", "longtail", "web") for run in
-           cells(pool, 0.9, ("jest",), seeds=(0, 1, 2), jest_budgets=(800,))],
+        + CAUSE_JEST_800,
     ],
     # the cause experiment's second size: half the long-tail pool's, the reference-only cells
     "cause-8k": [
@@ -473,6 +477,9 @@ PLANS = {
         + cells("quarter", 0.8, ("uniform",), uniform_budgets=(400,), keep=TUNE_KEEP),
     ],
 }
+# the cause experiment without its JEST-800 cells (the costliest, last in "cause")
+PLANS["cause-seeds"] = [PLANS["cause"][0], [],
+                        [r for r in PLANS["cause"][2] if r not in CAUSE_JEST_800]]  # fmt: skip
 
 
 # -- the run cache ----------------------------------------------------------------------------
