@@ -38,9 +38,10 @@ browser:
 demo: setup
 	$(VENV)/bin/jestkit demo --overwrite
 
+# the suite on every core, each test file in one worker (its module fixtures built once)
 test: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadfile
 
 docs: $(VENV)/.installed
 	$(VENV)/bin/mkdocs build --strict
