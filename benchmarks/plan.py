@@ -51,6 +51,7 @@ from jestkit.fashion.captions import JUNK, MISMATCHED, class_prompts  # noqa: E4
 from jestkit.fashion.prepare import prepare_caption_data  # noqa: E402
 from jestkit.fashion.source import pixels  # noqa: E402
 from jestkit.models.factory import MAX_LEN, ModelConfig, build_model  # noqa: E402
+from jestkit.plan.costs import TIMED_STEPS  # noqa: E402
 from jestkit.plan.fashion import held_out_embeddings  # noqa: E402
 from jestkit.plan.measure import pool_measurements  # noqa: E402
 from jestkit.plan.rules import MethodCost, PlanRules, decide, fit_threshold, settings  # noqa: E402
@@ -228,8 +229,10 @@ def judge(pool, budget, payoff, meas, costs, refs, rules_for) -> dict:
     rules = rules_for(pool)  # fitted without this pool
     revisits = spend["filter"].revisits if "filter" in spend else float("inf")
     d = decide(m["matched_share"], min(ref_flops / budget, 1.0), revisits, rules)
-    # the plan's cost: its measurements beyond the reference's pass, and one step of each method
-    plan_tflops = (m["flops"] + sum(c.per_step for c in costs[pool].values())) / 1e12
+    # the plan's cost: its measurements beyond the reference's pass, and the steps it runs of
+    # each method (a warm-up and TIMED_STEPS timed ones, jestkit.plan.costs)
+    steps = 1 + TIMED_STEPS
+    plan_tflops = (m["flops"] + steps * sum(c.per_step for c in costs[pool].values())) / 1e12
     pick = truth.get(frontier_name(pool, d.method))
     got = pick[0] if pick else None
     return {
