@@ -112,6 +112,7 @@ def plan(pool: PlanPool, base: TrainConfig, out: str | os.PathLike, flops: float
     The budget: `flops`, `uniform_steps` (what a uniform run of that many steps costs) or
     `hours` (machine-hours: every cost in wall seconds measured here, jestkit.plan.costs)."""
     started = {"cpu": time.process_time(), "wall": time.perf_counter()}  # the plan's own time
+    check_budget(flops, uniform_steps, hours)  # before any work
     rules = rules or PlanRules()
     if not 0 <= pilot_share < 1:
         raise ValueError(f"--pilot_share must be in [0, 1), got {pilot_share:g}")
@@ -119,7 +120,6 @@ def plan(pool: PlanPool, base: TrainConfig, out: str | os.PathLike, flops: float
     out = Path(out)
     m = pool.measure()
     costs, cost_flops = pool.step_costs(base)
-    check_budget(flops, uniform_steps, hours)
     if hours is None:  # every cost in FLOPs
         budget, unit = budget_flops(flops, uniform_steps, costs["uniform"].per_step), "FLOPs"
         unit_costs, unit_reference = costs, m["reference_flops"]
