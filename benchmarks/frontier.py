@@ -75,6 +75,7 @@ from pathlib import Path
 import torch
 
 from jestkit.engine.config import TrainConfig, reference_training
+from jestkit.engine.rundir import RunDirError
 from jestkit.fashion.captions import PoolConfig
 from jestkit.fashion.evaluate import evaluator
 from jestkit.fashion.learner import train_learner
@@ -590,7 +591,14 @@ class Worker:
         uses_reference = config.policy.uses_reference or run.keep < 1
         ref_dir = self.ref_dir(run) if uses_reference else None
         if ref_dir is not None and not (ref_dir / "reference.json").exists():
-            self.reference(ref_task(run.pool, run.reference))  # cached result, folder not here
+            try:  # a cached result whose folder is not here: rebuilt
+                self.reference(ref_task(run.pool, run.reference))
+            except RunDirError:  # another worker is rebuilding it: wait for its folder
+                deadline = time.monotonic() + 1800
+                while not (ref_dir / "reference.json").exists():
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(5)
         data = self.pool_data(run.pool, run.keep, ref_dir if run.keep < 1 else None)
         out = self.work / run.key()  # a killed run resumes from its checkpoint
         result = train_learner(data, ModelConfig(), config, ref_dir, out,
