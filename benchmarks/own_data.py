@@ -221,27 +221,23 @@ def main() -> None:
     for entry in filter(None, args.policies.split(",")):
         policy_name, _, only = entry.partition(":")  # POLICY:N/M/...: at those steps only
         budgets = [int(n) for n in only.split("/")] if only else steps_list
-        if policy_name == "filter":  # uniform on the kept shards, each budget once per seed
-            kept = export_kept(out, data["pool"])
-            for steps in budgets:
-                name = f"filter-{steps}"
-                rs = seeded(name, steps, max(1, steps // 4), "--selection.policy", "uniform",
-                            shards=kept)  # fmt: skip
-                runs[name], spread[name] = mean_run(rs), [r["final"] for r in rs]
-                data_cpu[name] = [r["timing"]["total"]["cpu"]["data"] / steps for r in rs]
-            continue
-        flexi = policy_name.startswith("flexi-")
-        drafted = policy_name.removeprefix("flexi-").startswith("draft-")
-        if drafted and not flexi:
-            raise SystemExit(f"{policy_name}: 'draft-' needs 'flexi-' before it (a coarse view)")
-        base = policy_name.removeprefix("flexi-").removeprefix("draft-")
-        policy, _, method = base.partition("-")
+        shards = ""  # the pool
+        if policy_name == "filter":  # uniform on the kept shards
+            shards, flags = export_kept(out, data["pool"]), ("--selection.policy", "uniform")
+        else:
+            flexi = policy_name.startswith("flexi-")
+            drafted = policy_name.removeprefix("flexi-").startswith("draft-")
+            if drafted and not flexi:
+                raise SystemExit(f"{policy_name}: 'draft-' needs 'flexi-' before it (a coarse "
+                                 "view)")  # fmt: skip
+            base = policy_name.removeprefix("flexi-").removeprefix("draft-")
+            policy, _, method = base.partition("-")
+            flags = ("--selection.policy", policy, "--selection.method", method, "--reference",
+                     str(out / "score"), *(FLEXI_FLAGS if flexi else ()),
+                     *(("--shards.draft_side", "auto") if drafted else ()))  # fmt: skip
         for steps in budgets:
             name = f"{policy_name}-{steps}"
-            rs = seeded(name, steps, max(1, steps // 4), "--selection.policy", policy,
-                        "--selection.method", method, "--reference", str(out / "score"),
-                        *(FLEXI_FLAGS if flexi else ()),
-                        *(("--shards.draft_side", "auto") if drafted else ()))  # fmt: skip
+            rs = seeded(name, steps, max(1, steps // 4), *flags, shards=shards)
             runs[name], spread[name] = mean_run(rs), [r["final"] for r in rs]
             data_cpu[name] = [r["timing"]["total"]["cpu"]["data"] / steps for r in rs]
     rows = {metric: compare(uniform, runs, metric) for metric in (ZERO_SHOT, RETRIEVAL)}
