@@ -24,6 +24,7 @@ charged to it.
 from __future__ import annotations
 
 import shlex
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -160,12 +161,12 @@ class ShardsPool:
         transform, tokenize = model_inputs(self._run(), model)
         g = torch.Generator().manual_seed(seed)
         bs, retrieval, zeroshot, prompts, flops = self.eval.batch_size, [], [], None, 0
-        spent = {"image": [{"cpu": 0.0, "wall": 0.0}, 0], "text": [{"cpu": 0.0, "wall": 0.0}, 0]}
+        seconds, encoded = Counter(), Counter()  # (kind, clock) -> seconds; kind -> items
 
         def encode(kind: str, fn, *args):
-            (out, f), seconds = timed(count_no_grad_flops, fn, model, *args, bs, "cpu")
-            spent[kind][0] = {k: spent[kind][0][k] + seconds[k] for k in seconds}
-            spent[kind][1] += len(args[0])
+            (out, f), took = timed(count_no_grad_flops, fn, model, *args, bs, "cpu")
+            seconds.update({(kind, clock): t for clock, t in took.items()})
+            encoded[kind] += len(args[0])
             return out, f
 
         for s in self._ready["sets"]:
@@ -184,8 +185,8 @@ class ShardsPool:
             flops += f
         pairs = retrieval or zeroshot
         held = tuple(torch.cat([p[k] for p in pairs]) for k in (0, 1))
-        per_pair = {k: sum(spent[kind][0][k] / max(1, spent[kind][1]) for kind in spent)
-                    for k in ("cpu", "wall")}  # fmt: skip
+        per_pair = {clock: sum(seconds[kind, clock] / max(1, encoded[kind]) for kind in encoded)
+                    for clock in ("cpu", "wall")}  # fmt: skip
         return held, prompts, flops, per_pair
 
     def _pass_per_sample(self) -> int:
